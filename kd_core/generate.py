@@ -1,0 +1,110 @@
+"""Text-to-image generation with any diffusers pipeline, idempotent per (prompt_id, seed).
+
+Each image gets its own CPU ``torch.Generator`` seeded with the prompt table's seed, so an image
+depends on neither the batch size nor the device its noise is drawn for. PNGs are written as
+``<prompt_id>_<seed>.png`` with ``manifest.parquet``; progress is kept in a partial manifest so an
+interrupted run resumes, and an image is reused only when it was made with the same settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from kd_core.io import save_png, write_parquet
+from kd_core.models.loading import load_pipeline, model_default_size
+from kd_core.seeding import resolve_device, resolve_dtype
+
+MANIFEST_SCHEMA = pa.schema([
+    ("file", pa.string()), ("prompt_id", pa.string()), ("seed", pa.int64()), ("split", pa.string()),
+    ("prompt", pa.string()), ("negative_prompt", pa.string()), ("model", pa.string()), ("source", pa.string()),
+    ("scheduler", pa.string()), ("steps", pa.int64()), ("guidance_scale", pa.float64()), ("height", pa.int64()),
+    ("width", pa.int64()), ("dtype", pa.string()), ("device", pa.string()), ("settings_hash", pa.string()),
+    ("wall_time_s", pa.float64()),
+])
+PARTIAL = ".manifest.partial.parquet"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    steps: int = 25
+    guidance_scale: float = 4.0
+    scheduler: str = "default"
+    resolution: int | None = None  # None: the model's native size
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    variant: str | None = None
+    vae: str | None = None
+
+
+def _settings(source: str, cfg: GenerationConfig, size: int, device: torch.device, dtype: torch.dtype) -> dict:
+    return {"source": source, "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
+            "height": size, "width": size, "dtype": str(dtype).removeprefix("torch."), "device": device.type,
+            "variant": cfg.variant, "vae": cfg.vae}
+
+
+def _reusable(out_dir: Path, settings_hash: str) -> pd.DataFrame:
+    """Rows of earlier runs (final or partial manifest) made with these settings, whose PNG exists."""
+    frames = [pd.read_parquet(p) for p in (out_dir / "manifest.parquet", out_dir / PARTIAL) if p.exists()]
+    if not frames:
+        return pd.DataFrame(columns=MANIFEST_SCHEMA.names)
+    old = pd.concat(frames).drop_duplicates(["prompt_id", "seed"], keep="last")
+    keep = (old["settings_hash"] == settings_hash) & old["file"].map(lambda f: (out_dir / f).is_file())
+    return old[keep]
+
+
+def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg: GenerationConfig,
+                    model_name: str, provenance: dict | None = None) -> pd.DataFrame:
+    """Generate one image per row of ``prompts`` (columns of ``kd_core.prompts.PROMPT_SCHEMA``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    pipe = load_pipeline(source, device, dtype, cfg.variant, cfg.vae, cfg.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    size = cfg.resolution or model_default_size(pipe)
+    settings = _settings(source, cfg, size, device, dtype)
+    shash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    attrs = [c for c in prompts.columns if c not in MANIFEST_SCHEMA.names and c != "grammar"]
+
+    done = _reusable(out_dir, shash)
+    done_keys = set(zip(done["prompt_id"], done["seed"], strict=True))
+    todo = prompts[[k not in done_keys for k in zip(prompts["prompt_id"], prompts["seed"], strict=True)]]
+    rows = done.to_dict("records")
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"generate {model_name}", unit="img")
+    for start in range(0, len(todo), cfg.batch_size):
+        batch = todo.iloc[start : start + cfg.batch_size]
+        negative = list(batch["negative_prompt"]) if (batch["negative_prompt"] != "").any() else None
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in batch["seed"]]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            images = pipe(prompt=list(batch["prompt"]), negative_prompt=negative, num_inference_steps=cfg.steps,
+                          guidance_scale=cfg.guidance_scale, height=size, width=size, generator=gens).images
+        per_image = (time.perf_counter() - t0) / len(batch)
+        for image, r in zip(images, batch.itertuples(index=False), strict=True):
+            fname = f"{r.prompt_id}_{r.seed}.png"
+            save_png(image, out_dir / fname)
+            row = {"file": fname, "prompt_id": r.prompt_id, "seed": int(r.seed), "split": r.split, "prompt": r.prompt,
+                   "negative_prompt": r.negative_prompt, "model": model_name, "settings_hash": shash,
+                   "wall_time_s": per_image, **settings}
+            rows.append(row | {a: getattr(r, a) for a in attrs})
+        write_parquet(pd.DataFrame(rows), out_dir / PARTIAL, MANIFEST_SCHEMA, "images/manifest.partial")
+        bar.update(len(batch))
+    bar.close()
+    order = {k: i for i, k in enumerate(zip(prompts["prompt_id"], prompts["seed"], strict=True))}
+    manifest = pd.DataFrame(rows)
+    manifest = manifest.iloc[sorted(range(len(manifest)), key=lambda i: order[(manifest["prompt_id"].iat[i], manifest["seed"].iat[i])])]
+    manifest = manifest.reset_index(drop=True)[[c for c in manifest.columns if c not in ("variant", "vae")]]
+    write_parquet(manifest, out_dir / "manifest.parquet", MANIFEST_SCHEMA, "images/manifest",
+                  {"settings": settings, "config": asdict(cfg), **(provenance or {})})
+    (out_dir / PARTIAL).unlink(missing_ok=True)
+    return manifest

@@ -1,0 +1,111 @@
+"""Atomic file writes and schema-checked Parquet tables with provenance metadata.
+
+Every file the workflow produces is written to a temporary sibling and renamed into place, so an
+interrupted job never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success it replaces ``path`` (a whole folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")
+
+
+def check_schema(df: pd.DataFrame, schema: pa.Schema, name: str) -> pa.Table:
+    """Convert ``df`` to an Arrow table with ``schema``'s columns (extra columns kept, after them).
+
+    Raises ``ValueError`` naming the table and column when a required column is missing or cannot
+    be cast to its declared type.
+    """
+    missing = [f.name for f in schema if f.name not in df.columns]
+    if missing:
+        raise ValueError(f"table {name!r} lacks required column(s) {missing}")
+    extra = [c for c in df.columns if c not in schema.names]
+    table = pa.Table.from_pandas(df[schema.names + extra], preserve_index=False)
+    fields = list(schema) + [table.schema.field(c) for c in extra]
+    try:
+        table = table.cast(pa.schema(fields))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"table {name!r} does not match its schema: {exc}") from exc
+    return table
+
+
+def write_parquet(
+    df: pd.DataFrame,
+    path: str | os.PathLike,
+    schema: pa.Schema,
+    name: str,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``df`` atomically as Parquet after checking it against ``schema``.
+
+    ``metadata`` (provenance: config hash, seeds, versions, model ids, ...) is stored as JSON in
+    the file's key-value metadata under ``kd_core``; read it back with :func:`read_metadata`.
+    """
+    table = check_schema(df, schema, name)
+    meta = dict(table.schema.metadata or {})
+    meta.pop(b"pandas", None)
+    meta[b"kd_core"] = json.dumps({"table": name, **(metadata or {})}, default=str).encode()
+    table = table.replace_schema_metadata(meta)
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(b"kd_core", b"{}"))

@@ -1,0 +1,1 @@
+"""Model building and loading: tokenizers, tiny random pipelines, pipeline loading."""

@@ -1,0 +1,39 @@
+# Metric tables in Parquet. Shapes world: per-attribute prompt alignment read by the classifier.
+
+
+rule attribute_accuracy:
+    input:
+        manifest=f"{OUT}/images/{{model}}/manifest.parquet",
+        classifier=rules.world_classifier.output.model,
+    output:
+        f"{OUT}/metrics/attributes/{{model}}.parquet",
+    params:
+        code=code_hash("kd_core.world.classifier"),
+    log:
+        f"{OUT}/logs/attribute_accuracy_{{model}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/attribute_accuracy_{{model}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=2000,
+    script:
+        "../workflow_scripts/attribute_accuracy.py"
+
+
+rule attribute_summary:
+    input:
+        expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=MODELS),
+    output:
+        f"{OUT}/metrics/attribute_accuracy.parquet",
+    params:
+        seed=config["seed"],
+        code=code_hash("kd_core.world.classifier"),
+    log:
+        f"{OUT}/logs/attribute_summary.log",
+    benchmark:
+        f"{OUT}/benchmarks/attribute_summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../workflow_scripts/attribute_summary.py"

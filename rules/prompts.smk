@@ -1,0 +1,21 @@
+# Prompt synthesis: train / eval / filler splits from grammars kept as data.
+
+
+rule prompts:
+    output:
+        train=f"{OUT}/prompts/train.parquet",
+        eval=f"{OUT}/prompts/eval.parquet",
+        filler=f"{OUT}/prompts/filler.parquet",
+    params:
+        prompts=config["prompts"],
+        seed=config["seed"],
+        code=code_hash("kd_core.prompts"),
+    log:
+        f"{OUT}/logs/prompts.log",
+    benchmark:
+        f"{OUT}/benchmarks/prompts.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../workflow_scripts/prompts.py"

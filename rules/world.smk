@@ -1,0 +1,84 @@
+# The offline shapes world: rendered "real" data, attribute classifier, toy models; and the tiny
+# random-weight SD / SDXL pipelines that exercise the real-model code paths.
+
+
+rule world_data:
+    output:
+        table=f"{OUT}/data/world/data.parquet",
+    params:
+        world=config["world"],
+        grammar=config["prompts"]["grammar"],
+        seed=config["seed"],
+        code=code_hash("kd_core.world.dataset"),
+    log:
+        f"{OUT}/logs/world_data.log",
+    benchmark:
+        f"{OUT}/benchmarks/world_data.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    script:
+        "../workflow_scripts/world_data.py"
+
+
+rule world_classifier:
+    input:
+        table=rules.world_data.output.table,
+    output:
+        model=f"{OUT}/models/classifier/model.safetensors",
+        config=f"{OUT}/models/classifier/config.json",
+        accuracy=f"{OUT}/models/classifier/heldout_accuracy.parquet",
+    params:
+        classifier=config["world"]["classifier"],
+        image_size=config["world"]["image_size"],
+        seed=config["seed"],
+        code=code_hash("kd_core.world.classifier"),
+    log:
+        f"{OUT}/logs/world_classifier.log",
+    benchmark:
+        f"{OUT}/benchmarks/world_classifier.tsv"
+    threads: 8
+    resources:
+        mem_mb=4000,
+    script:
+        "../workflow_scripts/world_classifier.py"
+
+
+rule toy_pretrain:
+    input:
+        table=rules.world_data.output.table,
+    output:
+        teacher=directory(f"{OUT}/models/toy_teacher"),
+        student=directory(f"{OUT}/models/toy_student"),
+        loss=f"{OUT}/train/toy/loss.parquet",
+    params:
+        toy=config["world"]["toy"],
+        grammars=[config["prompts"]["grammar"], config["prompts"]["filler_grammar"]],
+        seed=config["seed"],
+        code=code_hash("kd_core.world.toy"),
+    log:
+        f"{OUT}/logs/toy_pretrain.log",
+    benchmark:
+        f"{OUT}/benchmarks/toy_pretrain.tsv"
+    threads: 8
+    resources:
+        mem_mb=6000,
+    script:
+        "../workflow_scripts/toy_pretrain.py"
+
+
+rule tiny_model:
+    output:
+        directory(f"{OUT}/models/tiny_{{kind}}"),
+    params:
+        seed=config["seed"],
+        code=code_hash("kd_core.models.tiny"),
+    log:
+        f"{OUT}/logs/tiny_model_{{kind}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/tiny_model_{{kind}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    script:
+        "../workflow_scripts/tiny_model.py"
