@@ -2,12 +2,17 @@
 # Config: config/config.yaml (the offline shapes world) or any config/experiments/*.yaml,
 # validated against config/schema.yaml before any job runs. Outputs: results/<experiment>/.
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("8.20")
 
 
-configfile: "config/config.yaml"
+# The default experiment, unless --configfile names another: then only that file counts (no
+# silent merge with the default's values); keys it leaves out take the schema's defaults.
+if not workflow.overwrite_configfiles:
+    workflow.configfile(os.path.join(workflow.basedir, "config", "config.yaml"))
 
 
 include: "rules/common.smk"

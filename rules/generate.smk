@@ -18,5 +18,7 @@ rule generate:
     resources:
         mem_mb=8000,
         gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
     script:
         "../workflow_scripts/generate.py"

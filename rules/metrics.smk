@@ -16,6 +16,8 @@ rule attribute_accuracy:
     threads: 2
     resources:
         mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
     script:
         "../workflow_scripts/attribute_accuracy.py"
 
@@ -35,5 +37,7 @@ rule attribute_summary:
     threads: 1
     resources:
         mem_mb=1000,
+    conda:
+        "../envs/kd_core.yaml"
     script:
         "../workflow_scripts/attribute_summary.py"

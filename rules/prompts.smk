@@ -17,5 +17,7 @@ rule prompts:
     threads: 1
     resources:
         mem_mb=1000,
+    conda:
+        "../envs/kd_core.yaml"
     script:
         "../workflow_scripts/prompts.py"

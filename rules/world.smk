@@ -17,6 +17,8 @@ rule world_data:
     threads: 1
     resources:
         mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
     script:
         "../workflow_scripts/world_data.py"
 
@@ -40,6 +42,8 @@ rule world_classifier:
     threads: 8
     resources:
         mem_mb=4000,
+    conda:
+        "../envs/kd_core.yaml"
     script:
         "../workflow_scripts/world_classifier.py"
 
@@ -63,6 +67,8 @@ rule toy_pretrain:
     threads: 8
     resources:
         mem_mb=6000,
+    conda:
+        "../envs/kd_core.yaml"
     script:
         "../workflow_scripts/toy_pretrain.py"
 
@@ -80,5 +86,7 @@ rule tiny_model:
     threads: 1
     resources:
         mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
     script:
         "../workflow_scripts/tiny_model.py"

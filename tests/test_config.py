@@ -1,0 +1,56 @@
+import pytest
+import yaml
+
+from kd_core.config import build, validate_config
+from kd_core.errors import ConfigError
+from kd_core.experiment import validate_experiment
+from kd_core.generate import GenerationConfig
+from kd_core.world.toy import ToyConfig, UNetConfig
+
+
+@pytest.fixture
+def schema(root):
+    return root / "config" / "schema.yaml"
+
+
+def test_defaults_are_filled(schema):
+    cfg = validate_config({}, schema)
+    assert cfg["prompts"]["n_eval"] == 32
+    assert cfg["models"]["teacher"]["generation"]["steps"] == 25
+    assert cfg["world"]["toy"]["student"]["channels"] == [16, 32]
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "tiny.yaml", "experiments/sdxl_to_sd15_dogs.yaml",
+                                  "experiments/sd_turbo_wikiart.yaml"])
+def test_shipped_configs_are_valid(root, schema, name):
+    validate_experiment(yaml.safe_load((root / "config" / name).read_text()), schema)
+
+
+@pytest.mark.parametrize("patch,message", [
+    ({"prompts": {"n_evals": 3}}, "unknown config key 'prompts.n_evals'; allowed keys here: filler_grammar"),
+    ({"prompts": {"n_eval": "ten"}}, "config key 'prompts.n_eval' is 'ten', of the wrong type; expected integer"),
+    ({"prompts": {"n_eval": 0}}, "config key 'prompts.n_eval' is 0, out of range; allowed: >= 1"),
+    ({"world": {"toy": {"teacher": {"channels": [32, 64], "steps": 10, "lr": -1}}}},
+     "config key 'world.toy.teacher.lr' is -1, out of range; allowed: > 0"),
+    ({"models": {"teacher": {"source": "./no/such/model"}, "base_student": {"source": "toy:student"}}},
+     "config key 'models.teacher.source': local path './no/such/model' does not exist"),
+    ({"models": {"teacher": {"source": "toy:teacher", "generation": {"scheduler": "magic"}},
+                 "base_student": {"source": "toy:student"}}},
+     "config key 'models.teacher.generation.scheduler' is 'magic'; allowed: 'default', 'ddim'"),
+    ({"prompts": {"grammar": "cats"}}, "config key 'prompts.grammar': unknown grammar 'cats'"),
+    ({"prompts": {"n_train": 430, "n_eval": 10}}, "'prompts.n_train' + 'prompts.n_eval' = 440 exceed the 432"),
+    ({"models": {"teacher": {"source": "tiny:sd15"}, "base_student": {"source": "toy:student"}}},
+     "config key 'models.teacher.source' is 'tiny:sd15'; built models are"),
+])
+def test_bad_config_is_one_line_naming_the_key(schema, patch, message):
+    with pytest.raises(ConfigError) as info:
+        validate_experiment(patch, schema)
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_build_nested_dataclasses():
+    toy = build(ToyConfig, {"teacher": {"channels": [8, 16], "steps": 3}, "grammars": ["shapes"]})
+    assert toy.teacher == UNetConfig(channels=(8, 16), steps=3)
+    assert toy.grammars == ("shapes",)
+    assert build(GenerationConfig, {"steps": 2, "resolution": None}).steps == 2

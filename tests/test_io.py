@@ -1,0 +1,44 @@
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from kd_core.io import atomic_dir, atomic_path, read_metadata, write_parquet
+
+SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.string())])
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_atomic_dir_replaces_whole_folder(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "stale.bin").write_text("stale")
+    with atomic_dir(target) as tmp:
+        (tmp / "new.bin").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.bin"]
+    with pytest.raises(ValueError), atomic_dir(target) as tmp:
+        (tmp / "partial.bin").write_text("x")
+        raise ValueError
+    assert [p.name for p in target.iterdir()] == ["new.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_write_parquet_checks_schema_and_keeps_metadata(tmp_path):
+    path = tmp_path / "t.parquet"
+    write_parquet(pd.DataFrame({"b": ["x"], "a": [1], "extra": [0.5]}), path, SCHEMA, "t", {"seed": 7})
+    df = pd.read_parquet(path)
+    assert list(df.columns) == ["a", "b", "extra"]
+    assert read_metadata(path) == {"table": "t", "seed": 7}
+    with pytest.raises(ValueError, match="lacks required column"):
+        write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "u.parquet", SCHEMA, "u")
+    with pytest.raises(ValueError, match="does not match its schema"):
+        write_parquet(pd.DataFrame({"a": ["not-a-number"], "b": ["x"]}), tmp_path / "v.parquet", SCHEMA, "v")
+    assert not (tmp_path / "u.parquet").exists() and not (tmp_path / "v.parquet").exists()

@@ -1,0 +1,82 @@
+import pandas as pd
+import pytest
+
+from kd_core.errors import ConfigError
+from kd_core.io import read_metadata
+from kd_core.models.tokenizer import build_clip_tokenizer
+from kd_core.prompts import (
+    PROMPT_SCHEMA,
+    PromptConfig,
+    iter_words,
+    load_grammar,
+    synthesize_prompts,
+    write_prompt_tables,
+)
+
+
+@pytest.mark.parametrize("grammar,filler", [("shapes", "shapes"), ("dogs", "artistic"), ("artistic", "artistic")])
+def test_splits_disjoint_unique_and_deterministic(grammar, filler):
+    cfg = PromptConfig(grammar=grammar, filler_grammar=filler, n_train=40, n_eval=10, n_filler=12, seed=3)
+    a, b = synthesize_prompts(cfg), synthesize_prompts(cfg)
+    for split in a:
+        pd.testing.assert_frame_equal(a[split], b[split])
+        assert list(a[split].columns[: len(PROMPT_SCHEMA)]) == PROMPT_SCHEMA.names
+        assert a[split]["prompt"].is_unique and a[split]["prompt_id"].is_unique
+        assert (a[split]["split"] == split).all()
+    assert (len(a["train"]), len(a["eval"]), len(a["filler"])) == (40, 10, 12)
+    sets = [set(a[s]["prompt"]) for s in ("train", "eval", "filler")]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    other = synthesize_prompts(PromptConfig(grammar=grammar, filler_grammar=filler, n_train=40, n_eval=10, n_filler=12, seed=4))
+    assert list(other["train"]["prompt"]) != list(a["train"]["prompt"])
+
+
+def test_attribute_columns_are_ground_truth():
+    t = synthesize_prompts(PromptConfig(n_train=30, n_eval=5, n_filler=5))["train"]
+    for r in t.itertuples():
+        assert r.prompt == f"a {r.size} {r.colour} {r.shape} at the {r.position} on a {r.background} background"
+    dogs = synthesize_prompts(PromptConfig(grammar="dogs", filler_grammar="artistic", n_train=5, n_eval=2, n_filler=7))
+    assert {"breed", "pose", "environment", "lighting"} <= set(dogs["train"].columns)
+    assert dogs["filler"]["category"].notna().all()
+    assert dogs["train"]["negative_prompt"].str.contains("blurry").all()
+
+
+def test_seeds_per_prompt_gives_distinct_seeds():
+    t = synthesize_prompts(PromptConfig(n_train=5, n_eval=2, n_filler=0, seeds_per_prompt=3))["train"]
+    assert len(t) == 15
+    assert t.groupby("prompt_id")["seed"].nunique().eq(3).all()
+
+
+def test_too_many_prompts_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"prompts.n_train \+ prompts.n_eval = 500 exceeds the 432"):
+        synthesize_prompts(PromptConfig(n_train=450, n_eval=50))
+
+
+def test_unknown_grammar_names_the_builtins(tmp_path):
+    with pytest.raises(ConfigError, match="built-in grammars: .*dogs"):
+        load_grammar("cats")
+    bad = tmp_path / "g.yaml"
+    bad.write_text("name: g\ntemplates:\n  - template: 'a {thing}'\n")
+    with pytest.raises(ConfigError, match="undefined slot"):
+        load_grammar(str(bad))
+
+
+def test_grammar_sizes_cover_the_studies():
+    assert load_grammar("dogs").size == 20 * 10 * 12 * 8
+    cats = {t.category for t in load_grammar("artistic").templates}
+    assert cats == {"animal", "landscape", "object", "cityscape", "nature", "space", "abstract"}
+
+
+def test_written_tables_carry_schema_and_provenance(tmp_path):
+    paths = {s: tmp_path / f"{s}.parquet" for s in ("train", "eval", "filler")}
+    write_prompt_tables(PromptConfig(n_train=4, n_eval=2, n_filler=2), paths, {"code_hash": "abc"})
+    df = pd.read_parquet(paths["eval"])
+    assert len(df) == 2 and df["seed"].dtype == "int64"
+    meta = read_metadata(paths["eval"])
+    assert meta["code_hash"] == "abc" and meta["config"]["n_eval"] == 2
+
+
+def test_every_grammar_word_is_one_token():
+    words = iter_words(["shapes", "dogs", "artistic"])
+    tok = build_clip_tokenizer(words, 16)
+    assert all(len(tok.tokenize(w)) == 1 for w in words)
+    assert len(tok.tokenize("zebra")) >= 1  # unknown words still tokenize

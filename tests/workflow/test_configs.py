@@ -1,0 +1,46 @@
+"""Dry runs of the real experiment configs, and bad configs stopped before any job starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import ROOT, planned_jobs, run
+
+
+@pytest.mark.parametrize("name,teacher_images", [("sdxl_to_sd15_dogs", 1100), ("sd_turbo_wikiart", 64)])
+def test_real_config_dry_run_builds_its_dag(name, teacher_images):
+    jobs = planned_jobs(ROOT, "--configfile", f"config/experiments/{name}.yaml")
+    # Hub models: no toy pretraining, no shapes world; prompts then one generation job per model.
+    assert jobs == {"prompts": 1, "generate": 2, "all": 1}
+    text = run(ROOT, "-n", "--configfile", f"config/experiments/{name}.yaml", "--printshellcmds").stdout
+    assert f"results/{name}/images/teacher/manifest.parquet" in text
+    assert "gpu=1" in text
+
+
+def test_tiny_config_dry_run_builds_tiny_models():
+    jobs = planned_jobs(ROOT, "--configfile", "config/tiny.yaml")
+    assert jobs == {"prompts": 1, "tiny_model": 2, "generate": 2, "all": 1}
+
+
+BAD = {
+    "unknown key": ("prompts: {n_evals: 3}\n", "unknown config key 'prompts.n_evals'"),
+    "wrong type": ("prompts: {n_eval: ten}\n", "config key 'prompts.n_eval' is 'ten', of the wrong type"),
+    "out of range": ("models:\n  teacher: {source: 'toy:teacher', generation: {guidance_scale: 99}}\n"
+                     "  base_student: {source: 'toy:student'}\n",
+                     "config key 'models.teacher.generation.guidance_scale' is 99, out of range; allowed: <= 50"),
+    "missing local path": ("models:\n  teacher: {source: /data/models/sdxl}\n  base_student: {source: 'toy:student'}\n",
+                           "config key 'models.teacher.source': local path '/data/models/sdxl' does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_fails_before_any_job_with_one_line(tmp_path, case):
+    text, message = BAD[case]
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    proc = run(ROOT, "--configfile", str(cfg), "--directory", str(tmp_path), check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,48 @@
+import json
+
+import torch
+from diffusers import DiffusionPipeline
+
+from kd_core.world.dataset import WorldDataConfig, make_real_dataset
+from kd_core.world.toy import (
+    SCHEDULE,
+    TextEncoderConfig,
+    ToyConfig,
+    UNetConfig,
+    VAEConfig,
+    pretrain_toy_models,
+)
+
+
+def test_schedule_never_clips_latents():
+    # DDPMScheduler defaults to clip_sample=True: right for pixels, ruinous for latents.
+    assert SCHEDULE["clip_sample"] is False
+
+
+def test_pretrain_saves_loadable_pipelines(tmp_path):
+    table = tmp_path / "data" / "data.parquet"
+    make_real_dataset(WorldDataConfig(n_train=64, n_test=16), table)
+    cfg = ToyConfig(vae=VAEConfig(channels=(8, 16, 16), steps=3, batch_size=4), text=TextEncoderConfig(hidden_size=16, layers=1, heads=2),
+                    teacher=UNetConfig(channels=(16, 32), steps=3, batch_size=4),
+                    student=UNetConfig(channels=(8, 16), steps=3, batch_size=4))
+    times = pretrain_toy_models(table, tmp_path / "teacher", tmp_path / "student", tmp_path / "loss.parquet", cfg)
+    assert set(times) == {"vae_s", "teacher_s", "student_s"}
+    for name, width in (("teacher", 16), ("student", 8)):
+        sched = json.loads((tmp_path / name / "scheduler" / "scheduler_config.json").read_text())
+        assert sched["clip_sample"] is False and sched["_class_name"] == "DDIMScheduler"
+        assert (tmp_path / name / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+        pipe = DiffusionPipeline.from_pretrained(tmp_path / name)
+        assert type(pipe).__name__ == "StableDiffusionPipeline"
+        assert pipe.unet.config.block_out_channels[0] == width
+        assert pipe.vae.config.scaling_factor != 0.18215  # measured, not SD's constant
+        out = pipe("a small red circle at the left on a white background", num_inference_steps=2, height=32, width=32,
+                   generator=torch.Generator().manual_seed(0), output_type="np").images
+        assert out.shape == (1, 32, 32, 3)
+    # the text encoder and VAE are shared by teacher and student
+    t = DiffusionPipeline.from_pretrained(tmp_path / "teacher")
+    s = DiffusionPipeline.from_pretrained(tmp_path / "student")
+    assert torch.equal(t.text_encoder.get_input_embeddings().weight,
+                       s.text_encoder.get_input_embeddings().weight)
+    import pandas as pd
+    loss = pd.read_parquet(tmp_path / "loss.parquet")
+    assert {"vae", "teacher", "student"} == set(loss["model"]) and loss["value"].notna().all()
