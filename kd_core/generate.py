@@ -1,9 +1,13 @@
 """Text-to-image generation with any diffusers pipeline, idempotent per (prompt_id, seed).
 
-Each image gets its own CPU ``torch.Generator`` seeded with the prompt table's seed, so an image
-depends on neither the batch size nor the device its noise is drawn for. PNGs are written as
-``<prompt_id>_<seed>.png`` with ``manifest.parquet``; progress is kept in a partial manifest so an
-interrupted run resumes, and an image is reused only when it was made with the same settings.
+Each image gets its own CPU ``torch.Generator`` seeded with the prompt table's seed, so its initial
+noise depends on neither the batch size nor the device. (The pixels of a batch of 1 and of 8 can
+still differ by one grey level in a few pixels: batched convolutions round differently.) Batches
+are fixed chunks of the prompt table, so a resumed run recomputes a missing image in the very
+batch it would have had, and the images are bit-identical to an uninterrupted run's.
+
+PNGs are written as ``<prompt_id>_<seed>.png`` with ``manifest.parquet``; progress is kept in a
+partial manifest, and an image is reused only when it was made with the same settings.
 """
 
 from __future__ import annotations
@@ -78,11 +82,14 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
 
     done = _reusable(out_dir, shash)
     done_keys = set(zip(done["prompt_id"], done["seed"], strict=True))
-    todo = prompts[[k not in done_keys for k in zip(prompts["prompt_id"], prompts["seed"], strict=True)]]
+    missing = [k not in done_keys for k in zip(prompts["prompt_id"], prompts["seed"], strict=True)]
     rows = done.to_dict("records")
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"generate {model_name}", unit="img")
-    for start in range(0, len(todo), cfg.batch_size):
-        batch = todo.iloc[start : start + cfg.batch_size]
+    bar = tqdm(total=len(prompts), initial=len(prompts) - sum(missing), desc=f"generate {model_name}", unit="img")
+    for start in range(0, len(prompts), cfg.batch_size):
+        if not any(missing[start : start + cfg.batch_size]):
+            continue
+        batch = prompts.iloc[start : start + cfg.batch_size]
+        todo = missing[start : start + cfg.batch_size]
         negative = list(batch["negative_prompt"]) if (batch["negative_prompt"] != "").any() else None
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in batch["seed"]]
         t0 = time.perf_counter()
@@ -90,7 +97,9 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
             images = pipe(prompt=list(batch["prompt"]), negative_prompt=negative, num_inference_steps=cfg.steps,
                           guidance_scale=cfg.guidance_scale, height=size, width=size, generator=gens).images
         per_image = (time.perf_counter() - t0) / len(batch)
-        for image, r in zip(images, batch.itertuples(index=False), strict=True):
+        for image, r, new in zip(images, batch.itertuples(index=False), todo, strict=True):
+            if not new:
+                continue
             fname = f"{r.prompt_id}_{r.seed}.png"
             save_png(image, out_dir / fname)
             row = {"file": fname, "prompt_id": r.prompt_id, "seed": int(r.seed), "split": r.split, "prompt": r.prompt,
@@ -98,12 +107,11 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
                    "wall_time_s": per_image, **settings}
             rows.append(row | {a: getattr(r, a) for a in attrs})
         write_parquet(pd.DataFrame(rows), out_dir / PARTIAL, MANIFEST_SCHEMA, "images/manifest.partial")
-        bar.update(len(batch))
+        bar.update(sum(todo))
     bar.close()
-    order = {k: i for i, k in enumerate(zip(prompts["prompt_id"], prompts["seed"], strict=True))}
-    manifest = pd.DataFrame(rows)
-    manifest = manifest.iloc[sorted(range(len(manifest)), key=lambda i: order[(manifest["prompt_id"].iat[i], manifest["seed"].iat[i])])]
-    manifest = manifest.reset_index(drop=True)[[c for c in manifest.columns if c not in ("variant", "vae")]]
+    manifest = pd.DataFrame(rows).set_index(["prompt_id", "seed"], drop=False)
+    manifest = manifest.loc[list(zip(prompts["prompt_id"], prompts["seed"], strict=True))].reset_index(drop=True)
+    manifest = manifest[MANIFEST_SCHEMA.names + attrs]
     write_parquet(manifest, out_dir / "manifest.parquet", MANIFEST_SCHEMA, "images/manifest",
                   {"settings": settings, "config": asdict(cfg), **(provenance or {})})
     (out_dir / PARTIAL).unlink(missing_ok=True)

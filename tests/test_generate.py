@@ -34,12 +34,16 @@ def test_generation_writes_pngs_and_manifest(request, tmp_path, prompts, which):
 
 def test_images_do_not_depend_on_batch_size_and_repeat(tmp_path, prompts, tiny_sd):
     a = generate_images(str(tiny_sd), prompts, tmp_path / "a", CFG, "m")
+    again = generate_images(str(tiny_sd), prompts, tmp_path / "again", CFG, "m")
     b = generate_images(str(tiny_sd), prompts, tmp_path / "b", GenerationConfig(**{**CFG.__dict__, "batch_size": 5}), "m")
     c = generate_images(str(tiny_sd), prompts.iloc[::-1], tmp_path / "c", GenerationConfig(**{**CFG.__dict__, "batch_size": 1}), "m")
-    pa, pb, pc = _pixels(tmp_path / "a", a), _pixels(tmp_path / "b", b), _pixels(tmp_path / "c", c)
+    pa, p2, pb, pc = (_pixels(tmp_path / d, m) for d, m in (("a", a), ("again", again), ("b", b), ("c", c)))
     for f in pa:
-        assert np.array_equal(pa[f], pb[f]) and np.array_equal(pa[f], pc[f]), f
-    assert not np.array_equal(pa[a["file"][0]], pa[a["file"][1]])
+        assert np.array_equal(pa[f], p2[f]), f  # same settings: bit-identical
+        for other in (pb[f], pc[f]):  # other batch sizes: same noise; batched convolutions round differently
+            diff = np.abs(pa[f].astype(int) - other.astype(int))
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, f
+    assert np.abs(pa[a["file"][0]].astype(int) - pa[a["file"][1]].astype(int)).mean() > 10
 
 
 def test_generation_is_idempotent_and_resumes(tmp_path, prompts, tiny_sd):
@@ -58,6 +62,9 @@ def test_generation_is_idempotent_and_resumes(tmp_path, prompts, tiny_sd):
     resumed = generate_images(str(tiny_sd), prompts, tmp_path, CFG, "m")
     assert all((tmp_path / f).stat().st_mtime_ns == mtimes[f] for f in first["file"][:2])
     assert list(resumed["file"]) == list(first["file"])
+    generate_images(str(tiny_sd), prompts, tmp_path / "fresh", CFG, "m")
+    for f in first["file"]:  # a resumed run's images equal an uninterrupted run's, bit for bit
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f)), np.asarray(Image.open(tmp_path / "fresh" / f)))
 
 
 def test_changed_settings_regenerate(tmp_path, prompts, tiny_sd):

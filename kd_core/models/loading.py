@@ -39,7 +39,7 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     """
     check_source(source, "model")
     path = local_path(source)
-    kwargs: dict = {"torch_dtype": dtype, "use_safetensors": True}
+    kwargs: dict = {"dtype": dtype, "use_safetensors": True}
     if variant:
         kwargs["variant"] = variant
     try:
@@ -51,7 +51,7 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if vae:
         check_source(vae, "vae")
-        kwargs["vae"] = AutoencoderKL.from_pretrained(local_path(vae), torch_dtype=dtype, use_safetensors=True)
+        kwargs["vae"] = AutoencoderKL.from_pretrained(local_path(vae), dtype=dtype, use_safetensors=True)
     pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
     if scheduler != "default":
         if scheduler not in SCHEDULERS:

@@ -25,7 +25,7 @@ from kd_core.prompts import iter_words
 from kd_core.world.toy import SCHEDULE, save_pipeline
 
 GRAMMARS = ["shapes", "dogs", "artistic"]
-MAX_LENGTH = 32
+MAX_LENGTH = 77  # as in CLIP
 
 
 def _text_config(vocab: int, hidden: int = 32, layers: int = 2) -> CLIPTextConfig:
