@@ -1,0 +1,21 @@
+"""config/tiny.yaml end to end: SDXL teacher and SD 1.x student code paths on tiny random pipelines."""
+
+import pandas as pd
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from .conftest import copy_repo, planned_jobs, run
+
+
+def test_tiny_config_runs_sdxl_and_sd_pipelines(tmp_path):
+    repo = copy_repo(tmp_path)
+    run(repo, "--configfile", "config/tiny.yaml")
+    out = repo / "results" / "tiny"
+    assert type(DiffusionPipeline.from_pretrained(out / "models" / "tiny_sdxl")).__name__ == "StableDiffusionXLPipeline"
+    teacher = pd.read_parquet(out / "images" / "teacher" / "manifest.parquet")
+    student = pd.read_parquet(out / "images" / "base_student" / "manifest.parquet")
+    assert len(teacher) == 7 and (teacher["scheduler"] == "euler").all() and (teacher["guidance_scale"] == 5.0).all()
+    assert set(student["split"]) == {"eval", "filler"} and len(student) == 6
+    assert teacher["negative_prompt"].str.contains("blurry").all()
+    assert Image.open(out / "images" / "teacher" / teacher["file"][0]).size == (64, 64)
+    assert planned_jobs(repo, "--configfile", "config/tiny.yaml") == {}
