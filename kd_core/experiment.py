@@ -9,6 +9,7 @@ from kd_core.config import validate_config
 from kd_core.errors import ConfigError, KDError
 from kd_core.prompts import load_grammar
 from kd_core.sources import check_source
+from kd_core.world.render import DEFAULTS
 
 
 def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
@@ -22,6 +23,13 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
         except ConfigError as exc:
             raise ConfigError(f"config key 'prompts.{key}': {exc}") from None
     main = grammars["grammar"]
+    if cfg["world"]["enabled"]:
+        drawable = set(DEFAULTS)
+        for t in main.templates:
+            if set(t.slots) - drawable:
+                raise ConfigError(f"config key 'prompts.grammar' is {p['grammar']!r}, whose slots "
+                                  f"{sorted(set(t.slots) - drawable)} the shapes world cannot draw; use a shapes grammar "
+                                  "(slots among " + ", ".join(sorted(drawable)) + ") or set 'world.enabled: false'")
     if p["n_train"] + p["n_eval"] > main.size:
         raise ConfigError(f"config keys 'prompts.n_train' + 'prompts.n_eval' = {p['n_train'] + p['n_eval']} exceed "
                           f"the {main.size} distinct prompts of grammar {main.name!r}; lower them")

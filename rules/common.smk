@@ -19,7 +19,6 @@ config.update(_validated)
 OUT = f"results/{config['experiment']}"
 MODELS = list(config["models"])
 WORLD = config["world"]["enabled"]
-TINY = sorted({s.removeprefix("tiny:") for s in (m["source"] for m in config["models"].values()) if s.startswith("tiny:")})
 
 
 wildcard_constraints:

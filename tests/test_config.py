@@ -38,6 +38,7 @@ def test_shipped_configs_are_valid(root, schema, name):
                  "base_student": {"source": "toy:student"}}},
      "config key 'models.teacher.generation.scheduler' is 'magic'; allowed: 'default', 'ddim'"),
     ({"prompts": {"grammar": "cats"}}, "config key 'prompts.grammar': unknown grammar 'cats'"),
+    ({"prompts": {"grammar": "dogs"}}, "config key 'prompts.grammar' is 'dogs', whose slots ['breed', 'environment'"),
     ({"prompts": {"n_train": 430, "n_eval": 10}}, "'prompts.n_train' + 'prompts.n_eval' = 440 exceed the 432"),
     ({"models": {"teacher": {"source": "tiny:sd15"}, "base_student": {"source": "toy:student"}}},
      "config key 'models.teacher.source' is 'tiny:sd15'; built models are"),
