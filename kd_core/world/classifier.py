@@ -126,7 +126,7 @@ def train_classifier(data_table: str | Path, out_dir: str | Path, cfg: Classifie
 
 
 ALIGNMENT_SCHEMA = pa.schema([
-    ("model", pa.string()), ("prompt_id", pa.string()), ("seed", pa.int64()), ("attribute", pa.string()),
+    ("model", pa.string()), ("split", pa.string()), ("prompt_id", pa.string()), ("seed", pa.int64()), ("attribute", pa.string()),
     ("target", pa.string()), ("predicted", pa.string()), ("correct", pa.bool_()),
 ])
 
@@ -144,7 +144,7 @@ def attribute_accuracy(manifest: str | Path, classifier_dir: str | Path, out_pat
             continue
         for i, r in enumerate(man.itertuples()):
             target = getattr(r, k)
-            rows.append({"model": model_name, "prompt_id": r.prompt_id, "seed": r.seed, "attribute": k,
+            rows.append({"model": model_name, "split": r.split, "prompt_id": r.prompt_id, "seed": r.seed, "attribute": k,
                          "target": target, "predicted": pred[k][i], "correct": pred[k][i] == target})
     out = pd.DataFrame(rows)
     write_parquet(out, out_path, ALIGNMENT_SCHEMA, "metrics/attributes", {"classifier": str(classifier_dir)})
@@ -152,20 +152,20 @@ def attribute_accuracy(manifest: str | Path, classifier_dir: str | Path, out_pat
 
 
 SUMMARY_SCHEMA = pa.schema([
-    ("model", pa.string()), ("attribute", pa.string()), ("accuracy", pa.float64()), ("ci_low", pa.float64()),
+    ("model", pa.string()), ("split", pa.string()), ("attribute", pa.string()), ("accuracy", pa.float64()), ("ci_low", pa.float64()),
     ("ci_high", pa.float64()), ("n", pa.int64()),
 ])
 
 
 def summarize_accuracy(paths: list[str | Path], out_path: str | Path, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
-    """Mean per-attribute accuracy per model with a percentile bootstrap 95% CI over images."""
+    """Mean per-attribute accuracy per model and prompt split, with a percentile bootstrap 95% CI over images."""
     rng = np.random.default_rng(seed)
     df = pd.concat([pd.read_parquet(p) for p in paths])
     rows = []
-    for (model, attr), g in df.groupby(["model", "attribute"], sort=False):
+    for (model, split, attr), g in df.groupby(["model", "split", "attribute"], sort=False):
         c = g["correct"].to_numpy(dtype=float)
         boot = c[rng.integers(0, len(c), size=(n_boot, len(c)))].mean(axis=1)
-        rows.append({"model": model, "attribute": attr, "accuracy": c.mean(), "ci_low": np.quantile(boot, 0.025),
+        rows.append({"model": model, "split": split, "attribute": attr, "accuracy": c.mean(), "ci_low": np.quantile(boot, 0.025),
                      "ci_high": np.quantile(boot, 0.975), "n": len(c)})
     out = pd.DataFrame(rows)
     write_parquet(out, out_path, SUMMARY_SCHEMA, "metrics/attribute_accuracy",

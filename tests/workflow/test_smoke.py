@@ -32,6 +32,8 @@ def test_smoke_outputs_exist_and_match_schemas(smoke_repo):
     assert "code_hash" in read_metadata(out / "images" / "base_student" / "manifest.parquet")
     acc = pd.read_parquet(out / "metrics" / "attribute_accuracy.parquet")
     assert set(acc["model"]) == {"teacher", "base_student"} and acc["accuracy"].between(0, 1).all()
+    assert set(acc.loc[acc["model"] == "teacher", "split"]) == {"train", "eval"}
+    assert (acc.groupby(["model", "split"]).size() == 5).all()
     for rule in ("prompts", "world_data", "world_classifier", "toy_pretrain", "generate_teacher", "attribute_summary"):
         assert (out / "benchmarks" / f"{rule}.tsv").is_file() and (out / "logs" / f"{rule}.log").is_file()
 

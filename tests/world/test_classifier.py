@@ -24,7 +24,7 @@ def test_classifier_learns_and_scores_images(tmp_path):
     assert (pd.Series(predict(clf, x)["colour"]) == test_df["colour"]).mean() == acc.set_index("attribute").loc["colour", "accuracy"]
 
     # Score "generated" images: the held-out real images, through a manifest.
-    man = test_df.rename(columns={"image": "file"}).assign(prompt_id=[f"eval-{i:05d}" for i in range(len(test_df))], seed=0)
+    man = test_df.rename(columns={"image": "file"}).assign(prompt_id=[f"eval-{i:05d}" for i in range(len(test_df))], seed=0, split="eval")
     man.to_parquet(tmp_path / "data" / "manifest.parquet")
     rows = attribute_accuracy(tmp_path / "data" / "manifest.parquet", tmp_path / "clf", tmp_path / "acc.parquet", "real")
     assert set(rows["attribute"]) == set(DEFAULTS) and len(rows) == 5 * len(test_df)
