@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(2)
+# Tests never download: a hub id that is not in the local cache must fail, not fetch.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
