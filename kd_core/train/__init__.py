@@ -1,0 +1,1 @@
+"""Training: the shared loop (``loop``) and the studies' objectives built on it."""

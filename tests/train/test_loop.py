@@ -1,0 +1,147 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from kd_core.errors import KDError
+from kd_core.train.loop import TrainConfig, Trainer, _lr_lambda, batch_indices, complete_checkpoints
+
+X = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+Y = X @ torch.linspace(-1, 1, 8) + 1.0
+
+
+def make_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.1), torch.nn.Linear(16, 1))
+
+
+def loss_fn_for(model, nan_at=None, stop_at=None):
+    calls = {"n": 0}
+
+    def loss_fn(idx, gen):
+        calls["n"] += 1
+        if stop_at is not None and calls["n"] == stop_at:
+            raise KeyboardInterrupt
+        noise = 0.01 * torch.randn(len(idx), generator=gen)
+        task = ((model(X[idx]).squeeze(-1) - Y[idx] - noise) ** 2).mean()
+        if nan_at is not None and calls["n"] >= nan_at:
+            task = task * float("nan")
+        return {"loss": task, "task_mse": task}
+
+    return loss_fn
+
+
+CFG = TrainConfig(max_steps=12, batch_size=8, lr=3e-2, lr_scheduler="cosine", warmup_steps=2, checkpoint_every=3,
+                  keep_checkpoints=2, seed=5, device="cpu")
+
+
+def final_weights(tmp_path, cfg=CFG, **kw):
+    model = make_model()
+    result = Trainer(model, loss_fn_for(model, **kw), len(X), tmp_path, cfg).fit()
+    return model, result
+
+
+def test_loss_falls_and_every_term_is_logged(tmp_path):
+    model, result = final_weights(tmp_path, TrainConfig(**{**CFG.__dict__, "max_steps": 60}))
+    loss = pd.read_parquet(tmp_path / "loss.parquet")
+    train = loss[(loss["split"] == "train") & (loss["term"] == "loss")]
+    assert len(train) == 60 and train["value"].iloc[-5:].mean() < 0.3 * train["value"].iloc[:5].mean()
+    assert {"loss", "task_mse", "lr"} <= set(loss["term"])
+    assert result.steps == 60 and result.resumed_from is None
+    assert [p.name for p in complete_checkpoints(tmp_path / "checkpoints")] == ["step-00000057", "step-00000060"]
+
+
+def test_resume_after_interruption_is_bit_exact(tmp_path):
+    reference, _ = final_weights(tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        final_weights(tmp_path / "run", stop_at=8)  # dies during step 8, after the step-6 checkpoint
+    assert complete_checkpoints(tmp_path / "run" / "checkpoints")[-1].name == "step-00000006"
+    resumed, result = final_weights(tmp_path / "run")
+    assert result.resumed_from == 6
+    for a, b in zip(reference.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    ref_loss = pd.read_parquet(tmp_path / "ref" / "loss.parquet")
+    pd.testing.assert_frame_equal(ref_loss, pd.read_parquet(tmp_path / "run" / "loss.parquet"))
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path):
+    first, _ = final_weights(tmp_path)
+    again, result = final_weights(tmp_path)
+    assert result.resumed_from == 12 and all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters(), strict=True))
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(KDError) as info:
+        final_weights(tmp_path, nan_at=11)
+    msg = str(info.value)
+    assert "loss became nan at step 10" in msg and "step-00000009" in msg and "\n" not in msg
+    assert complete_checkpoints(tmp_path / "checkpoints")[-1].name == "step-00000009"
+    assert not (tmp_path / "loss.parquet").exists()
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+    model = make_model()
+    vals = iter([1.0, 0.5, 0.7, 0.8, 0.9, 1.0])
+    snapshots = []
+
+    def val_fn():
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+        return {"loss": next(vals)}
+
+    cfg = TrainConfig(**{**CFG.__dict__, "max_steps": 100, "eval_every": 2, "patience": 3})
+    result = Trainer(model, loss_fn_for(model), len(X), tmp_path, cfg, val_fn=val_fn).fit()
+    assert result.stopped_early and result.steps == 10 and result.best_step == 4 and result.best_val == 0.5
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), snapshots[1], strict=True))
+    val = pd.read_parquet(tmp_path / "loss.parquet").query("split == 'val'")
+    assert list(val["step"]) == [2, 4, 6, 8, 10]
+
+
+def test_schedules_and_batches():
+    cos = _lr_lambda("cosine", 2, 12)
+    assert cos(0) == 0.5 and cos(1) == 1.0 and cos(11) < 0.05
+    assert _lr_lambda("linear", 0, 10)(5) == 0.5 and _lr_lambda("constant", 0, 10)(9) == 1.0
+    with pytest.raises(KDError, match="unknown lr_scheduler 'step'"):
+        _lr_lambda("step", 0, 10)
+    seen = torch.cat([batch_indices(64, 8, 0, m)[0] for m in range(8)])
+    assert sorted(seen.tolist()) == list(range(64))  # one epoch visits every example once
+    assert batch_indices(64, 8, 0, 8)[1] == 1
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    sys.path.insert(0, {tests!r})
+    from train.test_loop import make_model, loss_fn_for, X, CFG
+    from kd_core.train.loop import Trainer, TrainConfig
+    model = make_model()
+    base = loss_fn_for(model)
+    def slow(idx, gen):
+        time.sleep(float(sys.argv[2]))
+        return base(idx, gen)
+    Trainer(model, slow, len(X), sys.argv[1], CFG).fit()
+    torch.save([p.detach() for p in model.parameters()], sys.argv[1] + "/final.pt")
+""")
+
+
+def test_sigkill_mid_run_then_rerun_resumes(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(tests=os.path.dirname(os.path.dirname(__file__))))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir), "0.2"], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not complete_checkpoints(run_dir / "checkpoints"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = complete_checkpoints(run_dir / "checkpoints")[-1].name
+    assert killed_at in ("step-00000003", "step-00000006") and not (run_dir / "final.pt").exists()
+    subprocess.run([sys.executable, str(script), str(run_dir), "0"], check=True, stderr=subprocess.DEVNULL)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "ref"), "0"], check=True, stderr=subprocess.DEVNULL)
+    for a, b in zip(torch.load(run_dir / "final.pt", weights_only=True),
+                    torch.load(tmp_path / "ref" / "final.pt", weights_only=True), strict=True):
+        assert torch.equal(a, b)
