@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from kd_core.io import save_png, write_parquet
 from kd_core.models.loading import load_pipeline, model_default_size
 from kd_core.seeding import resolve_device, resolve_dtype
+from kd_core.sources import fingerprint
 
 MANIFEST_SCHEMA = pa.schema([
     ("file", pa.string()), ("prompt_id", pa.string()), ("seed", pa.int64()), ("split", pa.string()),
@@ -48,12 +49,14 @@ class GenerationConfig:
     dtype: str = "auto"
     variant: str | None = None
     vae: str | None = None
+    lora: str | None = None  # a LoRA adapter folder applied to the model
 
 
 def _settings(source: str, cfg: GenerationConfig, size: int, device: torch.device, dtype: torch.dtype) -> dict:
     return {"source": source, "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
             "height": size, "width": size, "dtype": str(dtype).removeprefix("torch."), "device": device.type,
-            "variant": cfg.variant, "vae": cfg.vae}
+            "variant": cfg.variant, "vae": cfg.vae, "lora": cfg.lora,
+            "weights": [fingerprint(source), fingerprint(cfg.vae), fingerprint(cfg.lora)]}
 
 
 def _reusable(out_dir: Path, settings_hash: str) -> pd.DataFrame:
@@ -73,7 +76,7 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    pipe = load_pipeline(source, device, dtype, cfg.variant, cfg.vae, cfg.scheduler)
+    pipe = load_pipeline(source, device, dtype, cfg.variant, cfg.vae, cfg.scheduler, cfg.lora)
     pipe.set_progress_bar_config(disable=True)
     size = cfg.resolution or model_default_size(pipe)
     settings = _settings(source, cfg, size, device, dtype)
@@ -112,6 +115,7 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
     manifest = pd.DataFrame(rows).set_index(["prompt_id", "seed"], drop=False)
     manifest = manifest.loc[list(zip(prompts["prompt_id"], prompts["seed"], strict=True))].reset_index(drop=True)
     manifest = manifest[MANIFEST_SCHEMA.names + attrs]
+    settings = {k: v for k, v in settings.items() if k != "weights"}
     write_parquet(manifest, out_dir / "manifest.parquet", MANIFEST_SCHEMA, "images/manifest",
                   {"settings": settings, "config": asdict(cfg), **(provenance or {})})
     (out_dir / PARTIAL).unlink(missing_ok=True)

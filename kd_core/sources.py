@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from pathlib import Path
 
 from kd_core.errors import KDError
 
@@ -35,3 +37,20 @@ def check_source(source: str, key: str) -> None:
 
 def local_path(source: str) -> str:
     return os.path.expanduser(source) if is_local(source) else source
+
+
+def fingerprint(source: str | None) -> str | None:
+    """Cheap identity of a model: for a local folder, every file's name, size and mtime; else the id.
+
+    Generation reuses an image only under the same fingerprint, so retraining a model in place
+    (same folder, new weights) makes its images anew.
+    """
+    if source is None or not is_local(source):
+        return source
+    root = Path(local_path(source))
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root) if root.is_dir() else p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]

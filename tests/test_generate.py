@@ -81,3 +81,16 @@ def test_missing_local_model_is_one_line(tmp_path, prompts):
 
     with pytest.raises(KDError, match="local path './nowhere' does not exist"):
         generate_images("./nowhere", prompts, tmp_path, CFG, "m")
+
+
+def test_retrained_model_in_place_regenerates(tmp_path, prompts, tiny_sd):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd, model)
+    first = generate_images(str(model), prompts, tmp_path / "img", CFG, "m")
+    mtimes = {f: (tmp_path / "img" / f).stat().st_mtime_ns for f in first["file"]}
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # same folder, rewritten weights
+    generate_images(str(model), prompts, tmp_path / "img", CFG, "m")
+    assert all((tmp_path / "img" / f).stat().st_mtime_ns != mtimes[f] for f in first["file"])

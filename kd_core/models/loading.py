@@ -30,12 +30,13 @@ SCHEDULERS = {
     "lcm": LCMScheduler,
 }
 def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant: str | None = None,
-                  vae: str | None = None, scheduler: str = "default") -> DiffusionPipeline:
+                  vae: str | None = None, scheduler: str = "default", lora: str | None = None) -> DiffusionPipeline:
     """``DiffusionPipeline.from_pretrained`` for SD 1.x, SDXL, sd-turbo...; weights from safetensors only.
 
     ``vae`` replaces the pipeline's VAE (e.g. an fp16-safe SDXL VAE); without one, SDXL's VAE in
     fp16 is upcast by diffusers when its config sets ``force_upcast``. ``scheduler`` swaps the
     sampler while keeping the model's noise schedule; x0 clipping is always off (latent space).
+    ``lora`` is a folder written by ``save_lora_weights`` (a LoRA-tuned student).
     """
     check_source(source, "model")
     path = local_path(source)
@@ -59,6 +60,9 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     if "clip_sample" in pipe.scheduler.config and pipe.scheduler.config.clip_sample:
         pipe.scheduler.register_to_config(clip_sample=False)
+    if lora:
+        check_source(lora, "lora adapter")
+        pipe.load_lora_weights(local_path(lora))
     return pipe.to(device)
 
 

@@ -111,8 +111,11 @@ class Trainer:
     """One training run in ``out_dir`` (``checkpoints/``, ``loss.parquet``)."""
 
     def __init__(self, model: torch.nn.Module, loss_fn: LossFn, n_examples: int, out_dir: str | Path,
-                 cfg: TrainConfig, val_fn: Callable[[], dict[str, float]] | None = None, name: str = "train"):
+                 cfg: TrainConfig, val_fn: Callable[[], dict[str, float]] | None = None, name: str = "train",
+                 run_key: str = ""):
+        """``run_key`` names what the run trains (data, model, settings): checkpoints of another key are discarded."""
         self.model, self.loss_fn, self.n, self.cfg, self.val_fn, self.name = model, loss_fn, n_examples, cfg, val_fn, name
+        self.run_key = f"{run_key}|{json.dumps(asdict(cfg), sort_keys=True)}|n={n_examples}"
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         cpu = cfg.device == "cpu" or not torch.cuda.is_available()
@@ -169,6 +172,10 @@ class Trainer:
         step, bad_evals, best_val, best_step, resumed = 0, 0, None, None, None
         self.best: dict[str, torch.Tensor] | None = None
         done = complete_checkpoints(self.ckpt_dir)
+        if done and json.loads((done[-1] / "trainer.json").read_text()).get("run_key") != self.run_key:
+            tqdm.write(f"{self.name}: checkpoints in {self.ckpt_dir} are of other settings or data; starting afresh")
+            shutil.rmtree(self.ckpt_dir)
+            done = []
         if done:
             last = done[-1]
             acc.load_state(str(last))
@@ -228,7 +235,7 @@ class Trainer:
                                    f"(best {best_val:.5f} at step {best_step})")
             finished = stopped or step >= self.total
             if step % cfg.checkpoint_every == 0 or finished:
-                self._checkpoint(step, {"step": step, "bad_evals": bad_evals, "best_val": best_val, "best_step": best_step,
+                self._checkpoint(step, {"run_key": self.run_key, "step": step, "bad_evals": bad_evals, "best_val": best_val, "best_step": best_step,
                                         "finished": finished, "stopped_early": stopped, "config": asdict(cfg)}, rows)
         bar.close()
         return self._finish(step, stopped, best_step, best_val, resumed, rows)

@@ -76,6 +76,12 @@ def test_a_finished_run_is_not_trained_again(tmp_path):
     assert result.resumed_from == 12 and all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters(), strict=True))
 
 
+def test_checkpoints_of_other_settings_are_discarded(tmp_path):
+    final_weights(tmp_path)
+    model, result = final_weights(tmp_path, TrainConfig(**{**CFG.__dict__, "lr": 1e-2}))
+    assert result.resumed_from is None and result.steps == 12
+
+
 def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(KDError) as info:
         final_weights(tmp_path, nan_at=11)

@@ -1,0 +1,168 @@
+"""LoRA knowledge transfer: a student pipeline LoRA-tuned (peft) on a teacher's images or captions.
+
+Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models": each targeted linear layer
+W gets a trainable low-rank update (alpha / r) * B A, with W frozen. Targets default to the U-Net
+attention projections (``to_q``, ``to_k``, ``to_v``, ``to_out.0``) and, when asked, the CLIP text
+encoder's (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``, ``fc1``, ``fc2``). The objective is
+the student's own denoising loss on the new images (the *task loss*): for knowledge transfer the
+images are the teacher's, so the student learns the teacher's output distribution.
+
+The adapter is saved in diffusers format (``save_lora_weights``; ``pipe.load_lora_weights`` reads
+it) and, on request, in kohya format for A1111 / ComfyUI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from kd_core.io import atomic_dir, write_json
+from kd_core.models.loading import load_pipeline, model_default_size
+from kd_core.seeding import resolve_device
+from kd_core.train.data import DataConfig, encode_pairs, load_pairs
+from kd_core.train.loop import TrainConfig, Trainer, TrainResult
+
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+KOHYA_FILE = "kohya_lora.safetensors"
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.1
+    unet_targets: tuple[str, ...] = UNET_TARGETS
+    text_encoder: bool = False
+    text_targets: tuple[str, ...] = TEXT_TARGETS
+    resolution: int | None = None  # None: the student's native size
+    val_fraction: float = 0.1
+    snr_gamma: float | None = None  # Min-SNR-gamma weighting of the task loss; None: plain MSE
+    kohya: bool = False
+
+
+def _peft_config(cfg: LoRAConfig, targets: tuple[str, ...]) -> LoraConfig:
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, init_lora_weights="gaussian",
+                      target_modules=list(targets))
+
+
+def add_lora(pipe, cfg: LoRAConfig) -> dict[str, torch.nn.Module]:
+    """Freeze the pipeline, add LoRA adapters; returns the modules that carry trainable weights."""
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.requires_grad_(False)
+    pipe.unet.add_adapter(_peft_config(cfg, cfg.unet_targets))
+    modules = {"unet": pipe.unet}
+    if cfg.text_encoder:
+        for name in ("text_encoder", "text_encoder_2"):
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).add_adapter(_peft_config(cfg, cfg.text_targets))
+                modules[name] = getattr(pipe, name)
+    for m in modules.values():  # adapters train in fp32 even when the base weights are half precision
+        for p in m.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return modules
+
+
+def save_lora(pipe, modules: dict[str, torch.nn.Module], out_dir: str | Path, kohya: bool = False,
+              metadata: dict | None = None) -> None:
+    """Write the adapter atomically: diffusers ``save_lora_weights`` (+ kohya file) + ``lora_config.json``."""
+    layers = {f"{name}_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(m))
+              for name, m in modules.items()}
+    # rank and alpha travel with the weights; without them a loader assumes alpha = rank
+    layers |= {f"{name}_lora_adapter_metadata": m.peft_config["default"].to_dict() for name, m in modules.items()}
+    with atomic_dir(out_dir) as tmp:
+        type(pipe).save_lora_weights(tmp, safe_serialization=True, **layers)
+        if kohya:
+            kohya_sd = {}
+            for name, m in modules.items():
+                prefix = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}[name]
+                sd = convert_state_dict_to_kohya(get_peft_model_state_dict(m))
+                kohya_sd |= {f"{prefix}_{k}": v.contiguous() for k, v in sd.items()}
+            save_file(kohya_sd, str(tmp / KOHYA_FILE))
+        write_json(tmp / "lora_config.json", metadata or {})
+
+
+def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir: str | Path, cfg: LoRAConfig,
+               train: TrainConfig) -> TrainResult:
+    """LoRA-tune ``student`` (hub id or folder) on ``data``; the adapter goes to ``adapter_dir``.
+
+    ``run_dir`` keeps the encoded-data cache, resumable checkpoints and ``loss.parquet``.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(train.device)
+    pipe = load_pipeline(student, device, torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    size = cfg.resolution or model_default_size(pipe)
+    pairs = load_pairs(data)
+    cache = encode_pairs(pipe, pairs, size, run_dir / "cache.safetensors", encode_text=not cfg.text_encoder)
+    prompts = sorted(pairs["prompt"].unique())
+    modules = add_lora(pipe, cfg)
+    model = torch.nn.ModuleDict(modules)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    alphas = sched.alphas_cumprod
+    xl = "pooled_embeds" in cache or getattr(pipe, "text_encoder_2", None) is not None
+
+    n = len(pairs)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(train.seed))
+    n_val = min(n - 1, max(1, round(cfg.val_fraction * n))) if cfg.val_fraction > 0 and n > 1 else 0
+    val_ids, train_ids = order[:n_val], order[n_val:]
+    mean, std, pidx = cache["latent_mean"], cache["latent_std"], cache["prompt_index"]
+
+    def conditioning(ids: torch.Tensor) -> dict:
+        pi = pidx[ids]
+        if cfg.text_encoder:
+            enc = pipe.encode_prompt([prompts[i] for i in pi.tolist()], device=device, num_images_per_prompt=1,
+                                     do_classifier_free_guidance=False)
+            emb, pooled = enc[0], (enc[2] if xl else None)
+        else:
+            emb = cache["prompt_embeds"][pi].to(device)
+            pooled = cache["pooled_embeds"][pi].to(device) if xl else None
+        kw: dict = {"encoder_hidden_states": emb}
+        if xl:
+            time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=emb.dtype, device=device).repeat(len(ids), 1)
+            kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        return kw
+
+    def task_loss(ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        z0 = mean[ids] + std[ids] * torch.randn(mean[ids].shape, generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(ids),), generator=gen)
+        noisy = sched.add_noise(z0, noise, t)
+        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
+        pred = pipe.unet(noisy.to(device), t.to(device), **conditioning(ids)).sample.float()
+        per = F.mse_loss(pred, target.to(device), reduction="none").mean(dim=(1, 2, 3))
+        if cfg.snr_gamma is not None:
+            snr = (alphas[t] / (1 - alphas[t])).to(device)
+            w = torch.clamp(snr, max=cfg.snr_gamma) / (snr if sched.config.prediction_type == "epsilon" else snr + 1)
+            return {"loss": (w * per).mean(), "task_mse": per.mean()}
+        return {"loss": per.mean(), "task_mse": per.mean()}
+
+    val_gen_seed = train.seed + 12_345
+
+    def val_fn() -> dict[str, float]:
+        losses = [task_loss(val_ids[i : i + 16], torch.Generator().manual_seed(val_gen_seed + i))["task_mse"].item()
+                  for i in range(0, len(val_ids), 16)]
+        return {"loss": sum(losses) / len(losses)}
+
+    key = hashlib.sha256(json.dumps({"student": student, "data": asdict(data), "lora": asdict(cfg), "size": size,
+                                     "files": list(pairs["image"])}, sort_keys=True).encode()).hexdigest()[:16]
+    trainer = Trainer(model, lambda idx, gen: task_loss(train_ids[idx], gen), len(train_ids), run_dir, train,
+                      val_fn=val_fn if n_val else None, name="lora", run_key=key)
+    result = trainer.fit()
+    save_lora(pipe, modules, adapter_dir, cfg.kohya,
+              {"base_model": student, "lora": asdict(cfg), "train": asdict(train), "data": asdict(data),
+               "resolution": size, "steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early})
+    return result
