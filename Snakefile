@@ -19,6 +19,7 @@ include: "rules/common.smk"
 include: "rules/prompts.smk"
 include: "rules/world.smk"
 include: "rules/generate.smk"
+include: "rules/lora.smk"
 include: "rules/metrics.smk"
 
 

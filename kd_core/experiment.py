@@ -45,4 +45,16 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
             raise ConfigError(f"config key '{key}' is {model['source']!r}, which needs 'world.enabled: true'")
         if "filler" in model["splits"] and p["n_filler"] == 0:
             raise ConfigError(f"config key 'models.{name}.splits' asks for filler images but 'prompts.n_filler' is 0")
+    lora = cfg["lora"]
+    if lora["enabled"]:
+        if lora["student"] not in cfg["models"] or lora["student"] == "teacher":
+            raise ConfigError(f"config key 'lora.student' is {lora['student']!r}; choose a student among "
+                              f"{[m for m in cfg['models'] if m != 'teacher']}")
+        if lora["data"] == "teacher" and "train" not in cfg["models"]["teacher"]["splits"]:
+            raise ConfigError("config key 'lora.data' is 'teacher' but 'models.teacher.splits' lacks 'train'; add it")
+        if lora["data"] != "teacher":
+            try:
+                check_source(lora["data"], "lora.data")
+            except KDError as exc:
+                raise ConfigError(str(exc)) from None
     return cfg

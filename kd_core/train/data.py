@@ -33,6 +33,8 @@ class DataConfig:
     caption_column: str | None = None
     image_column: str | None = None
     max_items: int | None = None
+    caption_template: str | None = None  # for captionless datasets, e.g. "an impressionist painting"
+    filter: dict | None = None  # hub datasets: column -> value (or list of values) to keep
 
 
 def load_pairs(cfg: DataConfig) -> pd.DataFrame:
@@ -54,6 +56,8 @@ def load_pairs(cfg: DataConfig) -> pd.DataFrame:
         raise KDError(f"dataset {cfg.source!r} is neither a manifest .parquet nor a folder with captions")
     else:
         return _load_hub_dataset(cfg)
+    if cfg.caption_template is not None:
+        df = df.assign(caption=[cfg.caption_template.format(**r) for r in df.to_dict("records")])
     fcol = cfg.image_column or next((c for c in FILE_COLUMNS if c in df.columns), None)
     ccol = cfg.caption_column or next((c for c in CAPTION_COLUMNS if c in df.columns), None)
     if fcol is None or ccol is None or fcol not in df.columns or ccol not in df.columns:
@@ -74,8 +78,13 @@ def _load_hub_dataset(cfg: DataConfig) -> pd.DataFrame:  # pragma: no cover - ne
     except ImportError:
         raise KDError(f"dataset {cfg.source!r} looks like a Hugging Face dataset name: pip install datasets") from None
     ds = datasets.load_dataset(cfg.source, split=cfg.split or "train")
+    for col, want in (cfg.filter or {}).items():
+        keep = set(want) if isinstance(want, list) else {want}
+        ds = ds.filter(lambda ex, col=col, keep=keep: ex[col] in keep)
     icol = cfg.image_column or "image"
-    ccol = cfg.caption_column or next(c for c in CAPTION_COLUMNS if c in ds.column_names)
+    ccol = cfg.caption_column or next((c for c in CAPTION_COLUMNS if c in ds.column_names), None)
+    if ccol is None and cfg.caption_template is None:
+        raise KDError(f"dataset {cfg.source!r} has no caption column; set lora.caption_template")
     cache = Path(datasets.config.HF_DATASETS_CACHE) / "kd_core_images" / cfg.source.replace("/", "__")
     rows = []
     for i, item in enumerate(ds):
@@ -85,7 +94,8 @@ def _load_hub_dataset(cfg: DataConfig) -> pd.DataFrame:  # pragma: no cover - ne
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             item[icol].convert("RGB").save(path)
-        rows.append({"image": str(path), "prompt": str(item[ccol])})
+        caption = cfg.caption_template.format(**item) if cfg.caption_template else str(item[ccol])
+        rows.append({"image": str(path), "prompt": caption})
     return pd.DataFrame(rows)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,8 +120,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision if not cpu or cfg.mixed_precision == "bf16" else "no",
-                                       cpu=cpu)
+        mixed = cfg.mixed_precision or "no"  # YAML reads a bare `no` as false
+        self.accelerator = Accelerator(mixed_precision=mixed if not cpu or mixed == "bf16" else "no", cpu=cpu)
         self.steps_per_epoch = max(1, (n_examples // max(1, min(cfg.batch_size, n_examples))) // cfg.gradient_accumulation)
         self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -173,7 +174,7 @@ class Trainer:
         self.best: dict[str, torch.Tensor] | None = None
         done = complete_checkpoints(self.ckpt_dir)
         if done and json.loads((done[-1] / "trainer.json").read_text()).get("run_key") != self.run_key:
-            tqdm.write(f"{self.name}: checkpoints in {self.ckpt_dir} are of other settings or data; starting afresh")
+            tqdm.write(f"{self.name}: checkpoints in {self.ckpt_dir} are of other settings or data; starting afresh", file=sys.stderr)
             shutil.rmtree(self.ckpt_dir)
             done = []
         if done:
@@ -185,7 +186,7 @@ class Trainer:
             if (last / "best.safetensors").is_file():
                 self.best = load_file(str(last / "best.safetensors"))
             resumed = step
-            tqdm.write(f"{self.name}: resuming from {last} (step {step} of {self.total})")
+            tqdm.write(f"{self.name}: resuming from {last} (step {step} of {self.total})", file=sys.stderr)
             if meta.get("finished"):
                 return self._finish(step, meta.get("stopped_early", False), best_step, best_val, resumed, rows)
         eval_every = cfg.eval_every or self.steps_per_epoch
@@ -232,7 +233,7 @@ class Trainer:
                     stopped = cfg.patience is not None and bad_evals >= cfg.patience
                     if stopped:
                         tqdm.write(f"{self.name}: early stop at step {step}: no improvement in {bad_evals} evaluations "
-                                   f"(best {best_val:.5f} at step {best_step})")
+                                   f"(best {best_val:.5f} at step {best_step})", file=sys.stderr)
             finished = stopped or step >= self.total
             if step % cfg.checkpoint_every == 0 or finished:
                 self._checkpoint(step, {"run_key": self.run_key, "step": step, "bad_evals": bad_evals, "best_val": best_val, "best_step": best_step,

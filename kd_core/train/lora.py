@@ -109,6 +109,7 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
     pairs = load_pairs(data)
     cache = encode_pairs(pipe, pairs, size, run_dir / "cache.safetensors", encode_text=not cfg.text_encoder)
     prompts = sorted(pairs["prompt"].unique())
+    torch.manual_seed(train.seed)  # LoRA's random initialisation of A
     modules = add_lora(pipe, cfg)
     model = torch.nn.ModuleDict(modules)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)

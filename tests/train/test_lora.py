@@ -9,8 +9,8 @@ from kd_core.errors import KDError
 from kd_core.generate import GenerationConfig, generate_images
 from kd_core.prompts import PromptConfig, synthesize_prompts
 from kd_core.train.data import DataConfig, load_pairs
-from kd_core.train.lora import KOHYA_FILE, LoRAConfig, train_lora
 from kd_core.train.loop import TrainConfig
+from kd_core.train.lora import KOHYA_FILE, LoRAConfig, train_lora
 
 TRAIN = TrainConfig(max_steps=3, batch_size=2, lr=5e-2, lr_scheduler="constant", checkpoint_every=2, device="cpu")
 LORA = LoRAConfig(rank=4, alpha=8, dropout=0.0, resolution=64, val_fraction=0.25)
@@ -49,8 +49,8 @@ def test_lora_trains_saves_and_reloads(request, tmp_path, teacher_images, studen
     a, b = _sample(base), _sample(tuned)
     assert np.abs(a - b).max() > 1e-3  # the adapter changes the images
     # in-memory tuned model == reloaded adapter: apply the checkpointed weights to a fresh LoRA model
-    from kd_core.train.lora import add_lora
     from kd_core.train.loop import complete_checkpoints
+    from kd_core.train.lora import add_lora
 
     mem = DiffusionPipeline.from_pretrained(source)
     modules = torch.nn.ModuleDict(add_lora(mem, LoRAConfig(**{**LORA.__dict__})))

@@ -10,8 +10,8 @@ from .conftest import ROOT, planned_jobs, run
 @pytest.mark.parametrize("name,teacher_images", [("sdxl_to_sd15_dogs", 1100), ("sd_turbo_wikiart", 64)])
 def test_real_config_dry_run_builds_its_dag(name, teacher_images):
     jobs = planned_jobs(ROOT, "--configfile", f"config/experiments/{name}.yaml")
-    # Hub models: no toy pretraining, no shapes world; prompts then one generation job per model.
-    assert jobs == {"prompts": 1, "generate": 2, "all": 1}
+    # Hub models: no toy pretraining, no shapes world; prompts, generation per model, LoRA, metrics.
+    assert jobs == {"prompts": 1, "generate": 3, "train_lora": 1, "pairwise": 2, "improvement": 1, "all": 1}
     text = run(ROOT, "-n", "--configfile", f"config/experiments/{name}.yaml", "--printshellcmds").stdout
     assert f"results/{name}/images/teacher/manifest.parquet" in text
     assert "gpu=1" in text
@@ -19,7 +19,7 @@ def test_real_config_dry_run_builds_its_dag(name, teacher_images):
 
 def test_tiny_config_dry_run_builds_tiny_models():
     jobs = planned_jobs(ROOT, "--configfile", "config/tiny.yaml")
-    assert jobs == {"prompts": 1, "tiny_model": 2, "generate": 2, "all": 1}
+    assert jobs == {"prompts": 1, "tiny_model": 2, "generate": 3, "train_lora": 1, "pairwise": 2, "improvement": 1, "all": 1}
 
 
 BAD = {

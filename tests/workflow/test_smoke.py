@@ -31,10 +31,17 @@ def test_smoke_outputs_exist_and_match_schemas(smoke_repo):
     assert len(student) == 4 and set(student["split"]) == {"eval"}
     assert "code_hash" in read_metadata(out / "images" / "base_student" / "manifest.parquet")
     acc = pd.read_parquet(out / "metrics" / "attribute_accuracy.parquet")
-    assert set(acc["model"]) == {"teacher", "base_student"} and acc["accuracy"].between(0, 1).all()
+    assert set(acc["model"]) == {"teacher", "base_student", "lora_student"} and acc["accuracy"].between(0, 1).all()
     assert set(acc.loc[acc["model"] == "teacher", "split"]) == {"train", "eval"}
     assert (acc.groupby(["model", "split"]).size() == 5).all()
-    for rule in ("prompts", "world_data", "world_classifier", "toy_pretrain", "generate_teacher", "attribute_summary"):
+    lora = pd.read_parquet(out / "images" / "lora_student" / "manifest.parquet")
+    assert list(lora["file"]) == list(student["file"])
+    assert (out / "models" / "lora_student" / "pytorch_lora_weights.safetensors").is_file()
+    imp = pd.read_parquet(out / "metrics" / "improvement.parquet")
+    assert set(imp["model"]) == {"lora_student"} and {"mse", "ssim", "accuracy_shape", "accuracy_colour"} <= set(imp["metric"])
+    assert (imp["ci_low"] <= imp["difference"]).all() and (imp["difference"] <= imp["ci_high"]).all()
+    for rule in ("prompts", "world_data", "world_classifier", "toy_pretrain", "generate_teacher", "attribute_summary",
+                 "train_lora", "pairwise_lora_student", "improvement"):
         assert (out / "benchmarks" / f"{rule}.tsv").is_file() and (out / "logs" / f"{rule}.log").is_file()
 
 
@@ -47,8 +54,10 @@ def test_generation_parameter_reruns_generation_and_downstream_only(smoke_repo):
     changed = smoke_repo / "config" / "smoke_steps.yaml"
     changed.write_text(cfg.replace("generation: {steps: 3, guidance_scale: 4.0, scheduler: ddim, batch_size: 4, device: cpu}\n  base_student",
                                    "generation: {steps: 4, guidance_scale: 4.0, scheduler: ddim, batch_size: 4, device: cpu}\n  base_student"))
+    # the teacher's images change, so does the LoRA student trained on them; the base student does not
     assert planned_jobs(smoke_repo, "--configfile", str(changed)) == {
-        "generate": 1, "attribute_accuracy": 1, "attribute_summary": 1, "all": 1}
+        "generate": 2, "attribute_accuracy": 2, "pairwise": 2, "train_lora": 1, "attribute_summary": 1,
+        "improvement": 1, "all": 1}
 
 
 def test_editing_a_module_reruns_only_its_rules(smoke_repo):
@@ -57,16 +66,27 @@ def test_editing_a_module_reruns_only_its_rules(smoke_repo):
     try:
         clf.write_text(original + "\n# an edit\n")
         assert planned_jobs(smoke_repo, *SMOKE) == {
-            "world_classifier": 1, "attribute_accuracy": 2, "attribute_summary": 1, "all": 1}
+            "world_classifier": 1, "attribute_accuracy": 3, "attribute_summary": 1, "improvement": 1, "all": 1}
     finally:
         clf.write_text(original)
     gen = smoke_repo / "kd_core" / "generate.py"
     original = gen.read_text()
     try:
         gen.write_text(original + "\n# an edit\n")
-        assert planned_jobs(smoke_repo, *SMOKE) == {"generate": 2, "attribute_accuracy": 2, "attribute_summary": 1, "all": 1}
+        assert planned_jobs(smoke_repo, *SMOKE) == {
+            "generate": 3, "attribute_accuracy": 3, "pairwise": 2, "train_lora": 1, "attribute_summary": 1,
+            "improvement": 1, "all": 1}
     finally:
         gen.write_text(original)
+    lora = smoke_repo / "kd_core" / "train" / "lora.py"
+    original = lora.read_text()
+    try:
+        lora.write_text(original + "\n# an edit\n")
+        assert planned_jobs(smoke_repo, *SMOKE) == {
+            "train_lora": 1, "generate": 1, "attribute_accuracy": 1, "pairwise": 1, "attribute_summary": 1,
+            "improvement": 1, "all": 1}
+    finally:
+        lora.write_text(original)
     assert planned_jobs(smoke_repo, *SMOKE) == {}
 
 
@@ -75,7 +95,7 @@ def test_same_config_gives_identical_prompts_and_images(smoke_repo):
     out = smoke_repo / "results" / "smoke"
     prompts = {s: pd.read_parquet(out / "prompts" / f"{s}.parquet") for s in ("train", "eval", "filler")}
     images = {}
-    for model in ("teacher", "base_student"):
+    for model in ("teacher", "base_student", "lora_student"):
         man = pd.read_parquet(out / "images" / model / "manifest.parquet")
         images |= {(model, f): np.asarray(Image.open(out / "images" / model / f)) for f in man["file"]}
     shutil.rmtree(out / "prompts")

@@ -1,8 +1,11 @@
 """config/tiny.yaml end to end: SDXL teacher and SD 1.x student code paths on tiny random pipelines."""
 
+import json
+
 import pandas as pd
 from diffusers import DiffusionPipeline
 from PIL import Image
+from safetensors.torch import load_file
 
 from .conftest import copy_repo, planned_jobs, run
 
@@ -18,4 +21,11 @@ def test_tiny_config_runs_sdxl_and_sd_pipelines(tmp_path):
     assert set(student["split"]) == {"eval", "filler"} and len(student) == 6
     assert teacher["negative_prompt"].str.contains("blurry").all()
     assert Image.open(out / "images" / "teacher" / teacher["file"][0]).size == (64, 64)
+    lora = json.loads((out / "models" / "lora_student" / "lora_config.json").read_text())
+    assert lora["lora"]["text_encoder"] is True and lora["steps"] == 2
+    keys = load_file(out / "models" / "lora_student" / "pytorch_lora_weights.safetensors")
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    assert (out / "models" / "lora_student" / "kohya_lora.safetensors").is_file()
+    tuned = pd.read_parquet(out / "images" / "lora_student" / "manifest.parquet")
+    assert list(tuned["file"]) == list(student["file"])
     assert planned_jobs(repo, "--configfile", "config/tiny.yaml") == {}

@@ -1,0 +1,1 @@
+"""Metric tables: pairwise image metrics against the teacher, and paired statistics."""

@@ -1,0 +1,79 @@
+"""Paired statistics: each student against the base student on the same prompts and seeds.
+
+The difference of a metric (student - base) is taken per pair, its mean gets a percentile
+bootstrap 95% CI (resampling pairs), and a Wilcoxon signed-rank test gives the p-value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy.stats import wilcoxon
+
+from kd_core.io import write_parquet
+from kd_core.metrics.pairwise import HIGHER_IS_BETTER
+
+IMPROVEMENT_SCHEMA = pa.schema([
+    ("model", pa.string()), ("baseline", pa.string()), ("metric", pa.string()), ("higher_is_better", pa.bool_()),
+    ("baseline_mean", pa.float64()), ("model_mean", pa.float64()), ("difference", pa.float64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("relative_change", pa.float64()), ("p_value", pa.float64()),
+    ("improved", pa.bool_()), ("n", pa.int64()),
+])
+
+
+def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, n_boot: int = 5000, level: float = 0.95) -> tuple[float, float]:
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def paired_improvement(long: pd.DataFrame, baseline: str, out_path: str | Path | None = None, seed: int = 0,
+                       higher_is_better: dict[str, bool] | None = None, n_boot: int = 5000) -> pd.DataFrame:
+    """``long``: rows (model, prompt_id, seed, metric, value). One row per model != baseline and metric.
+
+    ``improved`` is true when the whole CI of the difference lies on the better side of zero.
+    """
+    better = {**HIGHER_IS_BETTER, **(higher_is_better or {})}
+    rng = np.random.default_rng(seed)
+    wide = long.pivot_table(index=["prompt_id", "seed", "metric"], columns="model", values="value", aggfunc="mean")
+    rows = []
+    for model in [m for m in long["model"].unique() if m != baseline]:
+        for metric in sorted(long["metric"].unique()):
+            if (metric not in wide.index.get_level_values("metric")) or model not in wide or baseline not in wide:
+                continue
+            sub = wide.xs(metric, level="metric")[[baseline, model]].dropna()
+            sub = sub[np.isfinite(sub).all(axis=1)]
+            if sub.empty:
+                continue
+            d = (sub[model] - sub[baseline]).to_numpy()
+            lo, hi = bootstrap_ci(d, rng, n_boot)
+            hib = better.get(metric, True)
+            p = float(wilcoxon(d).pvalue) if np.any(d != 0) and len(d) > 1 else 1.0
+            base_mean = float(sub[baseline].mean())
+            rows.append({"model": model, "baseline": baseline, "metric": metric, "higher_is_better": hib,
+                         "baseline_mean": base_mean, "model_mean": float(sub[model].mean()), "difference": float(d.mean()),
+                         "ci_low": lo, "ci_high": hi,
+                         "relative_change": float(d.mean() / abs(base_mean)) if base_mean else float("nan"),
+                         "p_value": p, "improved": bool(lo > 0) if hib else bool(hi < 0), "n": len(d)})
+    out = pd.DataFrame(rows, columns=IMPROVEMENT_SCHEMA.names)
+    if out_path is not None:
+        write_parquet(out, out_path, IMPROVEMENT_SCHEMA, "metrics/improvement",
+                      {"bootstrap": n_boot, "seed": seed, "ci": "percentile 95%, pairs resampled", "test": "Wilcoxon signed-rank"})
+    return out
+
+
+def improvement_table(pairwise: list[str | Path], attributes: list[str | Path], baseline: str, out_path: str | Path,
+                      seed: int = 0) -> pd.DataFrame:
+    """Pairwise metrics against the teacher and per-attribute accuracy, each student vs ``baseline``."""
+    frames = [pd.read_parquet(p)[["model", "prompt_id", "seed", "metric", "value"]] for p in pairwise]
+    for p in attributes:
+        a = pd.read_parquet(p)
+        frames.append(pd.DataFrame({"model": a["model"], "prompt_id": a["prompt_id"], "seed": a["seed"],
+                                    "metric": "accuracy_" + a["attribute"], "value": a["correct"].astype(float)}))
+        mean = a.groupby(["model", "prompt_id", "seed"], as_index=False)["correct"].mean()
+        frames.append(mean.rename(columns={"correct": "value"}).assign(metric="accuracy_all"))
+    long = pd.concat(frames, ignore_index=True)
+    return paired_improvement(long, baseline, out_path, seed)

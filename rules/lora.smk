@@ -1,0 +1,28 @@
+# LoRA knowledge transfer: a student LoRA-tuned on the teacher's images (or a caption dataset),
+# then sampled like every other model (rule generate, model 'lora_student').
+
+
+rule train_lora:
+    input:
+        unpack(lora_input),
+    output:
+        adapter=directory(f"{OUT}/models/lora_student"),
+        loss=f"{OUT}/train/lora/loss.parquet",
+    params:
+        student=lora_student_source,
+        data=lora_data,
+        lora=config["lora"],
+        seed=config["seed"],
+        code=code_hash("kd_core.train.lora"),
+    log:
+        f"{OUT}/logs/train_lora.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_lora.tsv"
+    threads: 8
+    resources:
+        mem_mb=16000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/train_lora.py"
