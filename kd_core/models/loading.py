@@ -63,6 +63,10 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     if lora:
         check_source(lora, "lora adapter")
         pipe.load_lora_weights(local_path(lora))
+        # the injected LoRA layers (with their dropout) are created in training mode: sample in eval mode
+        for name in ("unet", "text_encoder", "text_encoder_2"):
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).eval()
     return pipe.to(device)
 
 

@@ -13,7 +13,7 @@ from kd_core.train.loop import TrainConfig
 from kd_core.train.lora import KOHYA_FILE, LoRAConfig, train_lora
 
 TRAIN = TrainConfig(max_steps=3, batch_size=2, lr=5e-2, lr_scheduler="constant", checkpoint_every=2, device="cpu")
-LORA = LoRAConfig(rank=4, alpha=8, dropout=0.0, resolution=64, val_fraction=0.25)
+LORA = LoRAConfig(rank=4, alpha=8, dropout=0.1, resolution=64, val_fraction=0.25)
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +44,13 @@ def test_lora_trains_saves_and_reloads(request, tmp_path, teacher_images, studen
     assert {"loss", "task_mse", "lr"} <= set(loss["term"]) and (loss["split"] == "val").any()
 
     base = DiffusionPipeline.from_pretrained(source)
-    tuned = DiffusionPipeline.from_pretrained(source)
-    tuned.load_lora_weights(tmp_path / "adapter")
+    from kd_core.models.loading import load_pipeline
+
+    tuned = load_pipeline(source, torch.device("cpu"), torch.float32, lora=str(tmp_path / "adapter"))
+    assert not any(m.training for m in tuned.unet.modules())  # no LoRA dropout while sampling
     a, b = _sample(base), _sample(tuned)
     assert np.abs(a - b).max() > 1e-3  # the adapter changes the images
+    assert np.array_equal(b, _sample(tuned))  # and sampling is deterministic
     # in-memory tuned model == reloaded adapter: apply the checkpointed weights to a fresh LoRA model
     from kd_core.train.loop import complete_checkpoints
     from kd_core.train.lora import add_lora
@@ -57,6 +60,7 @@ def test_lora_trains_saves_and_reloads(request, tmp_path, teacher_images, studen
     ckpt = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1] / "trainable.safetensors"
     missing, unexpected = modules.load_state_dict(load_file(ckpt), strict=False)
     assert not unexpected
+    modules.eval()
     assert np.array_equal(_sample(mem), b)
 
 
