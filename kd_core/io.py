@@ -21,6 +21,12 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
@@ -31,6 +37,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -45,6 +52,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
+        mask = _umask()
+        os.chmod(tmp, 0o777 & ~mask)
+        for p in tmp.rglob("*"):
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

@@ -42,3 +42,20 @@ def test_write_parquet_checks_schema_and_keeps_metadata(tmp_path):
     with pytest.raises(ValueError, match="does not match its schema"):
         write_parquet(pd.DataFrame({"a": ["not-a-number"], "b": ["x"]}), tmp_path / "v.parquet", SCHEMA, "v")
     assert not (tmp_path / "u.parquet").exists() and not (tmp_path / "v.parquet").exists()
+
+
+def test_outputs_get_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "g.txt").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "d" / "g.txt").stat().st_mode) == 0o644

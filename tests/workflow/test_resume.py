@@ -1,0 +1,53 @@
+"""SIGKILL the LoRA training job mid-run, rerun the workflow: it resumes and ends bit-identical."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from safetensors.torch import load_file
+
+from kd_core.train.loop import complete_checkpoints
+
+from .conftest import SNAKEMAKE, run
+
+
+def _adapter(repo):
+    return load_file(repo / "results" / "smoke" / "models" / "lora_student" / "pytorch_lora_weights.safetensors")
+
+
+def test_sigkill_during_lora_training_resumes_to_the_same_adapter(smoke_repo, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(smoke_repo, repo, ignore=shutil.ignore_patterns("locks"))
+    cfg = (repo / "config" / "smoke.yaml").read_text()
+    long = repo / "config" / "smoke_long.yaml"
+    long.write_text(cfg.replace("train: {max_steps: 3, batch_size: 2, lr: 1.0e-3, checkpoint_every: 2, device: cpu}",
+                                "train: {max_steps: 400, batch_size: 2, lr: 1.0e-3, checkpoint_every: 10, device: cpu}"))
+    ckpts = repo / "results" / "smoke" / "train" / "lora" / "checkpoints"
+    shutil.rmtree(ckpts)
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "2", "--configfile", str(long), "--until", "train_lora", "--forcerun", "train_lora"], cwd=repo,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name >= "step-00000020" for p in complete_checkpoints(ckpts)):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = complete_checkpoints(ckpts)[-1]
+    assert "step-00000020" <= killed.name < "step-00000400"
+    run(repo, "--unlock", "--configfile", str(long))
+    run(repo, "--configfile", str(long), "--until", "train_lora")
+    log = (repo / "results" / "smoke" / "logs" / "train_lora.log").read_text()
+    assert f"resuming from {os.path.relpath(killed, repo)}" in log
+    resumed = _adapter(repo)
+
+    shutil.rmtree(ckpts)  # the same run, uninterrupted
+    run(repo, "--configfile", str(long), "--until", "train_lora", "--forcerun", "train_lora")
+    assert "resuming" not in (repo / "results" / "smoke" / "logs" / "train_lora.log").read_text()
+    fresh = _adapter(repo)
+    assert resumed.keys() == fresh.keys()
+    for k in fresh:
+        assert (resumed[k] - fresh[k]).abs().max().item() <= 1e-6, k
