@@ -88,7 +88,9 @@ def save_lora(pipe, modules: dict[str, torch.nn.Module], out_dir: str | Path, ko
         if kohya:
             kohya_sd = {}
             for name, m in modules.items():
-                prefix = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}[name]
+                two = "text_encoder_2" in modules  # kohya names: lora_te (SD 1.x), lora_te1 / lora_te2 (SDXL)
+                prefix = {"unet": "lora_unet", "text_encoder": "lora_te1" if two else "lora_te",
+                          "text_encoder_2": "lora_te2"}[name]
                 sd = convert_state_dict_to_kohya(get_peft_model_state_dict(m))
                 kohya_sd |= {f"{prefix}_{k}": v.contiguous() for k, v in sd.items()}
             save_file(kohya_sd, str(tmp / KOHYA_FILE))
