@@ -60,33 +60,26 @@ def test_generation_parameter_reruns_generation_and_downstream_only(smoke_repo):
         "improvement": 1, "all": 1}
 
 
+def _planned_after_edit(repo, module: str) -> dict[str, int]:
+    """Planned jobs after appending a comment to ``kd_core/<module>`` (restored afterwards)."""
+    path = repo / "kd_core" / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        return planned_jobs(repo, *SMOKE)
+    finally:
+        path.write_text(original)
+
+
 def test_editing_a_module_reruns_only_its_rules(smoke_repo):
-    clf = smoke_repo / "kd_core" / "world" / "classifier.py"
-    original = clf.read_text()
-    try:
-        clf.write_text(original + "\n# an edit\n")
-        assert planned_jobs(smoke_repo, *SMOKE) == {
-            "world_classifier": 1, "attribute_accuracy": 3, "attribute_summary": 1, "improvement": 1, "all": 1}
-    finally:
-        clf.write_text(original)
-    gen = smoke_repo / "kd_core" / "generate.py"
-    original = gen.read_text()
-    try:
-        gen.write_text(original + "\n# an edit\n")
-        assert planned_jobs(smoke_repo, *SMOKE) == {
-            "generate": 3, "attribute_accuracy": 3, "pairwise": 2, "train_lora": 1, "attribute_summary": 1,
-            "improvement": 1, "all": 1}
-    finally:
-        gen.write_text(original)
-    lora = smoke_repo / "kd_core" / "train" / "lora.py"
-    original = lora.read_text()
-    try:
-        lora.write_text(original + "\n# an edit\n")
-        assert planned_jobs(smoke_repo, *SMOKE) == {
-            "train_lora": 1, "generate": 1, "attribute_accuracy": 1, "pairwise": 1, "attribute_summary": 1,
-            "improvement": 1, "all": 1}
-    finally:
-        lora.write_text(original)
+    assert _planned_after_edit(smoke_repo, "world/classifier.py") == {
+        "world_classifier": 1, "attribute_accuracy": 3, "attribute_summary": 1, "improvement": 1, "all": 1}
+    assert _planned_after_edit(smoke_repo, "generate.py") == {
+        "generate": 3, "attribute_accuracy": 3, "pairwise": 2, "train_lora": 1, "attribute_summary": 1,
+        "improvement": 1, "all": 1}
+    assert _planned_after_edit(smoke_repo, "train/lora.py") == {
+        "train_lora": 1, "generate": 1, "attribute_accuracy": 1, "pairwise": 1, "attribute_summary": 1,
+        "improvement": 1, "all": 1}
     assert planned_jobs(smoke_repo, *SMOKE) == {}
 
 
