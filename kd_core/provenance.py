@@ -37,10 +37,10 @@ def _kd_imports(path: Path) -> set[str]:
             found |= {a.name for a in node.names if a.name.startswith("kd_core.")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kd_core"):
             found.add(node.module)
-            for a in node.names:
-                if importlib.util.find_spec(node.module) and importlib.util.find_spec(node.module).submodule_search_locations:
-                    if importlib.util.find_spec(f"{node.module}.{a.name}") is not None:
-                        found.add(f"{node.module}.{a.name}")
+            spec = importlib.util.find_spec(node.module)
+            if spec is not None and spec.submodule_search_locations:  # a package: names may be submodules
+                found |= {f"{node.module}.{a.name}" for a in node.names
+                          if importlib.util.find_spec(f"{node.module}.{a.name}") is not None}
     return found
 
 

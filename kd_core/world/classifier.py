@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kd_core.io import atomic_path, write_json, write_parquet
+from kd_core.metrics.stats import bootstrap_ci
 from kd_core.seeding import seed_everything
 from kd_core.world.dataset import load_images, load_split
 
@@ -164,9 +165,9 @@ def summarize_accuracy(paths: list[str | Path], out_path: str | Path, seed: int 
     rows = []
     for (model, split, attr), g in df.groupby(["model", "split", "attribute"], sort=False):
         c = g["correct"].to_numpy(dtype=float)
-        boot = c[rng.integers(0, len(c), size=(n_boot, len(c)))].mean(axis=1)
-        rows.append({"model": model, "split": split, "attribute": attr, "accuracy": c.mean(), "ci_low": np.quantile(boot, 0.025),
-                     "ci_high": np.quantile(boot, 0.975), "n": len(c)})
+        lo, hi = bootstrap_ci(c, rng, n_boot)
+        rows.append({"model": model, "split": split, "attribute": attr, "accuracy": c.mean(), "ci_low": lo, "ci_high": hi,
+                     "n": len(c)})
     out = pd.DataFrame(rows)
     write_parquet(out, out_path, SUMMARY_SCHEMA, "metrics/attribute_accuracy",
                   {"bootstrap": n_boot, "seed": seed, "ci": "percentile 95%"})
