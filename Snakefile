@@ -9,6 +9,9 @@ from snakemake.utils import min_version
 min_version("8.20")
 
 
+report: "report/workflow.rst"
+
+
 # The default experiment, unless --configfile names another: then only that file counts (no
 # silent merge with the default's values); keys it leaves out take the schema's defaults.
 if not workflow.overwrite_configfiles:
@@ -21,6 +24,8 @@ include: "rules/world.smk"
 include: "rules/generate.smk"
 include: "rules/lora.smk"
 include: "rules/metrics.smk"
+include: "rules/figures.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -57,4 +57,35 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
                 check_source(lora["data"], "lora.data")
             except KDError as exc:
                 raise ConfigError(str(exc)) from None
+    _check_metrics(cfg)
     return cfg
+
+
+def _check_metrics(cfg: dict[str, Any]) -> None:
+    """Resolve ``metrics.features.extractor: auto`` and check the metric models and folders."""
+    m, feats = cfg["metrics"], cfg["metrics"]["features"]
+    world = cfg["world"]["enabled"]
+    for key, source in (("metrics.clip_model", m["clip_model"]), ("metrics.features.model", feats["model"]),
+                        ("metrics.features.real_images", feats["real_images"])):
+        if source and source != "tiny:clip":
+            try:
+                check_source(source, key)
+            except KDError as exc:
+                raise ConfigError(str(exc)) from None
+    blocks = m["figures"]["grid_blocks"]
+    grid = [n for n, model in cfg["models"].items() if {"eval", "filler"} <= set(model["splits"])]
+    p = cfg["prompts"]
+    if grid and (p["n_eval"] < blocks or p["n_filler"] < 3 * blocks):
+        raise ConfigError(f"config key 'metrics.figures.grid_blocks' is {blocks}: the 2x2 grids of {grid} need "
+                          f"prompts.n_eval >= {blocks} and prompts.n_filler >= {3 * blocks}; raise them or lower grid_blocks")
+    if feats["extractor"] == "auto":
+        feats["extractor"] = "classifier" if world else ("clip" if m["clip_model"] or feats["model"] else "none")
+    if feats["extractor"] == "classifier" and not world:
+        raise ConfigError("config key 'metrics.features.extractor' is 'classifier', which needs 'world.enabled: true'; "
+                          "use clip or inception")
+    if feats["extractor"] == "clip" and not (feats["model"] or m["clip_model"]):
+        raise ConfigError("config key 'metrics.features.extractor' is 'clip' but neither 'metrics.features.model' nor "
+                          "'metrics.clip_model' names a CLIP model")
+    if feats["extractor"] == "inception" and not feats["model"]:
+        raise ConfigError("config key 'metrics.features.extractor' is 'inception': set 'metrics.features.model' to the "
+                          "local FID Inception weights file")

@@ -21,12 +21,16 @@ LORA = config["lora"]["enabled"]
 MODELS = list(config["models"]) + (["lora_student"] if LORA else [])
 STUDENTS = [m for m in MODELS if m != "teacher"]
 WORLD = config["world"]["enabled"]
+METRICS = config["metrics"]
+EXTRACTOR = METRICS["features"]["extractor"]
+CLIP = METRICS["clip_model"]
+EFFICIENCY = METRICS["efficiency"]["enabled"]
 
 
 wildcard_constraints:
     model="|".join(MODELS),
     split="train|eval|filler",
-    kind="sd|sdxl",
+    kind="sd|sdxl|clip",
 
 
 def model_dir(source):
@@ -79,12 +83,112 @@ def lora_data(wildcards):
     return f"{OUT}/images/teacher/manifest.parquet" if data == "teacher" else local_path(data)
 
 
+def model_splits(name):
+    return model_entry(name)["splits"]
+
+
+GRID_MODELS = [m for m in MODELS if "filler" in model_splits(m) and "eval" in model_splits(m)]
+
+
+def built_input(source):
+    """The folder of a model the workflow builds, as an input list ([] for hub ids and paths)."""
+    return [model_dir(source)] if source and is_built(source) else []
+
+
+def clip_input(wildcards):
+    return built_input(CLIP)
+
+
+def distribution_input(wildcards):
+    inputs = {"manifests": [f"{OUT}/images/{m}/manifest.parquet" for m in MODELS]}
+    if EXTRACTOR == "classifier":
+        inputs["classifier"] = f"{OUT}/models/classifier/model.safetensors"
+        inputs["real"] = f"{OUT}/data/world/data.parquet"
+    elif EXTRACTOR == "clip":
+        inputs["model"] = built_input(METRICS["features"]["model"] or CLIP)
+    return inputs
+
+
+def feature_model(wildcards):
+    """The extractor's model: classifier folder, Inception weights file or CLIP source."""
+    if EXTRACTOR == "classifier":
+        return f"{OUT}/models/classifier"
+    source = METRICS["features"]["model"] or (CLIP if EXTRACTOR == "clip" else None)
+    return model_dir(source) if source else None
+
+
+def efficiency_input(wildcards):
+    """Each model's built folder and adapter (hub ids and local paths need none)."""
+    inputs = {}
+    for m in MODELS:
+        gen = model_entry(m)["generation"]
+        inputs[m] = built_input(model_entry(m)["source"]) + ([gen["lora"]] if gen.get("lora") else [])
+    return inputs
+
+
+def efficiency_models(wildcards):
+    """name -> (source, generation config) of every model, as sampled."""
+    return {m: (model_dir(model_entry(m)["source"]), model_entry(m)["generation"]) for m in MODELS}
+
+
+def loss_tables(wildcards):
+    tables = {}
+    if WORLD and any(config["models"][m]["source"].startswith("toy:") for m in config["models"]):
+        tables["toy pretraining"] = f"{OUT}/train/toy/loss.parquet"
+    if LORA:
+        tables["LoRA"] = f"{OUT}/train/lora/loss.parquet"
+    return tables
+
+
+def figure_targets():
+    figs = ["metric_bars", "radar", "distributions"]
+    figs += ["distribution_metrics"] if EXTRACTOR != "none" else []
+    figs += ["attribute_accuracy"] if WORLD else []
+    figs += ["efficiency"] if EFFICIENCY else []
+    figs += ["loss_curves"] if loss_tables(None) else []
+    return [f"{OUT}/figures/{f}.{ext}" for f in figs for ext in ("png", "pdf")]
+
+
+def comparison_targets():
+    names = ["side_by_side", "difference_maps"] + [f"grid_{m}" for m in GRID_MODELS]
+    return [f"{OUT}/comparisons/{n}.{ext}" for n in names for ext in ("png", "pdf")]
+
+
+FIGURE_TITLES = {
+    "metric_bars": "Per-image metrics with 95% CIs",
+    "radar": "Normalised metrics",
+    "distributions": "Distributions over images",
+    "distribution_metrics": "FID and KID",
+    "attribute_accuracy": "Attribute accuracy",
+    "efficiency": "Quality against cost",
+    "loss_curves": "Training losses",
+}
+
+
+def paper_figures():
+    """Title -> PNG of every figure and comparison, in the order of the paper."""
+    figs = {FIGURE_TITLES[Path(f).stem]: f for f in figure_targets() if f.endswith(".png")}
+    figs["Side by side (same prompt and seed)"] = f"{OUT}/comparisons/side_by_side.png"
+    figs["Difference maps against the teacher"] = f"{OUT}/comparisons/difference_maps.png"
+    figs.update({f"2x2 prompt/filler grid: {m}": f"{OUT}/comparisons/grid_{m}.png" for m in GRID_MODELS})
+    return figs
+
+
+def metric_tables():
+    tables = ["pairwise", "summary"]
+    tables += ["improvement"] if len(STUDENTS) > 1 else []
+    tables += ["distribution"] if EXTRACTOR != "none" else []
+    tables += ["alignment"] if CLIP else []
+    tables += ["efficiency"] if EFFICIENCY else []
+    tables += ["attribute_accuracy"] if WORLD else []
+    return {t: f"{OUT}/metrics/{t}.parquet" for t in tables}
+
+
 def all_targets():
     targets = [f"{OUT}/prompts/{s}.parquet" for s in ("train", "eval", "filler")]
     targets += [f"{OUT}/images/{m}/manifest.parquet" for m in MODELS]
-    targets += [f"{OUT}/metrics/pairwise/{m}.parquet" for m in STUDENTS]
-    if len(STUDENTS) > 1:
-        targets.append(f"{OUT}/metrics/improvement.parquet")
+    targets += list(metric_tables().values())
     if WORLD:
-        targets += [f"{OUT}/models/classifier/heldout_accuracy.parquet", f"{OUT}/metrics/attribute_accuracy.parquet"]
+        targets.append(f"{OUT}/models/classifier/heldout_accuracy.parquet")
+    targets += figure_targets() + comparison_targets() + [f"{OUT}/paper/summary.md"]
     return targets

@@ -1,4 +1,6 @@
-# Metric tables in Parquet. Shapes world: per-attribute prompt alignment read by the classifier.
+# Metric tables in Parquet (results/<experiment>/metrics/): pairwise image metrics against the
+# teacher, FID/KID, CLIP score, per-attribute accuracy (shapes world), efficiency, and the
+# statistics (summary with bootstrap CIs; paired improvement over the base student).
 
 
 rule attribute_accuracy:
@@ -55,7 +57,7 @@ rule pairwise:
         f"{OUT}/logs/pairwise_{{model}}.log",
     benchmark:
         f"{OUT}/benchmarks/pairwise_{{model}}.tsv"
-    threads: 1
+    threads: METRICS["workers"]
     resources:
         mem_mb=2000,
     conda:
@@ -64,14 +66,154 @@ rule pairwise:
         "../workflow_scripts/pairwise.py"
 
 
+rule pairwise_gather:
+    input:
+        expand(f"{OUT}/metrics/pairwise/{{model}}.parquet", model=STUDENTS),
+    output:
+        f"{OUT}/metrics/pairwise.parquet",
+    params:
+        code=code_hash("kd_core.metrics.pairwise"),
+    log:
+        f"{OUT}/logs/pairwise_gather.log",
+    benchmark:
+        f"{OUT}/benchmarks/pairwise_gather.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/pairwise_gather.py"
+
+
+rule distribution:
+    input:
+        unpack(distribution_input),
+    output:
+        f"{OUT}/metrics/distribution.parquet",
+    params:
+        models=MODELS,
+        features=METRICS["features"],
+        model=feature_model,
+        device=METRICS["device"],
+        seed=config["seed"],
+        code=code_hash("kd_core.metrics.distribution"),
+    log:
+        f"{OUT}/logs/distribution.log",
+    benchmark:
+        f"{OUT}/benchmarks/distribution.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/distribution.py"
+
+
+rule alignment:
+    input:
+        manifest=f"{OUT}/images/{{model}}/manifest.parquet",
+        clip=clip_input,
+    output:
+        f"{OUT}/metrics/alignment/{{model}}.parquet",
+    params:
+        clip=model_dir(CLIP) if CLIP else None,
+        device=METRICS["device"],
+        code=code_hash("kd_core.metrics.alignment"),
+    log:
+        f"{OUT}/logs/alignment_{{model}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/alignment_{{model}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/alignment.py"
+
+
+rule alignment_gather:
+    input:
+        expand(f"{OUT}/metrics/alignment/{{model}}.parquet", model=MODELS),
+    output:
+        f"{OUT}/metrics/alignment.parquet",
+    params:
+        code=code_hash("kd_core.metrics.alignment"),
+    log:
+        f"{OUT}/logs/alignment_gather.log",
+    benchmark:
+        f"{OUT}/benchmarks/alignment_gather.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/alignment_gather.py"
+
+
+rule efficiency:
+    input:
+        unpack(efficiency_input),
+    output:
+        f"{OUT}/metrics/efficiency.parquet",
+    params:
+        models=efficiency_models,
+        efficiency=METRICS["efficiency"],
+        code=code_hash("kd_core.metrics.efficiency"),
+    log:
+        f"{OUT}/logs/efficiency.log",
+    benchmark:
+        f"{OUT}/benchmarks/efficiency.tsv"
+    # all cores: timings must not share the machine with other jobs
+    threads: workflow.cores
+    resources:
+        mem_mb=16000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/efficiency.py"
+
+
+rule summary:
+    input:
+        pairwise=f"{OUT}/metrics/pairwise.parquet",
+        attributes=expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=MODELS) if WORLD else [],
+        alignment=f"{OUT}/metrics/alignment.parquet" if CLIP else [],
+    output:
+        f"{OUT}/metrics/summary.parquet",
+    params:
+        bootstrap=METRICS["bootstrap"],
+        seed=config["seed"],
+        code=code_hash("kd_core.metrics.stats"),
+    log:
+        f"{OUT}/logs/summary.log",
+    benchmark:
+        f"{OUT}/benchmarks/summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/summary.py"
+
+
 rule improvement:
     input:
-        pairwise=expand(f"{OUT}/metrics/pairwise/{{model}}.parquet", model=STUDENTS),
+        pairwise=f"{OUT}/metrics/pairwise.parquet",
         attributes=expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=STUDENTS) if WORLD else [],
+        alignment=f"{OUT}/metrics/alignment.parquet" if CLIP else [],
     output:
         f"{OUT}/metrics/improvement.parquet",
     params:
         baseline="base_student",
+        bootstrap=METRICS["bootstrap"],
         seed=config["seed"],
         code=code_hash("kd_core.metrics.stats"),
     log:

@@ -5,4 +5,4 @@ from kd_core.runlog import job
 
 with job(snakemake.log[0], snakemake.threads):
     pairwise_metrics(snakemake.input.manifest, snakemake.input.reference, snakemake.output[0],
-                     snakemake.wildcards.model, "teacher")
+                     snakemake.wildcards.model, "teacher", workers=snakemake.threads)

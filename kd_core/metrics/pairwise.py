@@ -1,60 +1,151 @@
-"""Pairwise image metrics: each student image against the reference (teacher) image of the same
-prompt and seed. SSIM and PSNR from scikit-image, MSE on [0, 1] pixels. One row per pair and metric.
+"""Pairwise image metrics: each student image against its reference (the teacher image of the same
+prompt and seed), the image-comparison suite of the LoRA knowledge-transfer study.
+
+- MSE on [0, 1] pixels; PSNR and SSIM (Wang et al. 2004) from scikit-image (RGB, 7x7 window).
+- Colour-histogram similarity: OpenCV ``compareHist`` of 8x8x8-bin RGB histograms, as the
+  correlation and as 1 - Bhattacharyya distance.
+- Perceptual-hash similarity: 1 - Hamming distance / 64 of the 64-bit DCT hashes (imagehash).
+- Sharpness ratio: variance of the Laplacian of the grey image, student over reference (1: as
+  sharp as the reference); ``sharpness_error`` = |log2 ratio| is its direction-free distance.
+- Colour similarity: colour moments (Stricker & Orengo 1995: mean, standard deviation and
+  cube-root third moment per channel) in CIELAB; with d their Euclidean distance in Lab units
+  (comparable to Delta E), similarity = 1 / (1 + d / 10): 1 when equal, 1/2 at d = 10.
+
+Pairs are spread over worker processes. One row per pair and metric.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import cv2
+import imagehash
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from tqdm.auto import tqdm
 
 from kd_core.errors import KDError
-from kd_core.io import write_parquet
+from kd_core.io import read_metadata, write_parquet
 
 PAIRWISE_SCHEMA = pa.schema([
     ("model", pa.string()), ("reference", pa.string()), ("prompt_id", pa.string()), ("seed", pa.int64()),
     ("split", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
 ])
-#: True where larger is better.
-HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True}
+#: Direction of each metric: True where larger is better, False where smaller is better, None where
+#: neither is (the sharpness ratio's ideal is 1; ``sharpness_error`` carries its direction).
+HIGHER_IS_BETTER: dict[str, bool | None] = {
+    "mse": False, "psnr": True, "ssim": True, "hist_correlation": True, "hist_bhattacharyya": True,
+    "phash_similarity": True, "sharpness_ratio": None, "sharpness_error": False, "colour_similarity": True,
+}
+METRICS = tuple(HIGHER_IS_BETTER)
+PROTOCOL = ("student resized (bicubic) to the reference size; pixels in [0, 1]; SSIM RGB, 7x7 window, float32; "
+            "histograms 8x8x8 RGB bins; pHash 64 bit; Laplacian of the grey image; colour moments in CIELAB, "
+            "similarity 1/(1+d/10)")
+HIST_BINS = 8
+COLOUR_SCALE = 10.0
 
 
-def _load(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+def load_rgb(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3), resized (bicubic) to ``size`` = (width, height) if given."""
     im = Image.open(path).convert("RGB")
     if size is not None and im.size != size:
         im = im.resize(size, Image.Resampling.BICUBIC)
-    return np.asarray(im, dtype=np.float64) / 255.0
+    return np.asarray(im)
+
+
+def _histogram(img: np.ndarray) -> np.ndarray:
+    h = cv2.calcHist([img], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3)
+    return h / max(float(h.sum()), 1.0)
+
+
+def _laplacian_var(img: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
+
+def colour_moments(img: np.ndarray) -> np.ndarray:
+    """Mean, standard deviation and cube root of the third central moment of L*, a*, b* (9 numbers)."""
+    lab = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float64)
+    mean = lab.mean(axis=0)
+    centred = lab - mean
+    return np.concatenate([mean, centred.std(axis=0), np.cbrt((centred**3).mean(axis=0))])
 
 
 def pair_metrics(image: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """MSE, PSNR (dB) and SSIM of two RGB images in [0, 1] of the same size."""
-    mse = float(np.mean((image - reference) ** 2))
-    win = min(7, *image.shape[:2]) // 2 * 2 + 1 if min(image.shape[:2]) < 7 else 7
-    return {"mse": mse,
-            "psnr": float(peak_signal_noise_ratio(reference, image, data_range=1.0)) if mse > 0 else float("inf"),
-            "ssim": float(structural_similarity(reference, image, channel_axis=2, data_range=1.0, win_size=win))}
+    """Every pairwise metric of two uint8 RGB images of the same size (``image`` vs ``reference``)."""
+    if image.shape != reference.shape or image.dtype != np.uint8:
+        raise KDError(f"pair_metrics needs two uint8 RGB images of one size, got {image.shape} {image.dtype} "
+                      f"and {reference.shape} {reference.dtype}")
+    x, r = image.astype(np.float32) / 255.0, reference.astype(np.float32) / 255.0
+    mse = float(np.mean((x.astype(np.float64) - r) ** 2))
+    win = min(7, min(image.shape[:2]) // 2 * 2 + 1) if min(image.shape[:2]) < 7 else 7
+    sharp_img, sharp_ref = _laplacian_var(image), _laplacian_var(reference)
+    if sharp_ref > 0:
+        ratio = sharp_img / sharp_ref
+    else:
+        ratio = 1.0 if sharp_img == 0 else float("inf")
+    hist_x, hist_r = _histogram(image), _histogram(reference)
+    hamming = imagehash.phash(Image.fromarray(image)) - imagehash.phash(Image.fromarray(reference))
+    d_colour = float(np.linalg.norm(colour_moments(image) - colour_moments(reference)))
+    return {
+        "mse": mse,
+        "psnr": float(peak_signal_noise_ratio(r, x, data_range=1.0)) if mse > 0 else float("inf"),
+        "ssim": float(structural_similarity(r, x, channel_axis=2, data_range=1.0, win_size=win)),
+        "hist_correlation": float(cv2.compareHist(hist_x, hist_r, cv2.HISTCMP_CORREL)),
+        "hist_bhattacharyya": 1.0 - float(cv2.compareHist(hist_x, hist_r, cv2.HISTCMP_BHATTACHARYYA)),
+        "phash_similarity": 1.0 - hamming / 64.0,
+        "sharpness_ratio": ratio,
+        "sharpness_error": abs(float(np.log2(ratio))) if 0 < ratio < float("inf") else float("inf"),
+        "colour_similarity": 1.0 / (1.0 + d_colour / COLOUR_SCALE),
+    }
+
+
+def _pair_file_metrics(paths: tuple[str, str]) -> dict[str, float]:
+    ref = load_rgb(paths[1])
+    return pair_metrics(load_rgb(paths[0], (ref.shape[1], ref.shape[0])), ref)
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+
+
+def metrics_for_files(pairs: list[tuple[str, str]], workers: int = 1, desc: str = "pairwise") -> list[dict[str, float]]:
+    """Metrics of (image file, reference file) pairs, in order, on ``workers`` processes."""
+    workers = max(1, min(workers, len(pairs)))
+    if workers == 1:
+        _init_worker()
+        return [_pair_file_metrics(p) for p in tqdm(pairs, desc=desc, unit="pair")]
+    chunk = max(1, len(pairs) // (workers * 8))
+    with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+        return list(tqdm(pool.map(_pair_file_metrics, pairs, chunksize=chunk), total=len(pairs), desc=desc, unit="pair"))
 
 
 def pairwise_metrics(manifest: str | Path, reference_manifest: str | Path, out_path: str | Path,
-                     model: str, reference: str) -> pd.DataFrame:
+                     model: str, reference: str, workers: int | None = None) -> pd.DataFrame:
     """Compare every image of ``manifest`` with the reference image of the same (prompt_id, seed)."""
     man, ref = pd.read_parquet(manifest), pd.read_parquet(reference_manifest)
     pairs = man.merge(ref[["prompt_id", "seed", "file"]], on=["prompt_id", "seed"], suffixes=("", "_ref"))
     if pairs.empty:
         raise KDError(f"no (prompt_id, seed) of {model!r} has a {reference!r} image to compare with")
     root, ref_root = Path(manifest).parent, Path(reference_manifest).parent
-    rows = []
-    for r in pairs.itertuples(index=False):
-        ref_img = _load(ref_root / r.file_ref)
-        img = _load(root / r.file, (ref_img.shape[1], ref_img.shape[0]))
-        for metric, value in pair_metrics(img, ref_img).items():
-            rows.append({"model": model, "reference": reference, "prompt_id": r.prompt_id, "seed": int(r.seed),
-                         "split": r.split, "metric": metric, "value": value})
+    files = [(str(root / f), str(ref_root / g)) for f, g in zip(pairs["file"], pairs["file_ref"], strict=True)]
+    values = metrics_for_files(files, workers or os.cpu_count() or 1, desc=f"pairwise {model}")
+    rows = [{"model": model, "reference": reference, "prompt_id": r.prompt_id, "seed": int(r.seed), "split": r.split,
+             "metric": metric, "value": value}
+            for r, v in zip(pairs.itertuples(index=False), values, strict=True) for metric, value in v.items()]
     out = pd.DataFrame(rows)
-    write_parquet(out, out_path, PAIRWISE_SCHEMA, "metrics/pairwise",
-                  {"protocol": "student resized (bicubic) to the reference size; pixels in [0, 1]; SSIM win 7, RGB"})
+    write_parquet(out, out_path, PAIRWISE_SCHEMA, "metrics/pairwise", {"protocol": PROTOCOL, "n_pairs": len(pairs)})
+    return out
+
+
+def gather_tables(paths: list[str | Path], out_path: str | Path, schema: pa.Schema, name: str) -> pd.DataFrame:
+    """Concatenate per-model tables of one schema into one (the gather step of a per-model rule)."""
+    frames = [pd.read_parquet(p) for p in paths]
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=schema.names)
+    parts = {Path(p).stem: read_metadata(p) for p in paths}
+    write_parquet(out, out_path, schema, name, {"parts": parts})
     return out

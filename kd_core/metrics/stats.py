@@ -31,7 +31,7 @@ def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, n_boot: int = 5000, le
 
 
 def paired_improvement(long: pd.DataFrame, baseline: str, out_path: str | Path | None = None, seed: int = 0,
-                       higher_is_better: dict[str, bool] | None = None, n_boot: int = 5000) -> pd.DataFrame:
+                       higher_is_better: dict[str, bool | None] | None = None, n_boot: int = 5000) -> pd.DataFrame:
     """``long``: rows (model, prompt_id, seed, metric, value). One row per model != baseline and metric.
 
     ``improved`` is true when the whole CI of the difference lies on the better side of zero.
@@ -51,6 +51,8 @@ def paired_improvement(long: pd.DataFrame, baseline: str, out_path: str | Path |
             d = (sub[model] - sub[baseline]).to_numpy()
             lo, hi = bootstrap_ci(d, rng, n_boot)
             hib = better.get(metric, True)
+            if hib is None:  # no direction (sharpness ratio): its distance metric carries it
+                continue
             p = float(wilcoxon(d).pvalue) if np.any(d != 0) and len(d) > 1 else 1.0
             base_mean = float(sub[baseline].mean())
             rows.append({"model": model, "baseline": baseline, "metric": metric, "higher_is_better": hib,
@@ -65,15 +67,63 @@ def paired_improvement(long: pd.DataFrame, baseline: str, out_path: str | Path |
     return out
 
 
-def improvement_table(pairwise: list[str | Path], attributes: list[str | Path], baseline: str, out_path: str | Path,
-                      seed: int = 0) -> pd.DataFrame:
-    """Pairwise metrics against the teacher and per-attribute accuracy, each student vs ``baseline``."""
-    frames = [pd.read_parquet(p)[["model", "prompt_id", "seed", "metric", "value"]] for p in pairwise]
+def per_image_table(pairwise: list[str | Path] = (), attributes: list[str | Path] = (),
+                    alignment: list[str | Path] = ()) -> pd.DataFrame:
+    """Every per-image measurement in one long table: (model, split, prompt_id, seed, metric, value).
+
+    Pairwise metrics against the reference, attribute accuracy (``accuracy_<attribute>`` and their
+    mean ``accuracy_all``, per image) and alignment scores (CLIP score).
+    """
+    cols = ["model", "split", "prompt_id", "seed", "metric", "value"]
+    frames = [pd.read_parquet(p)[cols] for p in pairwise]
     for p in attributes:
         a = pd.read_parquet(p)
-        frames.append(pd.DataFrame({"model": a["model"], "prompt_id": a["prompt_id"], "seed": a["seed"],
+        frames.append(pd.DataFrame({"model": a["model"], "split": a["split"], "prompt_id": a["prompt_id"], "seed": a["seed"],
                                     "metric": "accuracy_" + a["attribute"], "value": a["correct"].astype(float)}))
-        mean = a.groupby(["model", "prompt_id", "seed"], as_index=False)["correct"].mean()
+        mean = a.groupby(["model", "split", "prompt_id", "seed"], as_index=False)["correct"].mean()
         frames.append(mean.rename(columns={"correct": "value"}).assign(metric="accuracy_all"))
-    long = pd.concat(frames, ignore_index=True)
-    return paired_improvement(long, baseline, out_path, seed)
+    frames += [pd.read_parquet(p)[cols] for p in alignment]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True)
+
+
+SUMMARY_SCHEMA = pa.schema([
+    ("model", pa.string()), ("split", pa.string()), ("metric", pa.string()), ("higher_is_better", pa.bool_()),
+    ("mean", pa.float64()), ("median", pa.float64()), ("std", pa.float64()), ("ci_low", pa.float64()),
+    ("ci_high", pa.float64()), ("n", pa.int64()), ("n_nonfinite", pa.int64()),
+])
+
+
+def summarize(long: pd.DataFrame, out_path: str | Path | None = None, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
+    """Per model, split and metric: mean, median, std and a percentile bootstrap 95% CI of the mean.
+
+    Non-finite values (PSNR of identical images) are left out of the statistics and counted.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (model, split, metric), g in long.groupby(["model", "split", "metric"], sort=True):
+        v = g["value"].to_numpy(dtype=float)
+        finite = v[np.isfinite(v)]
+        lo, hi = bootstrap_ci(finite, rng, n_boot) if len(finite) else (float("nan"), float("nan"))
+        rows.append({"model": model, "split": split, "metric": metric,
+                     "higher_is_better": HIGHER_IS_BETTER.get(metric, True),
+                     "mean": float(finite.mean()) if len(finite) else float("nan"),
+                     "median": float(np.median(finite)) if len(finite) else float("nan"),
+                     "std": float(finite.std(ddof=1)) if len(finite) > 1 else float("nan"),
+                     "ci_low": lo, "ci_high": hi, "n": len(finite), "n_nonfinite": len(v) - len(finite)})
+    out = pd.DataFrame(rows, columns=SUMMARY_SCHEMA.names)
+    if out_path is not None:
+        write_parquet(out, out_path, SUMMARY_SCHEMA, "metrics/summary",
+                      {"bootstrap": n_boot, "seed": seed, "ci": "percentile 95% of the mean, images resampled"})
+    return out
+
+
+def improvement_table(pairwise: list[str | Path], attributes: list[str | Path], baseline: str, out_path: str | Path,
+                      seed: int = 0, alignment: list[str | Path] = (), split: str = "eval",
+                      n_boot: int = 5000) -> pd.DataFrame:
+    """Each student against ``baseline`` on the ``split`` images: pairwise metrics against the
+    reference, per-attribute accuracy and alignment scores."""
+    long = per_image_table(pairwise, attributes, alignment)
+    return paired_improvement(long[long["split"] == split], baseline, out_path, seed, n_boot=n_boot)

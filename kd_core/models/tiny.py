@@ -71,4 +71,27 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> None:
         pipe.save_pretrained(tmp, safe_serialization=True)
 
 
-TINY_BUILDERS = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl}
+def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> None:
+    """A CLIP model (text and vision towers, 32 px images) with random weights, and its processor:
+    it exercises CLIP score and CLIP-feature FID through the real ``from_pretrained`` path."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPVisionConfig,
+    )
+
+    torch.manual_seed(seed)
+    tok = build_clip_tokenizer(iter_words(GRAMMARS), MAX_LENGTH)
+    text = _text_config(len(tok))
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=32)
+    model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=32))
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        CLIPProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(tmp)
+
+
+TINY_BUILDERS = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl, "clip": build_tiny_clip}

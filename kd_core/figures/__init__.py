@@ -1,0 +1,1 @@
+"""Figures: one style (style), metric plots (plots), image comparisons (comparisons)."""

@@ -1,0 +1,253 @@
+"""Distribution metrics: FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) of a model's
+images against a reference set, through torchmetrics with a pluggable feature extractor.
+
+Extractors (``FeatureConfig.extractor``):
+
+- ``classifier``: the shapes-world attribute classifier's penultimate features (offline; the
+  shapes world's stand-in for Inception).
+- ``inception``: torchmetrics' FID InceptionV3 (needs ``torch-fidelity``, which needs torchvision:
+  install both on the machines that run real studies). The weights come from a local file
+  (``weights``), checked to load with ``torch.load(weights_only=True)`` before use.
+- ``clip``: the image embeddings of a CLIP vision model from a hub id (Hugging Face cache) or local
+  folder, through ``transformers`` (FD in CLIP space, Kynkaanniemi et al. 2023).
+
+Features are extracted once per image set; FID and KID are then computed by torchmetrics on the
+stored features, and a percentile bootstrap over the model's images gives the 95% CI.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from tqdm.auto import tqdm
+
+from kd_core.errors import ConfigError, KDError
+from kd_core.io import write_parquet
+from kd_core.metrics.pairwise import load_rgb
+
+DISTRIBUTION_SCHEMA = pa.schema([
+    ("model", pa.string()), ("reference", pa.string()), ("split", pa.string()), ("metric", pa.string()),
+    ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("n_model", pa.int64()),
+    ("n_reference", pa.int64()), ("extractor", pa.string()), ("feature_dim", pa.int64()),
+])
+#: Lower is better for both.
+HIGHER_IS_BETTER = {"fid": False, "kid": False}
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    extractor: str = "classifier"  # classifier | inception | clip
+    model: str | None = None  # classifier folder, Inception weights file, or CLIP hub id / folder
+    batch_size: int = 64
+    device: str = "cpu"
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    bootstrap: int = 200
+    seed: int = 0
+
+
+class ClassifierFeatures(nn.Module):
+    """Penultimate features of the shapes-world attribute classifier; input uint8 (N, 3, H, W)."""
+
+    def __init__(self, model_dir: str | Path):
+        super().__init__()
+        from kd_core.world.classifier import load_classifier
+
+        self.net = load_classifier(model_dir)
+        self.num_features = self.net.heads[next(iter(self.net.heads))].in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x.float() / 127.5 - 1.0)
+
+
+class CLIPFeatures(nn.Module):
+    """CLIP image embeddings (``transformers``), from a hub id or local folder; input uint8 (N, 3, H, W)."""
+
+    def __init__(self, source: str):
+        super().__init__()
+        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+        try:
+            self.net = CLIPVisionModelWithProjection.from_pretrained(source, use_safetensors=True).eval()
+            self.processor = CLIPImageProcessor.from_pretrained(source)
+        except OSError as exc:
+            raise ConfigError(f"CLIP model {source!r} cannot be loaded ({str(exc).splitlines()[0]}); give a local "
+                              "folder or a hub id in the Hugging Face cache") from None
+        self.num_features = self.net.config.projection_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = self.processor(images=list(x.permute(0, 2, 3, 1).cpu().numpy()), return_tensors="pt")
+        return self.net(pixel_values=inputs["pixel_values"].to(self.net.device)).image_embeds
+
+
+def inception_features(weights: str | None) -> nn.Module:
+    """torchmetrics' FID InceptionV3 (2048-d pool features) with weights from a local file."""
+    try:
+        import torch_fidelity  # noqa: F401
+        from torchmetrics.image.fid import NoTrainInceptionV3
+    except ImportError:
+        raise ConfigError("metrics.features.extractor = inception needs torch-fidelity (and torchvision); install them "
+                          "or use extractor: clip / classifier") from None
+    if not weights or not Path(weights).is_file():
+        raise ConfigError(f"metrics.features.model = {weights!r}: give the local FID Inception weights file "
+                          "(pt_inception-2015-12-05-6726825d.pth)")
+    try:
+        torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means: not a plain tensor file
+        raise ConfigError(f"Inception weights {weights!r} do not load as plain tensors ({type(exc).__name__}); "
+                          "refusing to unpickle them") from None
+    net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights)
+    net.num_features = 2048
+    return net
+
+
+def build_extractor(cfg: FeatureConfig) -> nn.Module:
+    if cfg.extractor == "classifier":
+        if not cfg.model:
+            raise ConfigError("metrics.features.extractor = classifier needs the shapes world (world.enabled: true)")
+        return ClassifierFeatures(cfg.model)
+    if cfg.extractor == "clip":
+        if not cfg.model:
+            raise ConfigError("metrics.features.extractor = clip needs metrics.features.model (a CLIP hub id or folder)")
+        return CLIPFeatures(cfg.model)
+    if cfg.extractor == "inception":
+        return inception_features(cfg.model)
+    raise ConfigError(f"metrics.features.extractor = {cfg.extractor!r}: use classifier, inception or clip")
+
+
+@torch.no_grad()
+def extract_features(extractor: nn.Module, files: list[str | Path], batch_size: int = 64, size: int | None = None,
+                     device: str = "cpu", desc: str = "features") -> torch.Tensor:
+    """Features (N, D) in float64 of image files (uint8 RGB, resized to ``size`` if given)."""
+    if not files:
+        raise KDError("no images to extract features from")
+    extractor = extractor.to(device).eval()
+    out = []
+    for i in tqdm(range(0, len(files), batch_size), desc=desc, unit="batch"):
+        batch = np.stack([load_rgb(f, (size, size) if size else None) for f in files[i : i + batch_size]])
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device)
+        out.append(extractor(x).double().cpu())
+    return torch.cat(out)
+
+
+class _Stored(nn.Module):
+    """Hands stored features to torchmetrics unchanged."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def fid_kid(model_feats: torch.Tensor, ref_feats: torch.Tensor, subset_size: int = 1000,
+            subsets: int = 100, seed: int = 0) -> dict[str, float]:
+    """FID and KID (mean over subsets) of two feature sets, computed by torchmetrics."""
+    d = model_feats.shape[1]
+    fid = FrechetInceptionDistance(feature=_Stored(d), reset_real_features=False)
+    fid.update(ref_feats, real=True)
+    fid.update(model_feats, real=False)
+    size = min(subset_size, len(model_feats), len(ref_feats))
+    with warnings.catch_warnings():  # "will save all extracted features": they are stored already
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=_Stored(d), subsets=subsets, subset_size=size,
+                                      reset_real_features=False)
+    kid.update(ref_feats, real=True)
+    kid.update(model_feats, real=False)
+    torch.manual_seed(seed)  # KID draws its subsets from torch's global generator
+    return {"fid": float(fid.compute()), "kid": float(kid.compute()[0])}
+
+
+def _bias_corrected_ci(point: float, boots: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval shifted by the bootstrap estimate of the bias (mean - point).
+
+    Resampling with replacement duplicates images, which inflates FID and KID; the shift takes that
+    bias out (Efron & Tibshirani 1993, ch. 10).
+    """
+    if len(boots) == 0:
+        return float("nan"), float("nan")
+    bias = float(np.mean(boots)) - point
+    a = (1 - level) / 2
+    return float(np.quantile(boots, a)) - bias, float(np.quantile(boots, 1 - a)) - bias
+
+
+def distribution_metrics(model_sets: dict[str, list[str | Path]], references: dict[str, list[str | Path]],
+                         cfg: FeatureConfig, out_path: str | Path | None = None, split: str = "eval",
+                         size: int | None = None) -> pd.DataFrame:
+    """FID and KID of every model's image set against every reference set, with bootstrap 95% CIs.
+
+    ``model_sets`` and ``references`` map names to image files; a model is not compared with itself.
+    """
+    extractor = build_extractor(cfg)
+    feats = {name: extract_features(extractor, files, cfg.batch_size, size, cfg.device, desc=f"features {name}")
+             for name, files in {**references, **model_sets}.items()}
+    rng = np.random.default_rng(cfg.seed)
+    rows = []
+    for ref in references:
+        for model in model_sets:
+            if model == ref:
+                continue
+            x, r = feats[model], feats[ref]
+            point = fid_kid(x, r, cfg.kid_subset_size, cfg.kid_subsets, cfg.seed)
+            boots = [fid_kid(x[rng.integers(0, len(x), len(x))], r, cfg.kid_subset_size, cfg.kid_subsets, cfg.seed + b + 1)
+                     for b in range(cfg.bootstrap)]
+            for metric, value in point.items():
+                lo, hi = _bias_corrected_ci(value, np.array([b[metric] for b in boots]))
+                rows.append({"model": model, "reference": ref, "split": split, "metric": metric, "value": value,
+                             "ci_low": lo, "ci_high": hi, "n_model": len(x), "n_reference": len(r),
+                             "extractor": cfg.extractor, "feature_dim": x.shape[1]})
+    out = pd.DataFrame(rows, columns=DISTRIBUTION_SCHEMA.names)
+    if out_path is not None:
+        write_parquet(out, out_path, DISTRIBUTION_SCHEMA, "metrics/distribution",
+                      {"extractor": cfg.extractor, "extractor_model": cfg.model, "resize": size,
+                       "kid": {"subset_size": cfg.kid_subset_size, "subsets": cfg.kid_subsets, "degree": 3},
+                       "bootstrap": cfg.bootstrap,
+                       "ci": "percentile 95% over model images resampled with replacement, shifted by the bootstrap bias",
+                       "seed": cfg.seed})
+    return out
+
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def folder_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder (recursively), sorted; a one-line error when there are none."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"real-image folder {str(folder)!r} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"real-image folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def manifest_images(manifest: str | Path, split: str) -> list[Path]:
+    man = pd.read_parquet(manifest)
+    return [Path(manifest).parent / f for f in man.loc[man["split"] == split, "file"]]
+
+
+def evaluate_distributions(manifests: dict[str, str | Path], cfg: FeatureConfig, out_path: str | Path,
+                           real: list[str | Path] | None = None, reference: str = "teacher",
+                           split: str = "eval") -> pd.DataFrame:
+    """FID / KID of every model's ``split`` images against the real images (if any) and the reference model's."""
+    sets = {m: manifest_images(p, split) for m, p in manifests.items()}
+    refs = {"real": list(real)} if real else {}
+    if reference in sets:
+        refs[reference] = sets[reference]
+    if not refs:
+        raise KDError(f"no reference set for FID / KID: give real images or a {reference!r} model")
+    size = None
+    if cfg.extractor != "classifier":  # one size for every set: the reference model's images
+        size = load_rgb(next(iter(refs.values()))[0]).shape[0]
+    return distribution_metrics(sets, refs, cfg, out_path, split, size)

@@ -1,0 +1,27 @@
+# Paper materials: paper/summary.md (headline, tables, figures, protocol, provenance) and the
+# tables as CSV / Markdown / LaTeX. The HTML report: snakemake --report results/<experiment>/report.html
+
+
+rule paper:
+    input:
+        tables=list(metric_tables().values()),
+        figures=list(paper_figures().values()),
+    output:
+        summary=f"{OUT}/paper/summary.md",
+        tables=directory(f"{OUT}/paper/tables"),
+    params:
+        names=list(metric_tables()),
+        titles=list(paper_figures()),
+        config=config,
+        code=code_hash("kd_core.report"),
+    log:
+        f"{OUT}/logs/paper.log",
+    benchmark:
+        f"{OUT}/benchmarks/paper.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/paper.py"

@@ -1,0 +1,8 @@
+"""Adapter: rule alignment_gather -> kd_core.metrics.pairwise.gather_tables."""
+
+from kd_core.metrics.alignment import ALIGNMENT_SCHEMA
+from kd_core.metrics.pairwise import gather_tables
+from kd_core.runlog import job
+
+with job(snakemake.log[0], snakemake.threads):
+    gather_tables(list(snakemake.input), snakemake.output[0], ALIGNMENT_SCHEMA, "metrics/alignment")
