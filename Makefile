@@ -9,10 +9,13 @@ CONFIG ?= config/config.yaml
 TORCH  ?= torch==2.13.0
 SNAKEMAKE_ARGS ?=
 
-.PHONY: setup demo test lint dag clean help
+EXPERIMENT := $(or $(shell sed -n 's/^experiment: *//p' $(CONFIG)),shapes)
+
+.PHONY: setup demo report test lint dag clean help
 
 help:
-	@echo "make demo   - run the default experiment (config/config.yaml) with profiles/default"
+	@echo "make demo   - run the default experiment (config/config.yaml) with profiles/default, then its report"
+	@echo "make report - the Snakemake HTML report: results/<experiment>/report.html"
 	@echo "make test   - run the test suite (pytest)"
 	@echo "make lint   - ruff and snakemake --lint"
 	@echo "make dag    - print the rule graph (mermaid)"
@@ -30,6 +33,10 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/snakemake --profile profiles/default --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+	@case " $(SNAKEMAKE_ARGS) " in *" -n "*|*--dry-run*) ;; *) $(MAKE) --no-print-directory report ;; esac
+
+report: setup
+	$(BIN)/snakemake --configfile $(CONFIG) --report results/$(EXPERIMENT)/report.html
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -72,6 +72,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def load_rgb(path: str | os.PathLike, size: tuple[int, int] | None = None):
+    """An image file as a uint8 RGB array (H, W, 3), resized (bicubic) to ``size`` = (width, height) if given."""
+    import numpy as np
+
+    im = Image.open(path).convert("RGB")
+    if size is not None and im.size != size:
+        im = im.resize(size, Image.Resampling.BICUBIC)
+    return np.asarray(im)
+
+
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         image.save(tmp, format="PNG")

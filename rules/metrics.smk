@@ -72,7 +72,7 @@ rule pairwise_gather:
     output:
         f"{OUT}/metrics/pairwise.parquet",
     params:
-        code=code_hash("kd_core.metrics.pairwise"),
+        code=code_hash("kd_core.metrics.tables"),
     log:
         f"{OUT}/logs/pairwise_gather.log",
     benchmark:
@@ -142,7 +142,7 @@ rule alignment_gather:
     output:
         f"{OUT}/metrics/alignment.parquet",
     params:
-        code=code_hash("kd_core.metrics.alignment"),
+        code=code_hash("kd_core.metrics.tables"),
     log:
         f"{OUT}/logs/alignment_gather.log",
     benchmark:

@@ -42,6 +42,15 @@ def test_shipped_configs_are_valid(root, schema, name):
     ({"prompts": {"n_train": 430, "n_eval": 10}}, "'prompts.n_train' + 'prompts.n_eval' = 440 exceed the 432"),
     ({"models": {"teacher": {"source": "tiny:sd15"}, "base_student": {"source": "toy:student"}}},
      "config key 'models.teacher.source' is 'tiny:sd15'; built models are"),
+    ({"models": {"teacher": {"source": "toy:teacher", "splits": ["eval", "filler"]}, "base_student": {"source": "toy:student"}},
+      "prompts": {"n_filler": 10}},
+     "config key 'metrics.figures.grid_blocks' is 16: the 2x2 grids of ['teacher'] need prompts.n_eval >= 16"),
+    ({"world": {"enabled": False}, "prompts": {"grammar": "dogs", "filler_grammar": "artistic"},
+      "models": {"teacher": {"source": "tiny:sdxl"}, "base_student": {"source": "tiny:sd"}},
+      "metrics": {"features": {"extractor": "classifier"}}},
+     "config key 'metrics.features.extractor' is 'classifier', which needs 'world.enabled: true'"),
+    ({"metrics": {"features": {"extractor": "inception"}}}, "config key 'metrics.features.extractor' is 'inception': set"),
+    ({"metrics": {"clip_model": "./no/clip"}}, "config key 'metrics.clip_model': local path './no/clip' does not exist"),
 ])
 def test_bad_config_is_one_line_naming_the_key(schema, patch, message):
     with pytest.raises(ConfigError) as info:
@@ -55,3 +64,12 @@ def test_build_nested_dataclasses():
     assert toy.teacher == UNetConfig(channels=(8, 16), steps=3)
     assert toy.grammars == ("shapes",)
     assert build(GenerationConfig, {"steps": 2, "resolution": None}).steps == 2
+
+
+def test_feature_extractor_auto(schema):
+    assert validate_experiment({}, schema)["metrics"]["features"]["extractor"] == "classifier"
+    real = {"world": {"enabled": False}, "prompts": {"grammar": "dogs", "filler_grammar": "artistic"},
+            "models": {"teacher": {"source": "tiny:sdxl"}, "base_student": {"source": "tiny:sd"}}}
+    assert validate_experiment(real, schema)["metrics"]["features"]["extractor"] == "none"
+    real["metrics"] = {"clip_model": "tiny:clip"}
+    assert validate_experiment(real, schema)["metrics"]["features"]["extractor"] == "clip"

@@ -15,8 +15,7 @@ from PIL import Image
 
 from kd_core.errors import KDError
 from kd_core.figures.style import model_order, plt, save_figure, style
-from kd_core.io import atomic_path
-from kd_core.metrics.pairwise import load_rgb
+from kd_core.io import atomic_path, load_rgb
 
 
 def _images(manifest: str | os.PathLike) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from kd_core.errors import KDError
 from kd_core.figures.style import model_colours, model_order, plt, save_figure, style
-from kd_core.metrics.pairwise import HIGHER_IS_BETTER
+from kd_core.metrics.directions import HIGHER_IS_BETTER
 
 LABELS = {
     "mse": "MSE", "psnr": "PSNR (dB)", "ssim": "SSIM", "hist_correlation": "hist. correlation",
@@ -76,27 +76,31 @@ def metric_bars(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.Pat
 
 
 def normalised_scores(summary: pd.DataFrame, split: str = "eval") -> pd.DataFrame:
-    """Model x metric table of means scaled to [0, 1] per metric across models, 1 = best.
+    """Model x metric table of means relative to the best model per metric (best = 1, 0 = floor).
 
-    Metrics without a direction (sharpness ratio) and metrics that every model shares are left out.
+    Higher-is-better metrics are divided by the best mean, lower-is-better ones give best / mean;
+    negative values are floored at 0. The axes are the directional metrics that every student has;
+    a model (the teacher, reference of the pairwise metrics) lacking any of them is left out.
     """
     df = summary[summary["split"] == split]
-    wide = df.pivot_table(index="model", columns="metric", values="mean")
+    wide = df.pivot_table(index="model", columns="metric", values="mean").replace([np.inf, -np.inf], np.nan)
+    students = [m for m in wide.index if m != "teacher"] or list(wide.index)
+    metrics = [m for m in wide.columns if HIGHER_IS_BETTER.get(m, True) is not None and wide.loc[students, m].notna().all()]
+    wide = wide[metrics].dropna()
     keep = {}
-    for metric in wide.columns:
-        hib = HIGHER_IS_BETTER.get(metric, True)
-        col = wide[metric].replace([np.inf, -np.inf], np.nan)
-        if hib is None or col.isna().any() or col.max() == col.min():
-            continue
-        scaled = (col - col.min()) / (col.max() - col.min())
-        keep[metric] = scaled if hib else 1 - scaled
-    if not keep:
-        raise KDError("no metric differs between the models: nothing to normalise for the radar chart")
-    return pd.DataFrame(keep).loc[model_order(wide.index)]
+    for metric in metrics:
+        col = wide[metric].clip(lower=0)
+        if HIGHER_IS_BETTER.get(metric, True):
+            keep[metric] = col / col.max() if col.max() > 0 else col * 0
+        else:
+            keep[metric] = col.min() / col.where(col > 0) if col.min() > 0 else (col == 0).astype(float)
+    if len(keep) < 3 or len(wide) < 1:
+        raise KDError(f"the radar chart needs >= 3 metrics shared by the models, found {sorted(keep)}")
+    return pd.DataFrame(keep).fillna(0).loc[model_order(wide.index)]
 
 
 def radar(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike, split: str = "eval") -> None:
-    """Radar chart of the normalised metrics (each axis 0 = worst model, 1 = best model)."""
+    """Radar chart of the metrics relative to the best model on each axis (see normalised_scores)."""
     scores = normalised_scores(_table(summary), split)
     metrics = list(scores.columns)
     colours = model_colours(list(scores.index))
@@ -112,7 +116,7 @@ def radar(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike,
         ax.set_ylim(0, 1)
         ax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "", "", ""])
         ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1))
-        ax.set_title("Normalised metrics (1 = best model on the axis)", pad=20)
+        ax.set_title("Metric means relative to the best model on each axis (= 1)", pad=20)
         save_figure(fig, out_png)
 
 
@@ -204,6 +208,7 @@ def loss_curves(runs: dict[str, str | os.PathLike], out_png: str | os.PathLike, 
     with style():
         fig, axes = _grid(len(panels), cols=3, size=(3.6, 2.6))
         for ax, (title, df) in zip(axes, panels, strict=True):
+            df = df.reset_index(drop=True)
             split = df["split"] if "split" in df.columns else pd.Series("train", index=df.index)
             lr = df[df["term"] == "lr"]
             for i, ((s, term), g) in enumerate(df[df["term"] != "lr"].groupby([split, "term"], sort=True)):

@@ -17,10 +17,10 @@ from torchmetrics.multimodal.clip_score import CLIPScore
 from tqdm.auto import tqdm
 
 from kd_core.errors import ConfigError
-from kd_core.io import write_parquet
-from kd_core.metrics.pairwise import PAIRWISE_SCHEMA, load_rgb
+from kd_core.io import load_rgb, write_parquet
+from kd_core.metrics.tables import PER_IMAGE_SCHEMA
 
-ALIGNMENT_SCHEMA = PAIRWISE_SCHEMA  # one row per image and metric; reference: the CLIP model
+ALIGNMENT_SCHEMA = PER_IMAGE_SCHEMA  # reference: the CLIP model
 
 
 class _TensorFeatures(torch.nn.Module):
@@ -62,7 +62,7 @@ def clip_scores(images: list[np.ndarray], prompts: list[str], source: str, devic
     scores = []
     with torch.no_grad():
         for image, prompt in tqdm(zip(images, prompts, strict=True), total=len(images), desc="CLIP score", unit="img"):
-            x = torch.from_numpy(image).permute(2, 0, 1).to(device)
+            x = torch.from_numpy(np.array(image)).permute(2, 0, 1).to(device)
             scores.append(float(metric(x[None], [prompt])))
             metric.reset()
     return scores

@@ -31,16 +31,13 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm.auto import tqdm
 
 from kd_core.errors import ConfigError, KDError
-from kd_core.io import write_parquet
-from kd_core.metrics.pairwise import load_rgb
+from kd_core.io import load_rgb, write_parquet
 
 DISTRIBUTION_SCHEMA = pa.schema([
     ("model", pa.string()), ("reference", pa.string()), ("split", pa.string()), ("metric", pa.string()),
     ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("n_model", pa.int64()),
     ("n_reference", pa.int64()), ("extractor", pa.string()), ("feature_dim", pa.int64()),
 ])
-#: Lower is better for both.
-HIGHER_IS_BETTER = {"fid": False, "kid": False}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ Pairs are spread over worker processes. One row per pair and metric.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,25 +25,17 @@ import cv2
 import imagehash
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm.auto import tqdm
 
 from kd_core.errors import KDError
-from kd_core.io import read_metadata, write_parquet
+from kd_core.io import load_rgb, write_parquet
+from kd_core.metrics.tables import PER_IMAGE_SCHEMA
 
-PAIRWISE_SCHEMA = pa.schema([
-    ("model", pa.string()), ("reference", pa.string()), ("prompt_id", pa.string()), ("seed", pa.int64()),
-    ("split", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
-])
-#: Direction of each metric: True where larger is better, False where smaller is better, None where
-#: neither is (the sharpness ratio's ideal is 1; ``sharpness_error`` carries its direction).
-HIGHER_IS_BETTER: dict[str, bool | None] = {
-    "mse": False, "psnr": True, "ssim": True, "hist_correlation": True, "hist_bhattacharyya": True,
-    "phash_similarity": True, "sharpness_ratio": None, "sharpness_error": False, "colour_similarity": True,
-}
-METRICS = tuple(HIGHER_IS_BETTER)
+PAIRWISE_SCHEMA = PER_IMAGE_SCHEMA  # reference: the teacher
+METRICS = ("mse", "psnr", "ssim", "hist_correlation", "hist_bhattacharyya", "phash_similarity", "sharpness_ratio",
+           "sharpness_error", "colour_similarity")
 PROTOCOL = ("student resized (bicubic) to the reference size; pixels in [0, 1]; SSIM RGB, 7x7 window, float32; "
             "histograms 8x8x8 RGB bins; pHash 64 bit; Laplacian of the grey image; colour moments in CIELAB, "
             "similarity 1/(1+d/10)")
@@ -50,17 +43,10 @@ HIST_BINS = 8
 COLOUR_SCALE = 10.0
 
 
-def load_rgb(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """An image file as uint8 RGB (H, W, 3), resized (bicubic) to ``size`` = (width, height) if given."""
-    im = Image.open(path).convert("RGB")
-    if size is not None and im.size != size:
-        im = im.resize(size, Image.Resampling.BICUBIC)
-    return np.asarray(im)
-
-
 def _histogram(img: np.ndarray) -> np.ndarray:
     h = cv2.calcHist([img], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3)
-    return h / max(float(h.sum()), 1.0)
+    # flattened: OpenCV 5.0's compareHist(HISTCMP_CORREL) returns NaN for some 3-D histograms
+    return (h / max(float(h.sum()), 1.0)).reshape(-1, 1)
 
 
 def _laplacian_var(img: np.ndarray) -> float:
@@ -120,7 +106,8 @@ def metrics_for_files(pairs: list[tuple[str, str]], workers: int = 1, desc: str 
         _init_worker()
         return [_pair_file_metrics(p) for p in tqdm(pairs, desc=desc, unit="pair")]
     chunk = max(1, len(pairs) // (workers * 8))
-    with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+    # spawn, not fork: forking a process that already runs torch / OpenMP threads can deadlock
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
         return list(tqdm(pool.map(_pair_file_metrics, pairs, chunksize=chunk), total=len(pairs), desc=desc, unit="pair"))
 
 
@@ -141,11 +128,3 @@ def pairwise_metrics(manifest: str | Path, reference_manifest: str | Path, out_p
     write_parquet(out, out_path, PAIRWISE_SCHEMA, "metrics/pairwise", {"protocol": PROTOCOL, "n_pairs": len(pairs)})
     return out
 
-
-def gather_tables(paths: list[str | Path], out_path: str | Path, schema: pa.Schema, name: str) -> pd.DataFrame:
-    """Concatenate per-model tables of one schema into one (the gather step of a per-model rule)."""
-    frames = [pd.read_parquet(p) for p in paths]
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=schema.names)
-    parts = {Path(p).stem: read_metadata(p) for p in paths}
-    write_parquet(out, out_path, schema, name, {"parts": parts})
-    return out

@@ -14,7 +14,8 @@ import pyarrow as pa
 from scipy.stats import wilcoxon
 
 from kd_core.io import write_parquet
-from kd_core.metrics.pairwise import HIGHER_IS_BETTER
+from kd_core.metrics.bootstrap import bootstrap_ci  # noqa: F401 - re-exported
+from kd_core.metrics.directions import HIGHER_IS_BETTER
 
 IMPROVEMENT_SCHEMA = pa.schema([
     ("model", pa.string()), ("baseline", pa.string()), ("metric", pa.string()), ("higher_is_better", pa.bool_()),
@@ -22,12 +23,6 @@ IMPROVEMENT_SCHEMA = pa.schema([
     ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("relative_change", pa.float64()), ("p_value", pa.float64()),
     ("improved", pa.bool_()), ("n", pa.int64()),
 ])
-
-
-def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, n_boot: int = 5000, level: float = 0.95) -> tuple[float, float]:
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
 def paired_improvement(long: pd.DataFrame, baseline: str, out_path: str | Path | None = None, seed: int = 0,

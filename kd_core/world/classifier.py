@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kd_core.io import atomic_path, write_json, write_parquet
-from kd_core.metrics.stats import bootstrap_ci
+from kd_core.metrics.bootstrap import bootstrap_ci
 from kd_core.seeding import seed_everything
 from kd_core.world.dataset import load_images, load_split
 

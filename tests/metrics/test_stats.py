@@ -28,3 +28,23 @@ def test_a_real_improvement_has_a_ci_excluding_zero(tmp_path):
 def test_no_difference_is_not_an_improvement():
     t = paired_improvement(_long(0.0), "base_student").set_index("metric")
     assert not t["improved"].any() and t.loc["ssim", "ci_low"] < 0 < t.loc["ssim", "ci_high"]
+
+
+def test_summary_has_cis_and_skips_non_finite(tmp_path):
+    from kd_core.metrics.stats import SUMMARY_SCHEMA, summarize
+
+    long = _long(0.05).assign(split="eval")
+    long.loc[0, "value"] = float("inf")
+    out = summarize(long, tmp_path / "s.parquet", n_boot=500)
+    assert list(pd.read_parquet(tmp_path / "s.parquet").columns) == SUMMARY_SCHEMA.names
+    row = out.set_index(["model", "metric"]).loc[("base_student", "ssim")]
+    assert row["n"] + row["n_nonfinite"] == 60 and row["n_nonfinite"] in (0, 1)
+    assert (out["ci_low"] <= out["mean"]).all() and (out["mean"] <= out["ci_high"]).all()
+    assert not out.set_index(["model", "metric"]).loc[("base_student", "mse"), "higher_is_better"]
+
+
+def test_improvement_skips_metrics_without_direction():
+    long = _long(0.05)
+    long = pd.concat([long, long[long["metric"] == "ssim"].assign(metric="sharpness_ratio")])
+    t = paired_improvement(long, "base_student")
+    assert "sharpness_ratio" not in set(t["metric"])

@@ -6,12 +6,17 @@ import pytest
 
 from .conftest import ROOT, planned_jobs, run
 
+# The evaluation stage of a study with a teacher, a base student and a LoRA student and a CLIP model.
+EVALUATION = {"pairwise": 2, "pairwise_gather": 1, "alignment": 3, "alignment_gather": 1, "distribution": 1,
+              "efficiency": 1, "summary": 1, "improvement": 1, "figure_metrics": 1, "figure_distribution": 1,
+              "figure_efficiency": 1, "figure_loss": 1, "comparison_models": 1, "paper": 1, "all": 1}
 
-@pytest.mark.parametrize("name,teacher_images", [("sdxl_to_sd15_dogs", 1100), ("sd_turbo_wikiart", 64)])
-def test_real_config_dry_run_builds_its_dag(name, teacher_images):
+
+@pytest.mark.parametrize("name,grids", [("sdxl_to_sd15_dogs", 0), ("sd_turbo_wikiart", 3)])
+def test_real_config_dry_run_builds_its_dag(name, grids):
     jobs = planned_jobs(ROOT, "--configfile", f"config/experiments/{name}.yaml")
-    # Hub models: no toy pretraining, no shapes world; prompts, generation per model, LoRA, metrics.
-    assert jobs == {"prompts": 1, "generate": 3, "train_lora": 1, "pairwise": 2, "improvement": 1, "all": 1}
+    # Hub models: no toy pretraining, no shapes world; prompts, generation per model, LoRA, evaluation.
+    assert jobs == {"prompts": 1, "generate": 3, "train_lora": 1, **EVALUATION} | ({"comparison_grid": grids} if grids else {})
     text = run(ROOT, "-n", "--configfile", f"config/experiments/{name}.yaml", "--printshellcmds").stdout
     assert f"results/{name}/images/teacher/manifest.parquet" in text
     assert "gpu=1" in text
@@ -19,7 +24,7 @@ def test_real_config_dry_run_builds_its_dag(name, teacher_images):
 
 def test_tiny_config_dry_run_builds_tiny_models():
     jobs = planned_jobs(ROOT, "--configfile", "config/tiny.yaml")
-    assert jobs == {"prompts": 1, "tiny_model": 2, "generate": 3, "train_lora": 1, "pairwise": 2, "improvement": 1, "all": 1}
+    assert jobs == {"prompts": 1, "tiny_model": 3, "generate": 3, "train_lora": 1, "comparison_grid": 2, **EVALUATION}
 
 
 BAD = {

@@ -1,0 +1,74 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from kd_core.errors import KDError
+from kd_core.figures import plots
+from kd_core.metrics.stats import summarize
+
+
+def _per_image(n=20):
+    rng = np.random.default_rng(0)
+    rows = []
+    for model, shift in (("teacher", 0.3), ("base_student", 0.0), ("lora_student", 0.1)):
+        for i in range(n):
+            metrics = {"accuracy_all": float(rng.random() < 0.5 + shift), "accuracy_shape": float(rng.random() < 0.4 + shift)}
+            if model != "teacher":
+                metrics |= {"ssim": 0.5 + shift + 0.05 * rng.standard_normal(), "mse": 0.2 - shift / 2 + 0.01 * rng.random(),
+                            "psnr": 10 + 10 * shift, "sharpness_ratio": 1 + rng.random(), "sharpness_error": rng.random(),
+                            "phash_similarity": 0.6 + shift}
+            rows += [{"model": model, "split": "eval", "prompt_id": f"p{i}", "seed": 0, "metric": k, "value": v}
+                     for k, v in metrics.items()]
+    return pd.DataFrame(rows)
+
+
+def test_metric_figures_written_as_png_and_pdf(tmp_path):
+    long = _per_image()
+    summary = summarize(long, n_boot=200)
+    plots.metric_figures(summary, long, tmp_path / "bars.png", tmp_path / "radar.png", tmp_path / "dist.png")
+    for name in ("bars", "radar", "dist"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (tmp_path / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_radar_scores_relative_to_the_best():
+    scores = plots.normalised_scores(summarize(_per_image(), n_boot=200))
+    assert list(scores.index) == ["base_student", "lora_student"]  # the teacher lacks the pairwise metrics
+    assert "sharpness_ratio" not in scores.columns  # no direction
+    assert scores.loc["lora_student", "ssim"] == 1 and scores.loc["base_student", "ssim"] < 1
+    assert scores.loc["lora_student", "mse"] == 1 and 0 < scores.loc["base_student", "mse"] < 1  # lower is better
+    assert ((scores >= 0) & (scores <= 1)).all().all()
+
+
+def test_loss_curves_every_run_and_term(tmp_path):
+    steps = np.arange(1, 101)
+    lora = pd.concat([pd.DataFrame({"step": steps, "epoch": 0, "split": "train", "term": t, "value": v})
+                      for t, v in (("loss", 1 / steps), ("task_mse", 2 / steps), ("lr", np.full(100, 1e-3)))])
+    lora.to_parquet(tmp_path / "lora.parquet")
+    toy = pd.DataFrame({"model": ["vae"] * 50 + ["teacher"] * 50, "step": np.r_[steps[:50], steps[:50]],
+                        "term": "task_mse", "value": 1 / np.r_[steps[:50], steps[:50]]})
+    toy.to_parquet(tmp_path / "toy.parquet")
+    plots.loss_curves({"LoRA": tmp_path / "lora.parquet", "toy": tmp_path / "toy.parquet"}, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "loss.pdf").is_file()
+    with pytest.raises(KDError, match="no training runs"):
+        plots.loss_curves({}, tmp_path / "none.png")
+
+
+def test_efficiency_distribution_and_attribute_figures(tmp_path):
+    summary = summarize(_per_image(), n_boot=200)
+    eff = pd.DataFrame([{"model": m, "metric": k, "value": v, "unit": "", "device": "cpu", "dtype": "float32", "steps": 3,
+                         "resolution": 32, "batch_size": 1, "repeats": 1}
+                        for m, s in (("teacher", 3.0), ("base_student", 1.0), ("lora_student", 1.0))
+                        for k, v in (("latency_per_image", 10 * s), ("params_denoiser", 1e6 * s))])
+    plots.efficiency_plot(eff, summary, tmp_path / "eff.png")
+    dist = pd.DataFrame([{"model": m, "reference": "teacher", "split": "eval", "metric": k, "value": 1.0, "ci_low": 0.5,
+                          "ci_high": 1.5, "n_model": 10, "n_reference": 10, "extractor": "classifier", "feature_dim": 8}
+                         for m in ("base_student", "lora_student") for k in ("fid", "kid")])
+    plots.distribution_bars(dist, tmp_path / "dist.png")
+    acc = pd.DataFrame([{"model": m, "split": "eval", "attribute": a, "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 10}
+                        for m in ("teacher", "base_student") for a in ("shape", "colour")])
+    plots.attribute_bars(acc, tmp_path / "acc.png")
+    for name in ("eff", "dist", "acc"):
+        assert (tmp_path / f"{name}.png").is_file() and (tmp_path / f"{name}.pdf").is_file()
+    with pytest.raises(KDError, match="empty"):
+        plots.distribution_bars(dist.iloc[:0], tmp_path / "none.png")

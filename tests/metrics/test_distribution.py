@@ -1,0 +1,114 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy import linalg
+
+from kd_core.errors import ConfigError, KDError
+from kd_core.metrics.distribution import (
+    DISTRIBUTION_SCHEMA,
+    CLIPFeatures,
+    FeatureConfig,
+    build_extractor,
+    distribution_metrics,
+    evaluate_distributions,
+    fid_kid,
+    folder_images,
+)
+from kd_core.models.tiny import build_tiny_clip
+
+
+def _fid_direct(x: np.ndarray, y: np.ndarray) -> float:
+    """Frechet distance of two Gaussians fitted to the features (Heusel et al. 2017), with scipy."""
+    mu1, mu2 = x.mean(0), y.mean(0)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_kid_match_a_direct_computation_and_grow_with_a_shift():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(400, 8))
+    same = rng.normal(size=(400, 8))
+    shifted = rng.normal(size=(400, 8)) + 1.0
+    a = fid_kid(torch.from_numpy(same), torch.from_numpy(ref), subset_size=100, subsets=20)
+    b = fid_kid(torch.from_numpy(shifted), torch.from_numpy(ref), subset_size=100, subsets=20)
+    assert a["fid"] == pytest.approx(_fid_direct(same, ref), rel=1e-4)
+    assert b["fid"] == pytest.approx(_fid_direct(shifted, ref), rel=1e-4)
+    assert b["fid"] > 5 * a["fid"] and b["kid"] > 5 * abs(a["kid"])
+    assert b["fid"] == pytest.approx(8.0, rel=0.15)  # mean shift of 1 in 8 dimensions
+    assert fid_kid(torch.from_numpy(ref), torch.from_numpy(ref), 100, 20)["fid"] == pytest.approx(0, abs=1e-6)
+
+
+class _Mean(torch.nn.Module):
+    """A feature extractor for tests: mean colour and its square per channel (6-d)."""
+
+    num_features = 6
+
+    def forward(self, x):
+        m = x.float().mean(dim=(2, 3)) / 255
+        return torch.cat([m, m**2], 1)
+
+
+def _images(folder, colours, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = []
+    for i, c in enumerate(colours):
+        arr = np.clip(np.array(c)[None, None] + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+        files.append(folder / f"{i}.png")
+        Image.fromarray(arr).save(files[-1])
+    return files
+
+
+def test_distribution_table_with_cis(tmp_path, monkeypatch):
+    monkeypatch.setattr("kd_core.metrics.distribution.build_extractor", lambda cfg: _Mean())
+    rng = np.random.default_rng(1)
+    real = _images(tmp_path / "real", rng.integers(0, 255, (40, 3)))
+    close = _images(tmp_path / "close", rng.integers(0, 255, (30, 3)), 1)
+    far = _images(tmp_path / "far", rng.integers(0, 80, (30, 3)), 2)
+    cfg = FeatureConfig(extractor="test", bootstrap=30, kid_subset_size=20, kid_subsets=10)
+    out = distribution_metrics({"close": close, "far": far}, {"real": real}, cfg, tmp_path / "d.parquet")
+    assert list(pd.read_parquet(tmp_path / "d.parquet").columns) == DISTRIBUTION_SCHEMA.names
+    t = out.set_index(["model", "metric"])
+    assert t.loc[("far", "fid"), "value"] > t.loc[("close", "fid"), "value"]
+    assert (out["ci_low"] <= out["ci_high"]).all() and (out["n_model"] == 30).all() and (out["n_reference"] == 40).all()
+
+
+def test_extractor_errors_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="torch-fidelity|weights"):
+        build_extractor(FeatureConfig(extractor="inception", model=str(tmp_path / "missing.pth")))
+    with pytest.raises(ConfigError, match="needs the shapes world"):
+        build_extractor(FeatureConfig(extractor="classifier"))
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        build_extractor(FeatureConfig(extractor="clip", model=str(tmp_path)))
+    with pytest.raises(ConfigError, match="holds no images"):
+        folder_images(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        folder_images(tmp_path / "nope")
+
+
+def test_clip_features_from_a_saved_model(tmp_path):
+    build_tiny_clip(tmp_path / "clip")
+    ext = CLIPFeatures(str(tmp_path / "clip"))
+    x = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    f = ext(x)
+    assert f.shape == (3, ext.num_features) and torch.isfinite(f).all()
+    assert torch.allclose(ext(x[:1]), f[:1], atol=1e-5)
+
+
+def test_evaluate_distributions_from_manifests(tmp_path, monkeypatch):
+    monkeypatch.setattr("kd_core.metrics.distribution.build_extractor", lambda cfg: _Mean())
+    manifests = {}
+    for j, m in enumerate(("teacher", "student")):
+        files = _images(tmp_path / m, np.random.default_rng(j).integers(0, 255, (12, 3)), j)
+        pd.DataFrame({"file": [f.name for f in files], "split": ["eval"] * 10 + ["filler"] * 2}).to_parquet(
+            tmp_path / m / "manifest.parquet")
+        manifests[m] = tmp_path / m / "manifest.parquet"
+    out = evaluate_distributions(manifests, FeatureConfig(extractor="test", bootstrap=0, kid_subset_size=5, kid_subsets=3),
+                                 tmp_path / "d.parquet")
+    assert set(zip(out["model"], out["reference"], strict=True)) == {("student", "teacher")}
+    assert (out["n_model"] == 10).all() and out["ci_low"].isna().all()
+    with pytest.raises(KDError, match="no reference set"):
+        evaluate_distributions({"student": manifests["student"]}, FeatureConfig(extractor="test"), tmp_path / "e.parquet")
