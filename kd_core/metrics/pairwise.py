@@ -55,10 +55,11 @@ def _laplacian_var(img: np.ndarray) -> float:
 
 def colour_moments(img: np.ndarray) -> np.ndarray:
     """Mean, standard deviation and cube root of the third central moment of L*, a*, b* (9 numbers)."""
-    lab = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float64)
-    mean = lab.mean(axis=0)
-    centred = lab - mean
-    return np.concatenate([mean, centred.std(axis=0), np.cbrt((centred**3).mean(axis=0))])
+    lab = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).reshape(-1, 3)
+    mean, std = cv2.meanStdDev(lab.reshape(-1, 1, 3))
+    centred = lab - mean.ravel().astype(np.float32)
+    third = np.einsum("ij,ij,ij->j", centred, centred, centred, dtype=np.float64) / len(centred)
+    return np.concatenate([mean.ravel(), std.ravel(), np.cbrt(third)])
 
 
 def pair_metrics(image: np.ndarray, reference: np.ndarray) -> dict[str, float]:

@@ -17,7 +17,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 def copy_repo(dest: Path) -> Path:
     """The workflow and kd_core copied to ``dest`` (so tests may edit code without touching the repo)."""
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles", "kd_core"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles", "report", "kd_core"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
