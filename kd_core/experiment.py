@@ -57,6 +57,15 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
                 check_source(lora["data"], "lora.data")
             except KDError as exc:
                 raise ConfigError(str(exc)) from None
+    bk = cfg["block_kd"]
+    if bk["enabled"]:
+        if bk["data"] == "teacher" and "train" not in cfg["models"]["teacher"]["splits"]:
+            raise ConfigError("config key 'block_kd.data' is 'teacher' but 'models.teacher.splits' lacks 'train'; add it")
+        if bk["data"] != "teacher":
+            try:
+                check_source(bk["data"], "block_kd.data")
+            except KDError as exc:
+                raise ConfigError(str(exc)) from None
     _check_metrics(cfg)
     return cfg
 

@@ -18,7 +18,9 @@ config.update(_validated)
 
 OUT = f"results/{config['experiment']}"
 LORA = config["lora"]["enabled"]
-MODELS = list(config["models"]) + (["lora_student"] if LORA else [])
+BK = config["block_kd"]
+BK_MODELS = (BK["levels"] + ([f"{lv}_nofeat" for lv in BK["levels"]] if BK["ablate_features"] else [])) if BK["enabled"] else []
+MODELS = list(config["models"]) + (["lora_student"] if LORA else []) + BK_MODELS
 STUDENTS = [m for m in MODELS if m != "teacher"]
 WORLD = config["world"]["enabled"]
 METRICS = config["metrics"]
@@ -31,6 +33,7 @@ wildcard_constraints:
     model="|".join(MODELS),
     split="train|eval|filler",
     kind="sd|sdxl|clip",
+    bk="|".join(BK_MODELS) or "block_kd_off",
 
 
 def model_dir(source):
@@ -39,7 +42,11 @@ def model_dir(source):
 
 
 def model_entry(name):
-    """A model's config; the LoRA student is its base student with the trained adapter."""
+    """A model's config; the LoRA student is its base student with the trained adapter; a
+    block-distilled student is sampled like the teacher."""
+    if name in BK_MODELS:
+        teacher = config["models"]["teacher"]
+        return {"source": f"{OUT}/models/{name}", "splits": ["eval"], "generation": teacher["generation"]}
     if name == "lora_student":
         base = config["models"][config["lora"]["student"]]
         return {**base, "generation": {**base["generation"], "lora": f"{OUT}/models/lora_student"}}
@@ -49,8 +56,7 @@ def model_entry(name):
 def generate_input(wildcards):
     m = model_entry(wildcards.model)
     inputs = {f"prompts_{s}": f"{OUT}/prompts/{s}.parquet" for s in m["splits"]}
-    if is_built(m["source"]):
-        inputs["model"] = model_dir(m["source"])
+    inputs["model"] = built_input(m["source"])
     if m["generation"].get("lora"):
         inputs["adapter"] = m["generation"]["lora"]
     return inputs
@@ -74,6 +80,27 @@ def lora_input(wildcards):
     return inputs
 
 
+def block_kd_input(wildcards):
+    inputs = {"teacher": built_input(config["models"]["teacher"]["source"])}
+    if BK["data"] == "teacher":
+        inputs["data"] = f"{OUT}/images/teacher/manifest.parquet"
+    return inputs
+
+
+def block_kd_settings(wildcards):
+    """The level and the ablation flag of a block-distilled student's name."""
+    level = wildcards.bk.removesuffix("_nofeat")
+    return {"level": level, "feature_kd": not wildcards.bk.endswith("_nofeat")}
+
+
+def teacher_source(wildcards):
+    return model_dir(config["models"]["teacher"]["source"])
+
+
+def block_kd_data(wildcards):
+    return f"{OUT}/images/teacher/manifest.parquet" if BK["data"] == "teacher" else local_path(BK["data"])
+
+
 def lora_student_source(wildcards):
     return model_dir(config["models"][config["lora"]["student"]]["source"])
 
@@ -91,8 +118,10 @@ GRID_MODELS = [m for m in MODELS if "filler" in model_splits(m) and "eval" in mo
 
 
 def built_input(source):
-    """The folder of a model the workflow builds, as an input list ([] for hub ids and paths)."""
-    return [model_dir(source)] if source and is_built(source) else []
+    """The folder of a model the workflow builds or trains, as an input list ([] for hub ids and paths)."""
+    if source and is_built(source):
+        return [model_dir(source)]
+    return [source] if source and source.startswith(f"{OUT}/models/") else []
 
 
 def clip_input(wildcards):
@@ -137,6 +166,7 @@ def loss_tables(wildcards):
         tables["toy pretraining"] = f"{OUT}/train/toy/loss.parquet"
     if LORA:
         tables["LoRA"] = f"{OUT}/train/lora/loss.parquet"
+    tables.update({f"BK-SDM {m}": f"{OUT}/train/{m}/loss.parquet" for m in BK_MODELS})
     return tables
 
 

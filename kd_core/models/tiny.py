@@ -40,15 +40,23 @@ def _vae() -> AutoencoderKL:
                          norm_num_groups=8, sample_size=64)
 
 
-def build_tiny_sd(out_dir: str | Path, seed: int = 0) -> None:
-    """An SD 1.x-style pipeline (64 px, 32x32x4 latents) with random weights."""
+def build_tiny_sd(out_dir: str | Path, seed: int = 0, sd15_layout: bool = False) -> None:
+    """An SD 1.x-style pipeline (64 px, 32x32x4 latents) with random weights. ``sd15_layout``: SD 1.5's
+    block layout in miniature (three stages, the two innermost of equal width, two layers per
+    block), from which every BK-SDM student can be derived."""
     torch.manual_seed(seed)
     tok = build_clip_tokenizer(iter_words(GRAMMARS), MAX_LENGTH)
     text = CLIPTextModel(_text_config(len(tok)))
-    unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
+    if sd15_layout:
+        layout = {"block_out_channels": (32, 64, 64), "layers_per_block": 2,
+                  "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                  "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")}
+    else:
+        layout = {"block_out_channels": (32, 64), "layers_per_block": 1,
+                  "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+                  "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")}
+    unet = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4, cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=8, **layout)
     save_pipeline(out_dir, vae=_vae(), text_encoder=text, tokenizer=tok, unet=unet, scheduler=DDIMScheduler(**SCHEDULE))
 
 

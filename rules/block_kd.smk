@@ -1,0 +1,29 @@
+# BK-SDM block distillation: the teacher's U-Net distilled into block-removed students (task +
+# output-KD + feature-KD losses), each then sampled like every other model (rule generate).
+
+
+rule train_block_kd:
+    input:
+        unpack(block_kd_input),
+    output:
+        model=directory(f"{OUT}/models/{{bk}}"),
+        loss=f"{OUT}/train/{{bk}}/loss.parquet",
+    params:
+        teacher=teacher_source,
+        data=block_kd_data,
+        block_kd=BK,
+        settings=block_kd_settings,
+        seed=config["seed"],
+        code=code_hash("kd_core.train.block_kd"),
+    log:
+        f"{OUT}/logs/train_block_kd_{{bk}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_block_kd_{{bk}}.tsv"
+    threads: 8
+    resources:
+        mem_mb=32000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/train_block_kd.py"
