@@ -35,3 +35,13 @@ def tiny_sdxl(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny_sdxl"
     build_tiny_sdxl(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(tmp_path_factory) -> Path:
+    """SD 1.5's block layout in miniature: the teacher of every BK-SDM student."""
+    from kd_core.models.tiny import build_tiny_sd
+
+    out = tmp_path_factory.mktemp("models") / "tiny_sd15"
+    build_tiny_sd(out, sd15_layout=True)
+    return out

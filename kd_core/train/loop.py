@@ -135,7 +135,9 @@ class Trainer:
 
     # accelerate saves the whole model by default; a LoRA run only needs its adapter weights.
     def _save_hook(self, models, weights, output_dir):
-        save_file(trainable_state(self.accelerator.unwrap_model(self.model)), str(Path(output_dir) / "trainable.safetensors"))
+        if self.accelerator.is_main_process:
+            save_file(trainable_state(self.accelerator.unwrap_model(self.model)),
+                      str(Path(output_dir) / "trainable.safetensors"))
         weights.clear()
 
     def _load_hook(self, models, input_dir):
@@ -144,18 +146,26 @@ class Trainer:
         models.clear()
 
     def _checkpoint(self, step: int, meta: dict, rows: list[dict]) -> None:
+        """Every process saves its state (RNG) into one temporary folder; the main process completes it."""
+        acc = self.accelerator
         final = self.ckpt_dir / f"step-{step:08d}"
         tmp = self.ckpt_dir / f".step-{step:08d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.accelerator.save_state(str(tmp))
-        if self.best is not None:
-            save_file(self.best, str(tmp / "best.safetensors"))
-        pd.DataFrame(rows, columns=LOSS_SCHEMA.names).to_parquet(tmp / "loss_rows.parquet")
-        write_json(tmp / "trainer.json", meta)  # written last: marks the checkpoint complete
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in complete_checkpoints(self.ckpt_dir)[: -max(1, self.cfg.keep_checkpoints)]:
-            shutil.rmtree(old)
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if self.best is not None:
+                save_file(self.best, str(tmp / "best.safetensors"))
+            pd.DataFrame(rows, columns=LOSS_SCHEMA.names).to_parquet(tmp / "loss_rows.parquet")
+            write_json(tmp / "trainer.json", meta)  # written last: marks the checkpoint complete
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in complete_checkpoints(self.ckpt_dir)[: -max(1, self.cfg.keep_checkpoints)]:
+                shutil.rmtree(old)
+        acc.wait_for_everyone()
 
     def _evaluate(self, step: int, epoch: int, rows: list[dict]) -> float | None:
         if self.val_fn is None:
@@ -213,6 +223,9 @@ class Trainer:
                 acc.backward(loss / cfg.gradient_accumulation)
                 for k, v in terms.items():
                     terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / cfg.gradient_accumulation
+            if acc.num_processes > 1:  # log the mean over processes (each saw its shard of the batch)
+                mean = acc.reduce(torch.tensor(list(terms_sum.values()), device=acc.device), reduction="mean")
+                terms_sum = dict(zip(terms_sum, mean.tolist(), strict=True))
             if cfg.max_grad_norm:
                 acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.opt.step()
@@ -246,6 +259,8 @@ class Trainer:
         if self.best is not None:
             model.load_state_dict(self.best, strict=False)
         losses = pd.DataFrame(rows, columns=LOSS_SCHEMA.names)
+        if not self.accelerator.is_main_process:
+            return TrainResult(step, stopped, best_step, best_val, resumed, losses)
         write_parquet(losses, self.out_dir / "loss.parquet", LOSS_SCHEMA, f"train/{self.name}/loss",
                       {"config": asdict(self.cfg), "steps": step, "stopped_early": stopped, "best_step": best_step})
         return TrainResult(step, stopped, best_step, best_val, resumed, losses)
