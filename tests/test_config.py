@@ -21,7 +21,7 @@ def test_defaults_are_filled(schema):
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "tiny.yaml", "experiments/sdxl_to_sd15_dogs.yaml",
-                                  "experiments/sd_turbo_wikiart.yaml"])
+                                  "experiments/sd_turbo_wikiart.yaml", "experiments/bk_sdm_sd15.yaml"])
 def test_shipped_configs_are_valid(root, schema, name):
     validate_experiment(yaml.safe_load((root / "config" / name).read_text()), schema)
 

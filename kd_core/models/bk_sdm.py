@@ -26,6 +26,18 @@ from diffusers import UNet2DConditionModel
 from kd_core.errors import KDError
 
 LEVELS = ("bk_base", "bk_small", "bk_tiny")
+#: The U-Net config of stable-diffusion-v1-5 (its public unet/config.json): the teacher of the
+#: published BK-SDM students, for parameter counts and benchmarks with random weights.
+SD15_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 64, "in_channels": 4, "out_channels": 4, "center_input_sample": False, "flip_sin_to_cos": True,
+    "freq_shift": 0, "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                          "DownBlock2D"],
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "only_cross_attention": False, "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+    "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
+    "cross_attention_dim": 768, "attention_head_dim": 8,
+}
 #: Config entries given per stage (down order) that lose their innermost entry in bk_tiny.
 PER_STAGE = ("attention_head_dim", "num_attention_heads", "transformer_layers_per_block", "only_cross_attention",
              "cross_attention_dim", "reverse_transformer_layers_per_block")

@@ -3,20 +3,18 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from kd_core.errors import KDError
-from kd_core.models.bk_sdm import LEVELS, build_student, count_parameters, feature_map, student_config, weight_map
+from kd_core.models.bk_sdm import (
+    LEVELS,
+    SD15_UNET_CONFIG,
+    build_student,
+    count_parameters,
+    feature_map,
+    student_config,
+    weight_map,
+)
 from kd_core.train.block_kd import FeatureHooks
 
-#: stable-diffusion-v1-5/stable-diffusion-v1-5, unet/config.json (the public config)
-SD15 = {
-    "sample_size": 64, "in_channels": 4, "out_channels": 4, "center_input_sample": False, "flip_sin_to_cos": True,
-    "freq_shift": 0, "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                                          "DownBlock2D"],
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "only_cross_attention": False, "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
-    "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
-    "cross_attention_dim": 768, "attention_head_dim": 8,
-}
+SD15 = SD15_UNET_CONFIG
 PUBLISHED = {"teacher": 859.5e6, "bk_base": 579.4e6, "bk_small": 482.3e6, "bk_tiny": 323.4e6}
 
 

@@ -22,6 +22,14 @@ def test_real_config_dry_run_builds_its_dag(name, grids):
     assert "gpu=1" in text
 
 
+def test_bk_sdm_config_dry_run_trains_every_level_and_its_ablation():
+    jobs = planned_jobs(ROOT, "--configfile", "config/experiments/bk_sdm_sd15.yaml")
+    # teacher, the published BK-SDM-Small, and 3 levels x (with, without feature KD)
+    assert jobs == {"prompts": 1, "generate": 8, "train_block_kd": 6, **EVALUATION, "pairwise": 7, "alignment": 8}
+    text = run(ROOT, "-n", "--configfile", "config/experiments/bk_sdm_sd15.yaml").stdout
+    assert "results/bk_sdm_sd15/models/bk_tiny_nofeat" in text and "gpu=1" in text
+
+
 def test_tiny_config_dry_run_builds_tiny_models():
     jobs = planned_jobs(ROOT, "--configfile", "config/tiny.yaml")
     assert jobs == {"prompts": 1, "tiny_model": 3, "generate": 3, "train_lora": 1, "comparison_grid": 2, **EVALUATION}
