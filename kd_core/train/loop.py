@@ -12,6 +12,8 @@ loop adds what a researcher expects of a long run:
 - bit-exact resumption on CPU: the batch order and every random draw are functions of
   (seed, step), so a run resumed from a checkpoint ends with the weights of an uninterrupted run;
 - early stopping on a validation loss with a patience (the best weights are restored);
+- an optional exponential moving average of the trained weights (``ema_decay``), checkpointed with
+  them; when set, the run ends with the EMA weights;
 - a NaN or inf loss stops the run with a one-line error and keeps the last good checkpoint;
 - ``loss.parquet``: every loss term per step, and the validation loss per evaluation; tqdm progress.
 """
@@ -59,6 +61,7 @@ class TrainConfig:
     eval_every: int | None = None  # optimizer steps; None: once per epoch
     patience: int | None = None  # evaluations without improvement before stopping; None: never
     device: str = "auto"
+    ema_decay: float | None = None  # EMA of the trained weights, used at the end; None: off
 
 
 @dataclass
@@ -130,6 +133,9 @@ class Trainer:
         opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, self.total))
         self.model, self.opt, self.sched = self.accelerator.prepare(model, opt, sched)
+        self.ema: dict[str, torch.Tensor] | None = None
+        if cfg.ema_decay is not None:
+            self.ema = trainable_state(self.accelerator.unwrap_model(self.model))
         self.accelerator.register_save_state_pre_hook(self._save_hook)
         self.accelerator.register_load_state_pre_hook(self._load_hook)
 
@@ -159,6 +165,8 @@ class Trainer:
         if acc.is_main_process:
             if self.best is not None:
                 save_file(self.best, str(tmp / "best.safetensors"))
+            if self.ema is not None:
+                save_file(self.ema, str(tmp / "ema.safetensors"))
             pd.DataFrame(rows, columns=LOSS_SCHEMA.names).to_parquet(tmp / "loss_rows.parquet")
             write_json(tmp / "trainer.json", meta)  # written last: marks the checkpoint complete
             shutil.rmtree(final, ignore_errors=True)
@@ -195,6 +203,8 @@ class Trainer:
             rows = pd.read_parquet(last / "loss_rows.parquet").to_dict("records")
             if (last / "best.safetensors").is_file():
                 self.best = load_file(str(last / "best.safetensors"))
+            if self.ema is not None:
+                self.ema = load_file(str(last / "ema.safetensors"))
             resumed = step
             tqdm.write(f"{self.name}: resuming from {last} (step {step} of {self.total})", file=sys.stderr)
             if meta.get("finished"):
@@ -231,6 +241,11 @@ class Trainer:
             self.opt.step()
             self.sched.step()
             self.opt.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                with torch.no_grad():
+                    for name, p in acc.unwrap_model(self.model).named_parameters():
+                        if name in self.ema:
+                            self.ema[name].lerp_(p.detach(), 1.0 - cfg.ema_decay)
             step += 1
             rows += [{"step": step, "epoch": epoch, "split": "train", "term": k, "value": v} for k, v in terms_sum.items()]
             rows.append({"step": step, "epoch": epoch, "split": "train", "term": "lr", "value": self.sched.get_last_lr()[0]})
@@ -256,7 +271,9 @@ class Trainer:
 
     def _finish(self, step, stopped, best_step, best_val, resumed, rows) -> TrainResult:
         model = self.accelerator.unwrap_model(self.model)
-        if self.best is not None:
+        if self.ema is not None:
+            model.load_state_dict(self.ema, strict=False)
+        elif self.best is not None:
             model.load_state_dict(self.best, strict=False)
         losses = pd.DataFrame(rows, columns=LOSS_SCHEMA.names)
         if not self.accelerator.is_main_process:

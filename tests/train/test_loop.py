@@ -151,3 +151,20 @@ def test_sigkill_mid_run_then_rerun_resumes(tmp_path):
     for a, b in zip(torch.load(run_dir / "final.pt", weights_only=True),
                     torch.load(tmp_path / "ref" / "final.pt", weights_only=True), strict=True):
         assert torch.equal(a, b)
+
+
+def test_ema_weights_end_the_run_and_resume_exactly(tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(CFG, ema_decay=0.9)
+    plain, _ = final_weights(tmp_path / "plain")
+    ema, _ = final_weights(tmp_path / "ema", cfg=cfg)
+    # the EMA lags the trained weights: the run ends with different, finite weights
+    assert all(torch.isfinite(p).all() for p in ema.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(plain.parameters(), ema.parameters(), strict=True))
+    with pytest.raises(KeyboardInterrupt):
+        final_weights(tmp_path / "run", cfg=cfg, stop_at=8)
+    resumed, result = final_weights(tmp_path / "run", cfg=cfg)
+    assert result.resumed_from == 6
+    for a, b in zip(ema.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
