@@ -16,8 +16,10 @@ Pairs are spread over worker processes. One row per pair and metric.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -100,6 +102,21 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
+@contextlib.contextmanager
+def _unimportable_main_hidden():
+    """Spawned workers re-run the parent's ``__main__`` file unless it has none; a Snakemake script
+    or a notebook must not be re-run (and the workers need nothing from it)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is not None and getattr(main, "__spec__", None) is None:
+        del main.__file__
+    try:
+        yield
+    finally:
+        if path is not None and getattr(main, "__file__", None) is None:
+            main.__file__ = path
+
+
 def metrics_for_files(pairs: list[tuple[str, str]], workers: int = 1, desc: str = "pairwise") -> list[dict[str, float]]:
     """Metrics of (image file, reference file) pairs, in order, on ``workers`` processes."""
     workers = max(1, min(workers, len(pairs)))
@@ -108,7 +125,8 @@ def metrics_for_files(pairs: list[tuple[str, str]], workers: int = 1, desc: str 
         return [_pair_file_metrics(p) for p in tqdm(pairs, desc=desc, unit="pair")]
     chunk = max(1, len(pairs) // (workers * 8))
     # spawn, not fork: forking a process that already runs torch / OpenMP threads can deadlock
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
+    ctx = multiprocessing.get_context("spawn")
+    with _unimportable_main_hidden(), ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
         return list(tqdm(pool.map(_pair_file_metrics, pairs, chunksize=chunk), total=len(pairs), desc=desc, unit="pair"))
 
 

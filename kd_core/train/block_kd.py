@@ -32,6 +32,7 @@ from kd_core.io import atomic_dir, write_json
 from kd_core.models.bk_sdm import build_student, count_parameters, feature_map
 from kd_core.models.loading import load_pipeline, model_default_size
 from kd_core.seeding import resolve_device
+from kd_core.sources import fingerprint
 from kd_core.train.data import DataConfig, encode_pairs, load_pairs
 from kd_core.train.loop import TrainConfig, Trainer, TrainResult
 
@@ -155,7 +156,10 @@ def train_block_kd(teacher: str, data: DataConfig, out_dir: str | Path, run_dir:
         return sums
 
     key = hashlib.sha256(json.dumps({"teacher": teacher, "data": asdict(data), "kd": asdict(cfg), "size": size,
-                                     "files": list(pairs["image"])}, sort_keys=True).encode()).hexdigest()[:16]
+                                     "files": list(pairs["image"]),
+                                     # contents, not only names: retrained models or remade images restart the run
+                                     "weights": fingerprint(teacher), "data_key": bytes(cache["key"].tolist()).decode()},
+                                    sort_keys=True).encode()).hexdigest()[:16]
     trainer = Trainer(student, lambda idx, gen: terms(train_ids[idx], gen), len(train_ids), run_dir, train,
                       val_fn=val_fn if n_val else None, name=cfg.level, run_key=key)
     model["student"] = trainer.model

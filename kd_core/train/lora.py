@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from kd_core.io import atomic_dir, write_json
 from kd_core.models.loading import load_pipeline, model_default_size
 from kd_core.seeding import resolve_device
+from kd_core.sources import fingerprint
 from kd_core.train.data import DataConfig, encode_pairs, load_pairs
 from kd_core.train.loop import TrainConfig, Trainer, TrainResult
 
@@ -161,7 +162,10 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
         return {"loss": sum(losses) / len(losses)}
 
     key = hashlib.sha256(json.dumps({"student": student, "data": asdict(data), "lora": asdict(cfg), "size": size,
-                                     "files": list(pairs["image"])}, sort_keys=True).encode()).hexdigest()[:16]
+                                     "files": list(pairs["image"]),
+                                     # contents, not only names: retrained models or remade images restart the run
+                                     "weights": fingerprint(student), "data_key": bytes(cache["key"].tolist()).decode()},
+                                    sort_keys=True).encode()).hexdigest()[:16]
     trainer = Trainer(model, lambda idx, gen: task_loss(train_ids[idx], gen), len(train_ids), run_dir, train,
                       val_fn=val_fn if n_val else None, name="lora", run_key=key)
     result = trainer.fit()

@@ -146,3 +146,21 @@ def test_metrics_for_files_keeps_order(tmp_path):
              for i in range(5)]
     vals = metrics_for_files(pairs, workers=2)
     assert [v["mse"] == 0 for v in vals] == [False, True, True, True, True]
+
+
+def test_workers_start_from_a_script_without_a_main_guard(tmp_path):
+    """As a Snakemake script runs: top-level code, no ``if __name__ == "__main__"``."""
+    import subprocess
+    import sys
+
+    _folders(tmp_path, n=4, student_size=32)
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        "from kd_core.metrics.pairwise import metrics_for_files\n"
+        f"root = {str(tmp_path)!r}\n"
+        "pairs = [(f'{root}/stu/eval-{i:05d}_{i}.png', f'{root}/ref/eval-{i:05d}_{i}.png') for i in range(4)]\n"
+        "print(sum(v['mse'] == 0 for v in metrics_for_files(pairs, workers=2)))\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "3"

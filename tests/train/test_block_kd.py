@@ -129,3 +129,20 @@ def test_two_cpu_processes(tiny_sd15, teacher_images, tmp_path):
     losses = pd.read_parquet(tmp_path / "out" / "run" / "loss.parquet")
     assert losses["step"].max() == 3 and (tmp_path / "out" / "model" / "unet" / "config.json").is_file()
     DiffusionPipeline.from_pretrained(tmp_path / "out" / "model")
+
+
+def test_a_retrained_teacher_restarts_the_run(tiny_sd15, teacher_images, tmp_path):
+    """Checkpoints are keyed by the teacher's weights and the data, not only by their paths."""
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_sd15, teacher)
+    kw = {"data": DataConfig(source=str(teacher_images)), "cfg": BlockKDConfig(level="bk_small", val_fraction=0.25),
+          "train": TrainConfig(max_steps=2, batch_size=2, device="cpu", checkpoint_every=1)}
+    first = train_block_kd(str(teacher), out_dir=tmp_path / "m", run_dir=tmp_path / "run", **kw)
+    again = train_block_kd(str(teacher), out_dir=tmp_path / "m", run_dir=tmp_path / "run", **kw)
+    assert first.resumed_from is None and again.resumed_from == 2  # finished: not trained again
+    weights = teacher / "unet" / "diffusion_pytorch_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # retrained in place
+    retrained = train_block_kd(str(teacher), out_dir=tmp_path / "m", run_dir=tmp_path / "run", **kw)
+    assert retrained.resumed_from is None
