@@ -33,6 +33,9 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
     if p["n_train"] + p["n_eval"] > main.size:
         raise ConfigError(f"config keys 'prompts.n_train' + 'prompts.n_eval' = {p['n_train'] + p['n_eval']} exceed "
                           f"the {main.size} distinct prompts of grammar {main.name!r}; lower them")
+    if cfg["evaluate_images"] and "base_student" not in cfg["models"]:
+        raise ConfigError("config key 'models' lacks 'base_student', which the image evaluation compares against; "
+                          "add one or set 'evaluate_images: false'")
     for name, model in cfg["models"].items():
         key = f"models.{name}.source"
         try:
@@ -67,7 +70,33 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
             except KDError as exc:
                 raise ConfigError(str(exc)) from None
     _check_metrics(cfg)
+    _check_classifier_kd(cfg, main)
     return cfg
+
+
+def _check_classifier_kd(cfg: dict[str, Any], grammar) -> None:
+    """DM-KD: real data from the world or an existing folder; labels that the grammar has; a synthetic source."""
+    d = cfg["classifier_kd"]
+    if not d["enabled"]:
+        return
+    if d["real"] is None:
+        if not cfg["world"]["enabled"]:
+            raise ConfigError("config key 'classifier_kd.real' is null, which means the shapes world's images, but "
+                              "'world.enabled' is false; give a folder with train/<class>/ and test/<class>/")
+        unknown = [a for a in d["labels"] if a not in grammar.attributes]
+        if unknown:
+            raise ConfigError(f"config key 'classifier_kd.labels' has {unknown}, not attributes of grammar "
+                              f"{grammar.name!r}; choose among {grammar.attributes}")
+    else:
+        root = Path(d["real"]).expanduser()
+        missing = [s for s in ("train", "test") if not (root / s).is_dir()]
+        if missing:
+            raise ConfigError(f"config key 'classifier_kd.real': {d['real']!r} lacks the sub-folder(s) {missing}; "
+                              "expected <folder>/train/<class>/ and <folder>/test/<class>/ images")
+    folder = d["synthetic"]["folder"]
+    if folder is not None and not Path(folder).expanduser().is_dir():
+        raise ConfigError(f"config key 'classifier_kd.synthetic.folder': {folder!r} is not a folder; give "
+                          "<folder>/<class>/ images or null to generate them with the teacher")
 
 
 def _check_metrics(cfg: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ TITLES = {
     "distribution": "FID and KID against reference sets [95% CI]",
     "attribute_accuracy": "Attribute accuracy read by the shapes-world classifier [95% CI]",
     "efficiency": "Efficiency (median of repeats)",
+    "classifier_kd": "DM-KD: classifiers on the real test split [95% CI]; paired difference to the hard-label student",
 }
 
 
@@ -70,7 +71,31 @@ def format_efficiency(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-FORMATTERS = {"summary": format_summary, "improvement": format_improvement, "distribution": format_distribution,
+def format_classifier_kd(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "run": df["run"], "data": df["data"], "objective": df["objective"],
+        "guidance": df["guidance"].map(lambda g: "" if not np.isfinite(g) else f"{g:g}"), "train images": df["n_train"],
+        "accuracy [95% CI]": [_ci(a, lo, hi) for a, lo, hi in zip(df["accuracy"], df["ci_low"], df["ci_high"], strict=True)],
+        "of real-data student": df["relative_to_real"].map("{:.1%}".format),
+        "vs hard labels [95% CI]": [_ci(d, lo, hi) if b else "" for d, lo, hi, b in
+                                    zip(df["difference"], df["diff_ci_low"], df["diff_ci_high"], df["baseline"], strict=True)],
+        "p (McNemar)": [f"{p:.2g}" if b else "" for p, b in zip(df["p_value"], df["baseline"], strict=True)],
+    })
+
+
+def dmkd_headline(df: pd.DataFrame) -> list[str]:
+    """One sentence per KD student on a full synthetic set: its share of the real-data student, and
+    the paired difference to the hard-label student on the same images."""
+    lines = []
+    kd = df[(df["objective"] == "kd") & (df["baseline"] != "") & ~df["run"].str.contains("_f[0-9]+_", regex=True)]
+    for r in kd.itertuples():
+        lines.append(f"**{r.run}** (DM-KD, {r.n_train} synthetic images): real-test accuracy {_ci(r.accuracy, r.ci_low, r.ci_high)}, "
+                     f"{r.relative_to_real:.1%} of the student trained on real images; against hard labels on the same "
+                     f"images ({r.baseline}) {r.difference:+.3g} [{r.diff_ci_low:+.3g}, {r.diff_ci_high:+.3g}] (McNemar p = {r.p_value:.2g}).")
+    return lines
+
+
+FORMATTERS = {"classifier_kd": format_classifier_kd, "summary": format_summary, "improvement": format_improvement, "distribution": format_distribution,
               "attribute_accuracy": format_attributes, "efficiency": format_efficiency}
 
 
@@ -114,8 +139,10 @@ def write_paper(tables: dict[str, str | os.PathLike], figures: dict[str, str | o
     rel = os.path.relpath
     lines = [f"# Knowledge distillation study: `{config.get('experiment')}`", "",
              "Every number below is read from the Parquet tables in `metrics/`; every figure is in PNG and PDF.", ""]
-    if "improvement" in loaded and not loaded["improvement"].empty:
-        lines += ["## Headline", ""] + [f"- {s}" for s in headline(loaded["improvement"])] + [""]
+    heads = headline(loaded["improvement"]) if "improvement" in loaded and not loaded["improvement"].empty else []
+    heads += dmkd_headline(loaded["classifier_kd"]) if "classifier_kd" in loaded else []
+    if heads:
+        lines += ["## Headline", ""] + [f"- {s}" for s in heads] + [""]
     lines += ["## Tables", ""]
     for name, df in printed.items():
         lines += [f"### {TITLES[name]}", "", _md(df), "",

@@ -27,6 +27,40 @@ METRICS = config["metrics"]
 EXTRACTOR = METRICS["features"]["extractor"]
 CLIP = METRICS["clip_model"]
 EFFICIENCY = METRICS["efficiency"]["enabled"]
+DMKD = config["classifier_kd"]
+IMAGES = config["evaluate_images"]  # the text-to-image evaluation (off for a classifier-only study)
+
+
+def _guidance_tag(g):
+    return f"g{g:g}".replace(".", "p")
+
+
+# DM-KD synthetic sets: tag -> guidance scale (None: an existing folder); the first is the main set
+DMKD_SETS = {}
+if DMKD["enabled"]:
+    if DMKD["synthetic"]["folder"]:
+        DMKD_SETS = {"folder": None}
+    else:
+        DMKD_SETS = {_guidance_tag(g): g for g in DMKD["synthetic"]["guidance"]}
+
+
+def dmkd_runs():
+    """Student runs of the DM-KD study: name -> data (real or a set tag), share, objective, guidance, baseline."""
+    if not DMKD["enabled"]:
+        return {}
+    runs = {"real_ce": {"data": "real", "fraction": 1.0, "objective": "ce", "guidance": None, "baseline": None}}
+    sets = [(tag, tag, 1.0) for tag in DMKD_SETS]
+    main = next(iter(DMKD_SETS))
+    sets += [(f"{main}_f{round(100 * f)}", main, f) for f in sorted(DMKD["synthetic"]["fractions"])]
+    for name, tag, share in sets:
+        for objective in ("kd", "ce"):
+            runs[f"{name}_{objective}"] = {"data": tag, "fraction": share, "objective": objective,
+                                           "guidance": DMKD_SETS[tag],
+                                           "baseline": f"{name}_ce" if objective == "kd" else None}
+    return runs
+
+
+DMKD_RUNS = dmkd_runs()
 
 
 wildcard_constraints:
@@ -34,6 +68,8 @@ wildcard_constraints:
     split="train|eval|filler",
     kind="sd|sdxl|clip",
     bk="|".join(BK_MODELS) or "block_kd_off",
+    dmkd_set="|".join(DMKD_SETS) or "dmkd_off",
+    dmkd_run="|".join(DMKD_RUNS) or "dmkd_off",
 
 
 def model_dir(source):
@@ -170,16 +206,66 @@ def loss_tables(wildcards):
     return tables
 
 
+def dmkd_real():
+    """The real images of the DM-KD study: the shapes world's table or a local folder."""
+    return DMKD["real"] and local_path(DMKD["real"]) or f"{OUT}/data/world/data.parquet"
+
+
+def dmkd_real_input(wildcards):
+    return [] if DMKD["real"] else [f"{OUT}/data/world/data.parquet"]
+
+
+def dmkd_data(wildcards):
+    """Where a DM-KD run's training images come from: 'real', a manifest or a folder."""
+    data = DMKD_RUNS[wildcards.dmkd_run]["data"]
+    if data == "real":
+        return "real"
+    return local_path(DMKD["synthetic"]["folder"]) if data == "folder" else f"{OUT}/dmkd/synthetic/{data}/manifest.parquet"
+
+
+def dmkd_student_input(wildcards):
+    run = DMKD_RUNS[wildcards.dmkd_run]
+    inputs = {"real": dmkd_real_input(wildcards)}
+    if run["data"] not in ("real", "folder"):
+        inputs["synthetic"] = f"{OUT}/dmkd/synthetic/{run['data']}/manifest.parquet"
+    if run["objective"] == "kd":
+        inputs["teacher"] = f"{OUT}/models/dmkd_teacher"
+    return inputs
+
+
+def dmkd_run_settings(wildcards):
+    return DMKD_RUNS[wildcards.dmkd_run]
+
+
+def dmkd_generation(wildcards):
+    return {**DMKD["synthetic"]["generation"], "guidance_scale": DMKD_SETS[wildcards.dmkd_set]}
+
+
+def dmkd_loss_tables(wildcards):
+    runs = ["teacher", *DMKD_RUNS]
+    return {r: f"{OUT}/train/dmkd_{r}/loss.parquet" for r in runs} if DMKD["enabled"] else {}
+
+
+def dmkd_figures():
+    if not DMKD["enabled"]:
+        return []
+    return [f"{OUT}/figures/dmkd_{f}.{ext}" for f in ("accuracy", "curves") for ext in ("png", "pdf")]
+
+
 def figure_targets():
+    if not IMAGES:
+        return dmkd_figures()
     figs = ["metric_bars", "radar", "distributions"]
     figs += ["distribution_metrics"] if EXTRACTOR != "none" else []
     figs += ["attribute_accuracy"] if WORLD else []
     figs += ["efficiency"] if EFFICIENCY else []
     figs += ["loss_curves"] if loss_tables(None) else []
-    return [f"{OUT}/figures/{f}.{ext}" for f in figs for ext in ("png", "pdf")]
+    return [f"{OUT}/figures/{f}.{ext}" for f in figs for ext in ("png", "pdf")] + dmkd_figures()
 
 
 def comparison_targets():
+    if not IMAGES:
+        return []
     names = ["side_by_side", "difference_maps"] + [f"grid_{m}" for m in GRID_MODELS]
     return [f"{OUT}/comparisons/{n}.{ext}" for n in names for ext in ("png", "pdf")]
 
@@ -192,12 +278,16 @@ FIGURE_TITLES = {
     "attribute_accuracy": "Attribute accuracy",
     "efficiency": "Quality against cost",
     "loss_curves": "Training losses",
+    "dmkd_accuracy": "DM-KD: real-test accuracy of classifiers taught on synthetic images",
+    "dmkd_curves": "DM-KD: training loss and accuracy per epoch",
 }
 
 
 def paper_figures():
     """Title -> PNG of every figure and comparison, in the order of the paper."""
     figs = {FIGURE_TITLES[Path(f).stem]: f for f in figure_targets() if f.endswith(".png")}
+    if not IMAGES:
+        return figs
     figs["Side by side (same prompt and seed)"] = f"{OUT}/comparisons/side_by_side.png"
     figs["Difference maps against the teacher"] = f"{OUT}/comparisons/difference_maps.png"
     figs.update({f"2x2 prompt/filler grid: {m}": f"{OUT}/comparisons/grid_{m}.png" for m in GRID_MODELS})
@@ -205,18 +295,23 @@ def paper_figures():
 
 
 def metric_tables():
+    if not IMAGES:
+        return {"classifier_kd": f"{OUT}/metrics/classifier_kd.parquet"} if DMKD["enabled"] else {}
     tables = ["pairwise", "summary"]
     tables += ["improvement"] if len(STUDENTS) > 1 else []
     tables += ["distribution"] if EXTRACTOR != "none" else []
     tables += ["alignment"] if CLIP else []
     tables += ["efficiency"] if EFFICIENCY else []
     tables += ["attribute_accuracy"] if WORLD else []
+    tables += ["classifier_kd"] if DMKD["enabled"] else []
     return {t: f"{OUT}/metrics/{t}.parquet" for t in tables}
 
 
 def all_targets():
-    targets = [f"{OUT}/prompts/{s}.parquet" for s in ("train", "eval", "filler")]
-    targets += [f"{OUT}/images/{m}/manifest.parquet" for m in MODELS]
+    targets = []
+    if IMAGES:
+        targets += [f"{OUT}/prompts/{s}.parquet" for s in ("train", "eval", "filler")]
+        targets += [f"{OUT}/images/{m}/manifest.parquet" for m in MODELS]
     targets += list(metric_tables().values())
     if WORLD:
         targets.append(f"{OUT}/models/classifier/heldout_accuracy.parquet")

@@ -4,14 +4,16 @@ A study supplies a model (only its ``requires_grad`` parameters are trained) and
 ``loss_fn(indices, generator) -> {"loss": total, term: value, ...}`` over example indices. The
 loop adds what a researcher expects of a long run:
 
-- mixed precision (no / fp16 / bf16), gradient accumulation, constant / linear / cosine learning
-  rate with warm-up, gradient clipping, seeding;
+- mixed precision (no / fp16 / bf16), gradient accumulation, AdamW or SGD with momentum,
+  constant / linear / cosine / multi-step learning rate with warm-up, gradient clipping, seeding;
 - resumable checkpoints every N optimizer steps (accelerate ``save_state``: trainable weights,
   optimizer, scheduler, RNG), written to a temporary folder and renamed when complete; at most K
   kept, and the newest complete one is never deleted before a newer one is complete;
 - bit-exact resumption on CPU: the batch order and every random draw are functions of
   (seed, step), so a run resumed from a checkpoint ends with the weights of an uninterrupted run;
-- early stopping on a validation loss with a patience (the best weights are restored);
+- early stopping on a validation metric (``monitor``, default the loss) with a patience, and/or
+  the best weights restored at the end (``restore_best``); ``val_fn`` keys ``test/<term>`` are
+  logged under split ``test`` (tracked per evaluation, never used to choose weights);
 - an optional exponential moving average of the trained weights (``ema_decay``), checkpointed with
   them; when set, the run ends with the EMA weights;
 - a NaN or inf loss stops the run with a one-line error and keeps the last good checkpoint;
@@ -50,8 +52,12 @@ class TrainConfig:
     batch_size: int = 4
     gradient_accumulation: int = 1
     lr: float = 1e-4
-    lr_scheduler: str = "cosine"  # constant | linear | cosine
+    lr_scheduler: str = "cosine"  # constant | linear | cosine | multistep
     warmup_steps: int = 0
+    milestones: tuple[float, ...] = (0.5, 0.8)  # multistep: fractions of the run at which lr is multiplied by gamma
+    gamma: float = 0.1
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # sgd
     weight_decay: float = 1e-2
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"  # no | fp16 | bf16
@@ -60,6 +66,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_every: int | None = None  # optimizer steps; None: once per epoch
     patience: int | None = None  # evaluations without improvement before stopping; None: never
+    monitor: str = "loss"  # the val_fn key that decides "improvement"
+    monitor_mode: str = "min"  # min | max
+    restore_best: bool = False  # end with the best-monitored weights even without early stopping
     device: str = "auto"
     ema_decay: float | None = None  # EMA of the trained weights, used at the end; None: off
 
@@ -74,15 +83,19 @@ class TrainResult:
     losses: pd.DataFrame
 
 
-def _lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
-    if kind not in ("constant", "linear", "cosine"):
-        raise KDError(f"unknown lr_scheduler {kind!r}; choose constant, linear or cosine")
+def _lr_lambda(kind: str, warmup: int, total: int, milestones: tuple[float, ...] = (), gamma: float = 0.1
+               ) -> Callable[[int], float]:
+    if kind not in ("constant", "linear", "cosine", "multistep"):
+        raise KDError(f"unknown lr_scheduler {kind!r}; choose constant, linear, cosine or multistep")
+    bounds = [round(m * total) for m in milestones]
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         if kind == "constant":
             return 1.0
+        if kind == "multistep":
+            return gamma ** sum(step >= b for b in bounds)
         frac = (step - warmup) / max(1, total - warmup)
         return max(0.0, 1 - frac) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
@@ -103,7 +116,15 @@ def batch_indices(n: int, batch_size: int, seed: int, micro_step: int) -> tuple[
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.detach().clone().contiguous() for k, p in model.named_parameters() if p.requires_grad}
+    """The trained parameters, and the floating-point buffers of the modules that own them (batch-norm
+    running statistics): what a checkpoint, the best weights and the EMA must hold to restore a model."""
+    state = {k: p.detach().clone().contiguous() for k, p in model.named_parameters() if p.requires_grad}
+    for name, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            for b, buf in module.named_buffers(recurse=False):
+                if buf is not None and buf.is_floating_point():
+                    state[f"{name}.{b}" if name else b] = buf.detach().clone().contiguous()
+    return state
 
 
 def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -130,8 +151,16 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise KDError(f"{name}: the model has no trainable parameters")
-        opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, self.total))
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            raise KDError(f"{name}: unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
+        if cfg.monitor_mode not in ("min", "max"):
+            raise KDError(f"{name}: monitor_mode is {cfg.monitor_mode!r}; choose min or max")
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, _lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, self.total, cfg.milestones, cfg.gamma))
         self.model, self.opt, self.sched = self.accelerator.prepare(model, opt, sched)
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.ema_decay is not None:
@@ -182,8 +211,12 @@ class Trainer:
         with torch.no_grad():
             terms = self.val_fn()
         self.model.train()
-        rows += [{"step": step, "epoch": epoch, "split": "val", "term": k, "value": float(v)} for k, v in terms.items()]
-        return float(terms["loss"])
+        rows += [{"step": step, "epoch": epoch, "split": k.split("/")[0] if "/" in k else "val", "term": k.split("/")[-1],
+                  "value": float(v)} for k, v in terms.items()]
+        if self.cfg.monitor not in terms:
+            raise KDError(f"{self.name}: the validation returns no {self.cfg.monitor!r} to monitor; it has {sorted(terms)}")
+        value = float(terms[self.cfg.monitor])
+        return value if self.cfg.monitor_mode == "min" else -value
 
     def fit(self) -> TrainResult:
         cfg, acc = self.cfg, self.accelerator
@@ -243,9 +276,12 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             if self.ema is not None:
                 with torch.no_grad():
-                    for name, p in acc.unwrap_model(self.model).named_parameters():
-                        if name in self.ema:
-                            self.ema[name].lerp_(p.detach(), 1.0 - cfg.ema_decay)
+                    live = acc.unwrap_model(self.model).state_dict(keep_vars=True)
+                    for name, avg in self.ema.items():
+                        if isinstance(live[name], torch.nn.Parameter):
+                            avg.lerp_(live[name].detach(), 1.0 - cfg.ema_decay)
+                        else:  # buffers (running statistics) follow the model
+                            avg.copy_(live[name])
             step += 1
             rows += [{"step": step, "epoch": epoch, "split": "train", "term": k, "value": v} for k, v in terms_sum.items()]
             rows.append({"step": step, "epoch": epoch, "split": "train", "term": "lr", "value": self.sched.get_last_lr()[0]})
@@ -255,13 +291,14 @@ class Trainer:
                 val = self._evaluate(step, epoch, rows)
                 if best_val is None or val < best_val:
                     best_val, best_step, bad_evals = val, step, 0
-                    self.best = trainable_state(acc.unwrap_model(self.model)) if cfg.patience is not None else None
+                    keep = cfg.patience is not None or cfg.restore_best
+                    self.best = trainable_state(acc.unwrap_model(self.model)) if keep else None
                 else:
                     bad_evals += 1
                     stopped = cfg.patience is not None and bad_evals >= cfg.patience
                     if stopped:
                         tqdm.write(f"{self.name}: early stop at step {step}: no improvement in {bad_evals} evaluations "
-                                   f"(best {best_val:.5f} at step {best_step})", file=sys.stderr)
+                                   f"(best {cfg.monitor} {self._signed(best_val):.5f} at step {best_step})", file=sys.stderr)
             finished = stopped or step >= self.total
             if step % cfg.checkpoint_every == 0 or finished:
                 self._checkpoint(step, {"run_key": self.run_key, "step": step, "bad_evals": bad_evals, "best_val": best_val, "best_step": best_step,
@@ -269,7 +306,12 @@ class Trainer:
         bar.close()
         return self._finish(step, stopped, best_step, best_val, resumed, rows)
 
+    def _signed(self, value: float | None) -> float | None:
+        """A monitored value as the user sees it (tracked negated when larger is better)."""
+        return value if value is None or self.cfg.monitor_mode == "min" else -value
+
     def _finish(self, step, stopped, best_step, best_val, resumed, rows) -> TrainResult:
+        best_val = self._signed(best_val)
         model = self.accelerator.unwrap_model(self.model)
         if self.ema is not None:
             model.load_state_dict(self.ema, strict=False)

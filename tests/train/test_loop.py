@@ -8,6 +8,7 @@ import time
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from kd_core.errors import KDError
 from kd_core.train.loop import TrainConfig, Trainer, _lr_lambda, batch_indices, complete_checkpoints
@@ -108,6 +109,41 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     assert list(val["step"]) == [2, 4, 6, 8, 10]
 
 
+def test_monitor_max_restore_best_and_test_terms(tmp_path):
+    """A larger-is-better monitor (accuracy) keeps the best weights without early stopping; test/ terms are logged."""
+    model = make_model()
+    accs = iter([0.6, 0.9, 0.7, 0.8])
+    snapshots = []
+
+    def val_fn():
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+        return {"loss": 1.0, "accuracy": next(accs), "test/accuracy": 0.5}
+
+    cfg = TrainConfig(**{**CFG.__dict__, "eval_every": 3, "monitor": "accuracy", "monitor_mode": "max",
+                         "restore_best": True, "optimizer": "sgd", "lr": 1e-2})
+    result = Trainer(model, loss_fn_for(model), len(X), tmp_path, cfg, val_fn=val_fn).fit()
+    assert result.steps == 12 and not result.stopped_early and result.best_step == 6 and result.best_val == 0.9
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), snapshots[1], strict=True))
+    loss = pd.read_parquet(tmp_path / "loss.parquet")
+    assert list(loss.query("split == 'test'")["term"]) == ["accuracy"] * 4
+    assert set(loss.query("split == 'val'")["term"]) == {"loss", "accuracy"}
+    with pytest.raises(KDError, match="no 'top5' to monitor"):
+        Trainer(make_model(), loss_fn_for(model), len(X), tmp_path / "b", TrainConfig(**{**cfg.__dict__, "monitor": "top5"}),
+                val_fn=lambda: {"loss": 1.0}).fit()
+
+
+def test_sgd_with_multistep_decay():
+    model = make_model()
+    cfg = TrainConfig(**{**CFG.__dict__, "optimizer": "sgd", "momentum": 0.9, "lr_scheduler": "multistep",
+                         "milestones": (0.5, 0.75), "gamma": 0.1, "warmup_steps": 0})
+    trainer = Trainer(model, loss_fn_for(model), len(X), "/nonexistent", cfg)
+    assert isinstance(trainer.opt.optimizer, torch.optim.SGD) and trainer.opt.param_groups[0]["momentum"] == 0.9
+    f = _lr_lambda("multistep", 0, 100, (0.5, 0.8), 0.1)
+    assert [f(0), f(49), f(50), f(79), f(80), f(99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    with pytest.raises(KDError, match="unknown optimizer 'lion'"):
+        Trainer(make_model(), loss_fn_for(model), len(X), "/nonexistent", TrainConfig(**{**cfg.__dict__, "optimizer": "lion"}))
+
+
 def test_schedules_and_batches():
     cos = _lr_lambda("cosine", 2, 12)
     assert cos(0) == 0.5 and cos(1) == 1.0 and cos(11) < 0.05
@@ -168,3 +204,27 @@ def test_ema_weights_end_the_run_and_resume_exactly(tmp_path):
     assert result.resumed_from == 6
     for a, b in zip(ema.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_best_weights_and_resume_carry_batch_norm_statistics(tmp_path):
+    """Restoring the best weights restores the running statistics they were evaluated with."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 1))
+    snapshots, vals = [], iter([0.5, 0.9, 0.8])
+
+    def loss_fn(idx, gen):
+        task = ((model(X[idx]).squeeze(-1) - Y[idx]) ** 2).mean()
+        return {"loss": task}
+
+    def val_fn():
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"loss": next(vals)}
+
+    cfg = TrainConfig(**{**CFG.__dict__, "max_steps": 9, "eval_every": 3, "restore_best": True, "ema_decay": None})
+    Trainer(model, loss_fn, len(X), tmp_path, cfg, val_fn=val_fn).fit()
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):  # an integer counter, not used with a momentum
+            continue
+        assert torch.equal(v, snapshots[0][k]), k  # running_mean / running_var too, not only the parameters
+    saved = load_file(str(complete_checkpoints(tmp_path / "checkpoints")[-1] / "trainable.safetensors"))
+    assert {"1.running_mean", "1.running_var"} <= set(saved)

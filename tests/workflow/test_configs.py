@@ -30,6 +30,21 @@ def test_bk_sdm_config_dry_run_trains_every_level_and_its_ablation():
     assert "results/bk_sdm_sd15/models/bk_tiny_nofeat" in text and "gpu=1" in text
 
 
+def test_dmkd_cifar10_config_dry_run(tmp_path):
+    """The CIFAR-10 DM-KD study: teacher, 3 guidance scales x (KD, hard labels), 2 set sizes x 2, the real-data student."""
+    for split in ("train", "test"):
+        for c in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"):
+            (tmp_path / "cifar10" / split / c).mkdir(parents=True)
+    text = (ROOT / "config" / "experiments" / "dmkd_cifar10.yaml").read_text()
+    cfg = tmp_path / "dmkd_cifar10.yaml"
+    cfg.write_text(text.replace("real: data/cifar10", f"real: {tmp_path / 'cifar10'}"))
+    jobs = planned_jobs(ROOT, "--configfile", str(cfg))
+    assert jobs == {"dmkd_prompts": 1, "dmkd_generate": 3, "dmkd_teacher": 1, "dmkd_student": 11, "dmkd_summary": 1,
+                    "figure_dmkd": 1, "paper": 1, "all": 1}
+    out = run(ROOT, "-n", "--configfile", str(cfg)).stdout
+    assert "results/dmkd_cifar10/dmkd/synthetic/g7p5/manifest.parquet" in out and "gpu=1" in out
+
+
 def test_tiny_config_dry_run_builds_tiny_models():
     jobs = planned_jobs(ROOT, "--configfile", "config/tiny.yaml")
     assert jobs == {"prompts": 1, "tiny_model": 3, "generate": 3, "train_lora": 1, "comparison_grid": 2, **EVALUATION}
@@ -43,6 +58,10 @@ BAD = {
                      "config key 'models.teacher.generation.guidance_scale' is 99, out of range; allowed: <= 50"),
     "missing local path": ("models:\n  teacher: {source: /data/models/sdxl}\n  base_student: {source: 'toy:student'}\n",
                            "config key 'models.teacher.source': local path '/data/models/sdxl' does not exist"),
+    "dmkd label": ("classifier_kd: {enabled: true, labels: [mood]}\n",
+                   "config key 'classifier_kd.labels' has ['mood'], not attributes of grammar 'shapes'"),
+    "dmkd real folder": ("classifier_kd: {enabled: true, real: /nonexistent/cifar10}\n",
+                         "config key 'classifier_kd.real': '/nonexistent/cifar10' lacks the sub-folder(s) ['train', 'test']"),
 }
 
 

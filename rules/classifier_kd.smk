@@ -1,0 +1,154 @@
+# DM-KD: a classifier teacher trained on real images teaches randomly initialised students only on
+# images the diffusion teacher generates from class prompts (one set per guidance scale); the
+# baselines are a student on the real images and students on the synthetic images with hard
+# labels. Every classifier is scored on the real test split (metrics/classifier_kd.parquet).
+
+
+rule dmkd_prompts:
+    output:
+        f"{OUT}/dmkd/prompts.parquet",
+    params:
+        dmkd=DMKD,
+        grammar=config["prompts"]["grammar"],
+        seed=config["seed"],
+        code=code_hash("kd_core.class_prompts"),
+    log:
+        f"{OUT}/logs/dmkd_prompts.log",
+    benchmark:
+        f"{OUT}/benchmarks/dmkd_prompts.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/dmkd_prompts.py"
+
+
+rule dmkd_generate:
+    input:
+        prompts=rules.dmkd_prompts.output[0],
+        model=built_input(config["models"]["teacher"]["source"]),
+    output:
+        manifest=f"{OUT}/dmkd/synthetic/{{dmkd_set}}/manifest.parquet",
+    params:
+        source=teacher_source,
+        generation=dmkd_generation,
+        code=code_hash("kd_core.generate"),
+    log:
+        f"{OUT}/logs/dmkd_generate_{{dmkd_set}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/dmkd_generate_{{dmkd_set}}.tsv"
+    threads: 8
+    resources:
+        mem_mb=8000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/dmkd_generate.py"
+
+
+rule dmkd_teacher:
+    input:
+        real=dmkd_real_input,
+    output:
+        model=directory(f"{OUT}/models/dmkd_teacher"),
+        loss=f"{OUT}/train/dmkd_teacher/loss.parquet",
+        predictions=f"{OUT}/metrics/dmkd/teacher.parquet",
+    params:
+        real=dmkd_real(),
+        dmkd=DMKD,
+        grammar=config["prompts"]["grammar"],
+        seed=config["seed"],
+        code=code_hash("kd_core.train.dmkd"),
+    log:
+        f"{OUT}/logs/dmkd_teacher.log",
+    benchmark:
+        f"{OUT}/benchmarks/dmkd_teacher.tsv"
+    threads: 8
+    resources:
+        mem_mb=16000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/dmkd_train.py"
+
+
+rule dmkd_student:
+    input:
+        unpack(dmkd_student_input),
+    output:
+        model=directory(f"{OUT}/models/dmkd_{{dmkd_run}}"),
+        loss=f"{OUT}/train/dmkd_{{dmkd_run}}/loss.parquet",
+        predictions=f"{OUT}/metrics/dmkd/{{dmkd_run}}.parquet",
+    params:
+        real=dmkd_real(),
+        data=dmkd_data,
+        run=dmkd_run_settings,
+        dmkd=DMKD,
+        grammar=config["prompts"]["grammar"],
+        seed=config["seed"],
+        code=code_hash("kd_core.train.dmkd"),
+    log:
+        f"{OUT}/logs/dmkd_student_{{dmkd_run}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/dmkd_student_{{dmkd_run}}.tsv"
+    threads: 8
+    resources:
+        mem_mb=16000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/dmkd_train.py"
+
+
+rule dmkd_summary:
+    input:
+        teacher=rules.dmkd_teacher.output.predictions,
+        runs=expand(f"{OUT}/metrics/dmkd/{{dmkd_run}}.parquet", dmkd_run=DMKD_RUNS),
+    output:
+        f"{OUT}/metrics/classifier_kd.parquet",
+    params:
+        runs=DMKD_RUNS,
+        bootstrap=METRICS["bootstrap"],
+        seed=config["seed"],
+        code=code_hash("kd_core.metrics.classifier"),
+    log:
+        f"{OUT}/logs/dmkd_summary.log",
+    benchmark:
+        f"{OUT}/benchmarks/dmkd_summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/dmkd_summary.py"
+
+
+rule figure_dmkd:
+    input:
+        table=rules.dmkd_summary.output[0],
+        losses=list(dmkd_loss_tables(None).values()),
+    output:
+        accuracy=report(f"{OUT}/figures/dmkd_accuracy.png", caption="../report/dmkd_accuracy.rst", category="DM-KD"),
+        accuracy_pdf=f"{OUT}/figures/dmkd_accuracy.pdf",
+        curves=report(f"{OUT}/figures/dmkd_curves.png", caption="../report/dmkd_curves.rst", category="DM-KD"),
+        curves_pdf=f"{OUT}/figures/dmkd_curves.pdf",
+    params:
+        runs=list(dmkd_loss_tables(None)),
+        code=code_hash("kd_core.figures.classifier_kd"),
+    log:
+        f"{OUT}/logs/figure_dmkd.log",
+    benchmark:
+        f"{OUT}/benchmarks/figure_dmkd.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/figure_dmkd.py"

@@ -1,0 +1,110 @@
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kd_core.errors import KDError
+from kd_core.train.classifier_kd import (
+    ClassifierKDConfig,
+    ClassifierModelConfig,
+    LabelledImages,
+    build_classifier,
+    kd_loss,
+    load_classifier_model,
+    logits_of,
+    preprocess,
+    split_validation,
+    train_classifier,
+)
+from kd_core.world.render import render
+
+SHAPES = ["circle", "square"]
+
+
+def shapes_data(n_per_class: int, seed: int) -> LabelledImages:
+    """Rendered shapes (random colour, size, position, background), labelled by shape."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label, shape in enumerate(SHAPES):
+        for _ in range(n_per_class):
+            attrs = {"shape": shape, "colour": rng.choice(["red", "blue", "green"]), "background": rng.choice(["white", "black"])}
+            images.append(np.asarray(render(attrs, 32, rng)))
+            labels.append(label)
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return LabelledImages(x, torch.tensor(labels), SHAPES)
+
+
+SMALL = ClassifierModelConfig(embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1))
+
+
+def config(objective="ce", epochs=6, **kw):
+    base = ClassifierKDConfig()
+    return replace(base, objective=objective, model=SMALL, **kw, train=replace(
+        base.train, epochs=epochs, batch_size=16, lr=0.003, optimizer="adamw", checkpoint_every=1000, device="cpu"))
+
+
+def test_kd_loss_is_hintons_term():
+    s, t = torch.randn(5, 4), torch.randn(5, 4)
+    assert kd_loss(t, t, 10.0).item() == pytest.approx(0.0, abs=1e-6)
+    p_t = F.softmax(t / 4, -1)
+    manual = (p_t * (p_t.log() - F.log_softmax(s / 4, -1))).sum(-1).mean() * 16
+    assert kd_loss(s, t, 4.0).item() == pytest.approx(manual.item(), rel=1e-5)
+    assert kd_loss(s, t, 4.0) > 0
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded():
+    data = LabelledImages(torch.arange(40).view(40, 1, 1, 1).expand(40, 3, 2, 2).to(torch.uint8),
+                          torch.tensor([0] * 30 + [1] * 10), ["a", "b"])
+    train, val = split_validation(data, 0.2, seed=3)
+    assert len(val) == 8 and val.labels.tolist().count(1) == 2 and len(train) == 32
+    assert not set(train.images[:, 0, 0, 0].tolist()) & set(val.images[:, 0, 0, 0].tolist())
+    assert torch.equal(split_validation(data, 0.2, seed=3)[1].images, val.images)
+
+
+def test_preprocess_normalises_and_augments_deterministically():
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    plain = preprocess(x, 16)
+    assert plain.shape == (4, 3, 16, 16) and plain.dtype == torch.float32
+    a = preprocess(x, 24, torch.Generator().manual_seed(1), pad=2, flip=True)
+    b = preprocess(x, 24, torch.Generator().manual_seed(1), pad=2, flip=True)
+    assert a.shape == (4, 3, 24, 24) and torch.equal(a, b) and not torch.equal(preprocess(x, 24), a)
+
+
+def test_teacher_learns_saves_and_a_kd_student_follows_it(tmp_path):
+    train, test = shapes_data(40, 0), shapes_data(20, 1)
+    pred = train_classifier(train, test, tmp_path / "t" / "model", tmp_path / "t" / "train", tmp_path / "t" / "pred.parquet",
+                            config(epochs=30), name="teacher")
+    assert pred["correct"].mean() >= 0.9 and len(pred) == 40
+    teacher = load_classifier_model(tmp_path / "t" / "model")  # transformers from_pretrained, safetensors
+    assert (tmp_path / "t" / "model" / "model.safetensors").is_file()
+    assert teacher.config.id2label == {0: "circle", 1: "square"}
+    assert (logits_of(teacher, test.images, 32).argmax(-1) == test.labels).float().mean() == pytest.approx(pred["correct"].mean())
+    loss = pd.read_parquet(tmp_path / "t" / "train" / "loss.parquet")
+    assert {("val", "accuracy"), ("test", "accuracy"), ("val", "loss"), ("train", "task_ce")} <= set(zip(loss["split"], loss["term"], strict=True))
+    # the student sees only its own images; labels are ignored by a pure KD objective
+    shuffled = LabelledImages(train.images, train.labels[torch.randperm(len(train))], SHAPES)
+    kd = train_classifier(shuffled, test, tmp_path / "s" / "model", tmp_path / "s" / "train", tmp_path / "s" / "pred.parquet",
+                          config("kd", epochs=30), teacher=teacher, name="student")
+    hard = train_classifier(shuffled, test, tmp_path / "h" / "model", tmp_path / "h" / "train", tmp_path / "h" / "pred.parquet",
+                            config("ce", epochs=30), name="hard")
+    assert kd["correct"].mean() >= 0.85 and hard["correct"].mean() < 0.75, (kd["correct"].mean(), hard["correct"].mean())
+    terms = set(pd.read_parquet(tmp_path / "s" / "train" / "loss.parquet")["term"])
+    assert {"output_kd", "task_ce", "output_kd_weighted", "task_ce_weighted"} <= terms
+
+
+def test_bad_runs_get_one_line(tmp_path):
+    data = shapes_data(4, 0)
+    args = (data, data, tmp_path / "m", tmp_path / "t", tmp_path / "p.parquet")
+    with pytest.raises(KDError, match="objective kd needs a teacher"):
+        train_classifier(*args, config("kd"))
+    one = LabelledImages(data.images[:1], data.labels[:1], SHAPES)
+    with pytest.raises(KDError, match="0 validation images are too few"):
+        train_classifier(one, data, *args[2:], config("ce"))
+    other = LabelledImages(data.images, data.labels, ["a", "b"])
+    with pytest.raises(KDError, match="differ from the test classes"):
+        train_classifier(data, other, *args[2:], config("ce"))
+    with pytest.raises(KDError, match="cannot load the classifier"):
+        build_classifier(ClassifierModelConfig(source=str(tmp_path / "nothing")), SHAPES)

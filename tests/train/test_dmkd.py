@@ -1,0 +1,85 @@
+"""The DM-KD study's runs on a CIFAR-layout folder made by the test (train/<class>/, test/<class>/)."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kd_core.config import validate_config
+from kd_core.errors import KDError
+from kd_core.train.dmkd import (
+    DMKDData,
+    RunPaths,
+    run_config,
+    study_classes,
+    synthetic_data,
+    train_student,
+    train_teacher,
+)
+from kd_core.world.render import render
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+def cifar_like(root, n_train=60, n_test=10, seed=0):
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for shape in ("circle", "square"):
+            (root / split / shape).mkdir(parents=True)
+            for i in range(n):
+                attrs = {"shape": shape, "colour": rng.choice(["red", "blue"]), "background": rng.choice(["white", "black"])}
+                render(attrs, 32, rng).save(root / split / shape / f"{i:04d}.png")
+    return root
+
+
+def paths(root, name):
+    return RunPaths(root / "models" / name, root / "train" / name, root / "metrics" / f"{name}.parquet")
+
+
+def section(**kw):
+    cfg = validate_config({"classifier_kd": {
+        "enabled": True, "teacher": {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
+        "student": {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
+        "teacher_train": {"epochs": 25, "batch_size": 16, "lr": 0.003, "device": "cpu"},
+        "student_train": {"epochs": 25, "batch_size": 16, "lr": 0.003, "optimizer": "adamw", "device": "cpu"}, **kw}},
+        SCHEMA)
+    return cfg["classifier_kd"]
+
+
+def test_config_section_builds_run_configs():
+    sec = section()
+    student = run_config(sec, "student", seed=3, objective="kd")
+    assert student.temperature == 10.0 and student.train.monitor == "accuracy" and student.train.restore_best
+    assert student.model.hidden_sizes == (8, 16) and student.train.seed == 3 and student.train.optimizer == "adamw"
+    defaults = run_config(validate_config({}, SCHEMA)["classifier_kd"], "student", seed=0)
+    # DM-KD's recipe: SGD lr 0.05, momentum 0.9, weight decay 5e-4, decay at 50% and 80% of 50 epochs
+    t = defaults.train
+    assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.epochs, t.lr_scheduler, t.milestones) == (
+        "sgd", 0.05, 0.9, 5e-4, 50, "multistep", (0.5, 0.8))
+    assert run_config(validate_config({}, SCHEMA)["classifier_kd"], "teacher", 0).train.epochs == 15
+
+
+def test_teacher_then_students_from_a_real_folder(tmp_path):
+    real = cifar_like(tmp_path / "cifar")
+    synthetic = cifar_like(tmp_path / "synthetic", n_train=60, n_test=1, seed=5) / "train"
+    data = DMKDData(real=str(real), grammar=None)
+    assert study_classes(data) == ["circle", "square"]
+    sec = section()
+    train_teacher(data, paths(tmp_path, "teacher"), run_config(sec, "teacher", 0, "ce"))
+    teacher_acc = pd.read_parquet(tmp_path / "metrics" / "teacher.parquet")["correct"].mean()
+    assert teacher_acc >= 0.9
+    train_student(data, str(synthetic), paths(tmp_path, "kd"), run_config(sec, "student", 0, "kd"), tmp_path / "models" / "teacher")
+    train_student(data, "real", paths(tmp_path, "real"), run_config(sec, "student", 0, "ce"))
+    for run in ("kd", "real"):
+        pred = pd.read_parquet(tmp_path / "metrics" / f"{run}.parquet")
+        assert len(pred) == 20 and pred["correct"].mean() >= 0.8, run
+    assert len(synthetic_data(str(synthetic), ["circle", "square"], fraction=0.5)) == 60
+    # a teacher of other classes is refused
+    with pytest.raises(KDError, match="retrain the teacher"):
+        train_student(DMKDData(real=str(real), grammar=None, classes=("square", "circle")), "real", paths(tmp_path, "x"),
+                      run_config(sec, "student", 0, "kd"), tmp_path / "models" / "teacher")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(real / "test" / "circle" / "small.png")
+    with pytest.raises(KDError, match="mixes image sizes"):
+        train_student(data, "real", paths(tmp_path, "y"), run_config(sec, "student", 0, "ce"))

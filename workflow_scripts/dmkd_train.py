@@ -1,0 +1,16 @@
+"""Adapter: rules dmkd_teacher and dmkd_student -> kd_core.train.dmkd.train_teacher / train_student."""
+
+from kd_core.runlog import job
+from kd_core.train.dmkd import RunPaths, run_config, study_data, train_student, train_teacher
+
+with job(snakemake.log[0], snakemake.threads) as log:
+    p, out = snakemake.params, snakemake.output
+    paths = RunPaths(out.model, out.loss.removesuffix("/loss.parquet"), out.predictions)
+    data = study_data(p.dmkd, p.real, None if p.dmkd["real"] else p.grammar)
+    if snakemake.rule == "dmkd_teacher":
+        train_teacher(data, paths, run_config(p.dmkd, "teacher", p.seed, "ce"))
+    else:
+        run = p.run
+        train_student(data, p.data, paths, run_config(p.dmkd, "student", p.seed, run["objective"]),
+                      snakemake.input.get("teacher"), run["fraction"], name=f"dmkd {snakemake.wildcards.dmkd_run}")
+    log.info("real-test accuracy written to %s", out.predictions)
