@@ -8,7 +8,7 @@ rule dmkd_prompts:
     output:
         f"{OUT}/dmkd/prompts.parquet",
     params:
-        dmkd=DMKD,
+        dmkd=DMKD_PROMPTS,
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
         code=code_hash("kd_core.class_prompts"),
@@ -58,7 +58,7 @@ rule dmkd_teacher:
         predictions=f"{OUT}/metrics/dmkd/teacher.parquet",
     params:
         real=dmkd_real(),
-        dmkd=DMKD,
+        dmkd=DMKD_TEACHER,
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
         code=code_hash("kd_core.train.dmkd"),
@@ -87,7 +87,7 @@ rule dmkd_student:
         real=dmkd_real(),
         data=dmkd_data,
         run=dmkd_run_settings,
-        dmkd=DMKD,
+        dmkd=DMKD_STUDENT,
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
         code=code_hash("kd_core.train.dmkd"),

@@ -233,6 +233,14 @@ def dmkd_student_input(wildcards):
     return inputs
 
 
+# What each DM-KD rule depends on (so that, e.g., more student epochs do not regenerate the images)
+DMKD_PROMPTS = {k: DMKD[k] for k in ("real", "labels", "classes", "prompt_template")} | {
+    "n_per_class": DMKD["synthetic"]["n_per_class"]}
+_STUDENT_ONLY = ("synthetic", "student", "student_train", "temperature", "kd_weight", "hard_weight")
+DMKD_TEACHER = {k: v for k, v in DMKD.items() if k not in _STUDENT_ONLY}
+DMKD_STUDENT = {k: v for k, v in DMKD.items() if k not in ("synthetic", "teacher", "teacher_train", "teacher_robustness")}
+
+
 def dmkd_run_settings(wildcards):
     return DMKD_RUNS[wildcards.dmkd_run]
 

@@ -78,7 +78,7 @@ def curves_figure(runs: dict[str, str | os.PathLike], out_png: str | os.PathLike
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.4))
         for i, (run, path) in enumerate(runs.items()):
             df = pd.read_parquet(path)
-            colour = f"C{i % 10}"
+            colour = plt.get_cmap("tab20")(i % 20)
             train = df[(df["split"] == "train") & (df["term"] == "loss")].groupby("epoch")["value"].mean()
             ax_loss.plot(train.index + 1, train.values, color=colour, lw=1.2, label=run)
             for split, ls in (("val", "--"), ("test", "-")):

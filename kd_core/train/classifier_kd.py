@@ -96,9 +96,20 @@ def build_classifier(cfg: ClassifierModelConfig, classes: list[str]) -> torch.nn
     return ResNetForImageClassification(config)
 
 
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, round(2 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.transpose(-1, -2), groups=x.shape[1])
+
+
 def preprocess(images: torch.Tensor, size: int, gen: torch.Generator | None = None, pad: int = 0,
-               flip: bool = False) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> normalised float at ``size``; with ``gen``: random crop (``pad``) and horizontal flip."""
+               flip: bool = False, blur: float = 0.0, noise: float = 0.0) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> normalised float at ``size``. With ``gen``: random crop (``pad``),
+    horizontal flip, a Gaussian blur (sigma 0.5-1.5) of a ``blur`` share of the images, and
+    Gaussian noise of std ``noise`` (robustness to generated images, which are softer than renders)."""
     x = images.float() / 255.0
     if gen is not None and (pad or flip):
         n, _, h, w = x.shape
@@ -110,6 +121,13 @@ def preprocess(images: torch.Tensor, size: int, gen: torch.Generator | None = No
         if flip:
             mirror = torch.rand(n, generator=gen) < 0.5
             x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(-1), x)
+    if gen is not None and blur > 0:
+        chosen = torch.rand(len(x), generator=gen) < blur
+        sigma = 0.5 + torch.rand(1, generator=gen).item()
+        if chosen.any():
+            x = torch.where(chosen.view(-1, 1, 1, 1), _gaussian_blur(x, sigma), x)
+    if gen is not None and noise > 0:
+        x = (x + noise * torch.randn(x.shape, generator=gen)).clamp(0, 1)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return (x - MEAN) / STD
@@ -144,6 +162,8 @@ class ClassifierKDConfig:
     val_fraction: float = 0.1
     augment_pad: int = 2  # random-crop padding in pixels of the stored images
     augment_flip: bool = True
+    augment_blur: float = 0.0  # share of training images blurred (robustness to generated images)
+    augment_noise: float = 0.0  # std of added Gaussian noise, in [0, 1] pixel units
     model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=50, batch_size=128, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
@@ -186,7 +206,8 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
 
     def loss_fn(idx: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         device = next(model.parameters()).device
-        x = preprocess(train.images[idx], size, gen, cfg.augment_pad, cfg.augment_flip).to(device)
+        x = preprocess(train.images[idx], size, gen, cfg.augment_pad, cfg.augment_flip, cfg.augment_blur,
+                       cfg.augment_noise).to(device)
         logits = model(pixel_values=x).logits
         ce = F.cross_entropy(logits.float(), train.labels[idx].to(device))
         if cfg.objective == "ce":

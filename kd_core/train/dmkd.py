@@ -103,6 +103,10 @@ def train_student(d: DMKDData, data: str, out: RunPaths, cfg: ClassifierKDConfig
     """A randomly initialised student on ``data`` ("real", a synthetic manifest or folder) with ``cfg.objective``."""
     classes = study_classes(d)
     train = real_data(d, "train", classes) if data == "real" else synthetic_data(data, classes, fraction, d.store_size)
+    if fraction < 1.0 and cfg.train.max_steps is None:
+        # a share of the set trains for as many optimizer steps as the whole set: set size, not budget, varies
+        full = round(len(train) / fraction * (1 - cfg.val_fraction))
+        cfg = replace(cfg, train=replace(cfg.train, max_steps=cfg.train.epochs * max(1, full // cfg.train.batch_size)))
     teacher = load_classifier_model(teacher_dir) if cfg.objective == "kd" else None
     if teacher is not None and list(teacher.config.id2label.values()) != classes:
         raise KDError(f"{name}: the teacher in {teacher_dir} knows classes {list(teacher.config.id2label.values())}, "
@@ -123,4 +127,6 @@ def run_config(section: dict, role: str, seed: int, objective: str = "kd") -> Cl
     model = build(ClassifierModelConfig, section.get(role, {}), image_size=section.get("image_size", 32))
     train = build(TrainConfig, section.get(f"{role}_train", {}), seed=seed, monitor="accuracy", monitor_mode="max",
                   restore_best=True)
-    return build(ClassifierKDConfig, section, objective=objective, model=model, train=train)
+    robust = section.get("teacher_robustness", {}) if role == "teacher" else {}
+    return build(ClassifierKDConfig, section, objective=objective, model=model, train=train,
+                 augment_blur=robust.get("blur", 0.0), augment_noise=robust.get("noise", 0.0))

@@ -42,6 +42,8 @@ from kd_core.io import write_json, write_parquet
 
 LOSS_SCHEMA = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("split", pa.string()), ("term", pa.string()),
                          ("value", pa.float64())])
+#: Bumped when what a checkpoint holds changes (2: buffers of trained modules), so older ones are not resumed.
+CHECKPOINT_FORMAT = 2
 LossFn = Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
 
 
@@ -140,7 +142,7 @@ class Trainer:
                  run_key: str = ""):
         """``run_key`` names what the run trains (data, model, settings): checkpoints of another key are discarded."""
         self.model, self.loss_fn, self.n, self.cfg, self.val_fn, self.name = model, loss_fn, n_examples, cfg, val_fn, name
-        self.run_key = f"{run_key}|{json.dumps(asdict(cfg), sort_keys=True)}|n={n_examples}"
+        self.run_key = f"format={CHECKPOINT_FORMAT}|{run_key}|{json.dumps(asdict(cfg), sort_keys=True)}|n={n_examples}"
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         cpu = cfg.device == "cpu" or not torch.cuda.is_available()

@@ -71,6 +71,13 @@ def test_preprocess_normalises_and_augments_deterministically():
     a = preprocess(x, 24, torch.Generator().manual_seed(1), pad=2, flip=True)
     b = preprocess(x, 24, torch.Generator().manual_seed(1), pad=2, flip=True)
     assert a.shape == (4, 3, 24, 24) and torch.equal(a, b) and not torch.equal(preprocess(x, 24), a)
+    flat = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+    flat[:, :, :, 8:] = 255
+    blurred = preprocess(flat, 16, torch.Generator().manual_seed(0), blur=1.0)
+    assert 0 < blurred[0, 0, 8, 7] - preprocess(flat, 16)[0, 0, 8, 7]  # the edge is softened
+    assert torch.equal(blurred[:, :, :, :4], preprocess(flat, 16)[:, :, :, :4])  # flat regions stay flat
+    noisy = preprocess(flat, 16, torch.Generator().manual_seed(0), noise=0.1)
+    assert 0 < (noisy - preprocess(flat, 16)).std() < 1.0
 
 
 def test_teacher_learns_saves_and_a_kd_student_follows_it(tmp_path):
@@ -87,7 +94,7 @@ def test_teacher_learns_saves_and_a_kd_student_follows_it(tmp_path):
     # the student sees only its own images; labels are ignored by a pure KD objective
     shuffled = LabelledImages(train.images, train.labels[torch.randperm(len(train))], SHAPES)
     kd = train_classifier(shuffled, test, tmp_path / "s" / "model", tmp_path / "s" / "train", tmp_path / "s" / "pred.parquet",
-                          config("kd", epochs=30), teacher=teacher, name="student")
+                          config("kd", epochs=30, temperature=4.0), teacher=teacher, name="student")
     hard = train_classifier(shuffled, test, tmp_path / "h" / "model", tmp_path / "h" / "train", tmp_path / "h" / "pred.parquet",
                             config("ce", epochs=30), name="hard")
     assert kd["correct"].mean() >= 0.85 and hard["correct"].mean() < 0.75, (kd["correct"].mean(), hard["correct"].mean())

@@ -59,6 +59,9 @@ def test_config_section_builds_run_configs():
     assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.epochs, t.lr_scheduler, t.milestones) == (
         "sgd", 0.05, 0.9, 5e-4, 50, "multistep", (0.5, 0.8))
     assert run_config(validate_config({}, SCHEMA)["classifier_kd"], "teacher", 0).train.epochs == 15
+    robust = section(teacher_robustness={"blur": 0.5, "noise": 0.05})
+    assert (run_config(robust, "teacher", 0).augment_blur, run_config(robust, "teacher", 0).augment_noise) == (0.5, 0.05)
+    assert run_config(robust, "student", 0).augment_blur == 0.0  # students see their images as they are
 
 
 def test_teacher_then_students_from_a_real_folder(tmp_path):
