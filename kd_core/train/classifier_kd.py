@@ -23,7 +23,7 @@ random init, or ``from_pretrained`` of a hub id / local folder for a pre-trained
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -226,9 +226,8 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
                 "accuracy": float((v_logits.argmax(-1) == val_targets).float().mean()),
                 "test/accuracy": float((t_logits.argmax(-1) == test_data.labels).float().mean())}
 
-    trainer_cfg = replace(cfg.train, eval_every=cfg.train.eval_every)
     key = json.dumps({"run": run_key, "kd": {k: v for k, v in asdict(cfg).items() if k != "train"}}, sort_keys=True)
-    trainer = Trainer(model, loss_fn, len(train), train_dir, trainer_cfg, val_fn, name=name, run_key=key)
+    trainer = Trainer(model, loss_fn, len(train), train_dir, cfg.train, val_fn, name=name, run_key=key)
     if teacher is not None:
         teacher.to(trainer.accelerator.device)
     result = trainer.fit()
