@@ -8,6 +8,10 @@ batch it would have had, and the images are bit-identical to an uninterrupted ru
 
 PNGs are written as ``<prompt_id>_<seed>.png`` with ``manifest.parquet``; progress is kept in a
 partial manifest, and an image is reused only when it was made with the same settings.
+
+Sharded generation (:mod:`kd_core.shards`): shard ``i`` of ``n`` makes a batch-aligned contiguous
+slice of the prompt table into the same folder and writes ``shards/<i>-of-<n>.parquet``;
+:func:`gather_manifests` joins the shards into the ``manifest.parquet`` an unsharded run writes.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from kd_core.io import save_png, write_parquet
+from kd_core.errors import KDError
+from kd_core.io import read_metadata, save_png, write_parquet
 from kd_core.models.loading import load_pipeline, model_default_size
 from kd_core.seeding import resolve_device, resolve_dtype
+from kd_core.shards import Shard, shard_bounds
 from kd_core.sources import fingerprint
 
 MANIFEST_SCHEMA = pa.schema([
@@ -59,9 +65,16 @@ def _settings(source: str, cfg: GenerationConfig, size: int, device: torch.devic
             "weights": [fingerprint(source), fingerprint(cfg.vae), fingerprint(cfg.lora)]}
 
 
+def _progress_tables(out_dir: Path) -> list[Path]:
+    """Every table that may list finished images: the manifest, shard manifests, partial manifests."""
+    tables = [out_dir / "manifest.parquet", *sorted((out_dir / "shards").glob("*.parquet")),
+              *sorted(out_dir.glob(".manifest.partial*.parquet"))]
+    return [p for p in tables if p.is_file() and not (p.parent.name == "shards" and p.name.startswith("."))]
+
+
 def _reusable(out_dir: Path, settings_hash: str) -> pd.DataFrame:
-    """Rows of earlier runs (final or partial manifest) made with these settings, whose PNG exists."""
-    frames = [pd.read_parquet(p) for p in (out_dir / "manifest.parquet", out_dir / PARTIAL) if p.exists()]
+    """Rows of earlier runs (final, shard or partial manifests) made with these settings, whose PNG exists."""
+    frames = [df for df in (pd.read_parquet(p) for p in _progress_tables(out_dir)) if len(df)]
     if not frames:
         return pd.DataFrame(columns=MANIFEST_SCHEMA.names)
     old = pd.concat(frames).drop_duplicates(["prompt_id", "seed"], keep="last")
@@ -69,11 +82,27 @@ def _reusable(out_dir: Path, settings_hash: str) -> pd.DataFrame:
     return old[keep]
 
 
+def manifest_path(out_dir: str | Path, shard: Shard | None = None) -> Path:
+    """``manifest.parquet`` of an unsharded run, else ``shards/<i>-of-<n>.parquet``."""
+    out_dir = Path(out_dir)
+    return out_dir / "manifest.parquet" if shard is None else out_dir / "shards" / f"{shard.name}.parquet"
+
+
 def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg: GenerationConfig,
-                    model_name: str, provenance: dict | None = None) -> pd.DataFrame:
-    """Generate one image per row of ``prompts`` (columns of ``kd_core.prompts.PROMPT_SCHEMA``)."""
+                    model_name: str, provenance: dict | None = None, shard: Shard | None = None) -> pd.DataFrame:
+    """Generate one image per row of ``prompts`` (columns of ``kd_core.prompts.PROMPT_SCHEMA``), or
+    per row of ``shard``'s slice of them; returns (and writes) the manifest of those rows."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    out_path = manifest_path(out_dir, shard)
+    partial = out_dir / (PARTIAL if shard is None else f".manifest.partial.{shard.name}.parquet")
+    lo, hi = (0, len(prompts)) if shard is None else shard_bounds(len(prompts), shard, cfg.batch_size)
+    prompts = prompts.iloc[lo:hi]
+    meta = {"config": asdict(cfg), **({"shard": shard.name} if shard else {}), **(provenance or {})}
+    if prompts.empty:  # a surplus shard (more shards than batches): nothing to load or make
+        manifest = pd.DataFrame(columns=MANIFEST_SCHEMA.names)
+        write_parquet(manifest, out_path, MANIFEST_SCHEMA, "images/manifest", meta)
+        return manifest
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     pipe = load_pipeline(source, device, dtype, cfg.variant, cfg.vae, cfg.scheduler, cfg.lora)
@@ -87,7 +116,8 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
     done_keys = set(zip(done["prompt_id"], done["seed"], strict=True))
     missing = [k not in done_keys for k in zip(prompts["prompt_id"], prompts["seed"], strict=True)]
     rows = done.to_dict("records")
-    bar = tqdm(total=len(prompts), initial=len(prompts) - sum(missing), desc=f"generate {model_name}", unit="img")
+    desc = f"generate {model_name}" + (f" shard {shard.name}" if shard else "")
+    bar = tqdm(total=len(prompts), initial=len(prompts) - sum(missing), desc=desc, unit="img")
     for start in range(0, len(prompts), cfg.batch_size):
         if not any(missing[start : start + cfg.batch_size]):
             continue
@@ -109,14 +139,34 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
                    "negative_prompt": r.negative_prompt, "model": model_name, "settings_hash": shash,
                    "wall_time_s": per_image, **settings}
             rows.append(row | {a: getattr(r, a) for a in attrs})
-        write_parquet(pd.DataFrame(rows), out_dir / PARTIAL, MANIFEST_SCHEMA, "images/manifest.partial")
+        write_parquet(pd.DataFrame(rows), partial, MANIFEST_SCHEMA, "images/manifest.partial")
         bar.update(sum(todo))
     bar.close()
-    manifest = pd.DataFrame(rows).set_index(["prompt_id", "seed"], drop=False)
+    manifest = pd.DataFrame(rows).drop_duplicates(["prompt_id", "seed"]).set_index(["prompt_id", "seed"], drop=False)
     manifest = manifest.loc[list(zip(prompts["prompt_id"], prompts["seed"], strict=True))].reset_index(drop=True)
     manifest = manifest[MANIFEST_SCHEMA.names + attrs]
     settings = {k: v for k, v in settings.items() if k != "weights"}
-    write_parquet(manifest, out_dir / "manifest.parquet", MANIFEST_SCHEMA, "images/manifest",
-                  {"settings": settings, "config": asdict(cfg), **(provenance or {})})
-    (out_dir / PARTIAL).unlink(missing_ok=True)
+    write_parquet(manifest, out_path, MANIFEST_SCHEMA, "images/manifest", {"settings": settings, **meta})
+    partial.unlink(missing_ok=True)
+    return manifest
+
+
+def gather_manifests(shards: list[str | Path], prompts: pd.DataFrame, out_path: str | Path) -> pd.DataFrame:
+    """Join shard manifests into the manifest an unsharded run writes: one row per prompt-table row,
+    in its order. A shard missing a row, or shards made with different settings, is an error."""
+    frames = [pd.read_parquet(p) for p in shards]
+    rows = pd.concat([f for f in frames if len(f)]) if any(len(f) for f in frames) else pd.DataFrame(columns=MANIFEST_SCHEMA.names)
+    if rows["settings_hash"].nunique() > 1:
+        raise KDError(f"shards of {Path(out_path).parent} were made with different generation settings; "
+                      "delete its shards/ folder and rerun")
+    keys = list(zip(prompts["prompt_id"], prompts["seed"], strict=True))
+    indexed = rows.drop_duplicates(["prompt_id", "seed"]).set_index(["prompt_id", "seed"], drop=False)
+    missing = [k for k in keys if k not in indexed.index]
+    if missing:
+        raise KDError(f"{len(missing)} image(s) of {Path(out_path).parent} are in no shard, e.g. prompt_id "
+                      f"{missing[0][0]!r} seed {missing[0][1]}; rerun the generate_shard jobs")
+    manifest = indexed.loc[keys].reset_index(drop=True)
+    meta = next((read_metadata(p) for p, f in zip(shards, frames, strict=True) if len(f)), read_metadata(shards[0]))
+    meta = {k: v for k, v in meta.items() if k not in ("shard", "table")} | {"shards": len(shards)}
+    write_parquet(manifest, out_path, MANIFEST_SCHEMA, "images/manifest", meta)
     return manifest

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from kd_core.devices import claim_devices
 from kd_core.errors import KDError
 from kd_core.seeding import set_threads
+
+LAUNCHED = "KD_LAUNCHED"  # set in the processes kd_core.launch starts
 
 
 class _Tee:
@@ -38,30 +42,46 @@ class _Tee:
 
 
 @contextlib.contextmanager
-def job(log_path: str | Path | None, threads: int | None = None, name: str = "kd_core") -> Iterator[logging.Logger]:
-    """Context of one job: tee stderr to ``log_path``, set torch threads, turn KDError into one line."""
+def job(log_path: str | Path | None, threads: int | None = None, name: str = "kd_core",
+        gpus: int = 0) -> Iterator[logging.Logger]:
+    """Context of one job: tee stderr to ``log_path``, set torch threads, hold ``gpus`` devices
+    (:func:`kd_core.devices.claim_devices`), turn KDError into one line.
+
+    In a process started by :func:`kd_core.launch.launch_processes` the parent already writes the
+    log and holds the devices: the child only reports errors.
+    """
     set_threads(threads)
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
-    if log_path is None:
-        yield logger
-        return
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as fh:
-        old = sys.stderr
+    launched = bool(os.environ.get(LAUNCHED))
+    fh = None if log_path is None or launched else _open_log(log_path)
+    old = sys.stderr
+    handler = None
+    if fh is not None:
         sys.stderr = _Tee(old, fh)
+    if log_path is not None:  # a launched process logs to its stderr, which its parent writes to the log
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
-        try:
+    try:
+        with claim_devices(0 if launched else gpus):
             yield logger
-        except KDError as exc:
-            sys.stderr.write(f"error: {exc}\n")
-            sys.stderr.flush()
-            raise SystemExit(1) from None
-        except BaseException:
+    except KDError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None
+    except BaseException:
+        if fh is not None:
             traceback.print_exc(file=fh)
-            raise
-        finally:
+        raise
+    finally:
+        if handler is not None:
             logger.removeHandler(handler)
-            sys.stderr = old
+        sys.stderr = old
+        if fh is not None:
+            fh.close()
+
+
+def _open_log(log_path: str | Path) -> TextIO:
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    return open(log_path, "w")  # noqa: SIM115 - closed by job()

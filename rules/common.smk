@@ -6,6 +6,7 @@ from pathlib import Path
 from kd_core.errors import KDError
 from kd_core.experiment import validate_experiment
 from kd_core.provenance import code_hash
+from kd_core.shards import shard_names
 from kd_core.sources import BUILT, is_built, local_path
 
 try:
@@ -28,6 +29,8 @@ EXTRACTOR = METRICS["features"]["extractor"]
 CLIP = METRICS["clip_model"]
 EFFICIENCY = METRICS["efficiency"]["enabled"]
 DMKD = config["classifier_kd"]
+IMAGE_SHARDS = shard_names(config["shards"]["images"])  # generation jobs per model
+METRIC_SHARDS = shard_names(config["shards"]["metrics"])  # pairwise-metric jobs per student
 IMAGES = config["evaluate_images"]  # the text-to-image evaluation (off for a classifier-only study)
 
 
@@ -70,6 +73,7 @@ wildcard_constraints:
     bk="|".join(BK_MODELS) or "block_kd_off",
     dmkd_set="|".join(DMKD_SETS) or "dmkd_off",
     dmkd_run="|".join(DMKD_RUNS) or "dmkd_off",
+    shard=r"\d+-of-\d+",
 
 
 def model_dir(source):
@@ -96,6 +100,13 @@ def generate_input(wildcards):
     if m["generation"].get("lora"):
         inputs["adapter"] = m["generation"]["lora"]
     return inputs
+
+
+def generate_gather_input(wildcards):
+    """The model's prompt tables and its shard manifests (shards.images > 1)."""
+    m = model_entry(wildcards.model)
+    inputs = {f"prompts_{s}": f"{OUT}/prompts/{s}.parquet" for s in m["splits"]}
+    return inputs | {f"shard_{n}": f"{OUT}/images/{wildcards.model}/shards/{n}.parquet" for n in IMAGE_SHARDS}
 
 
 def generate_source(wildcards):

@@ -45,25 +45,73 @@ rule attribute_summary:
         "../workflow_scripts/attribute_summary.py"
 
 
-rule pairwise:
-    input:
-        manifest=f"{OUT}/images/{{model}}/manifest.parquet",
-        reference=f"{OUT}/images/teacher/manifest.parquet",
-    output:
-        f"{OUT}/metrics/pairwise/{{model}}.parquet",
-    params:
-        code=code_hash("kd_core.metrics.pairwise"),
-    log:
-        f"{OUT}/logs/pairwise_{{model}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/pairwise_{{model}}.tsv"
-    threads: METRICS["workers"]
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/kd_core.yaml"
-    script:
-        "../workflow_scripts/pairwise.py"
+# shards.metrics = N > 1: N pairwise_shard jobs per student, each a contiguous slice of its image
+# pairs; pairwise gathers them into the same per-student table.
+if len(METRIC_SHARDS) == 1:
+
+    rule pairwise:
+        input:
+            manifest=f"{OUT}/images/{{model}}/manifest.parquet",
+            reference=f"{OUT}/images/teacher/manifest.parquet",
+        output:
+            f"{OUT}/metrics/pairwise/{{model}}.parquet",
+        params:
+            code=code_hash("kd_core.metrics.pairwise"),
+        log:
+            f"{OUT}/logs/pairwise_{{model}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/pairwise_{{model}}.tsv"
+        threads: METRICS["workers"]
+        resources:
+            mem_mb=2000,
+        conda:
+            "../envs/kd_core.yaml"
+        script:
+            "../workflow_scripts/pairwise.py"
+
+else:
+
+    localrules:
+        pairwise,
+
+    rule pairwise_shard:
+        input:
+            manifest=f"{OUT}/images/{{model}}/manifest.parquet",
+            reference=f"{OUT}/images/teacher/manifest.parquet",
+        output:
+            f"{OUT}/metrics/pairwise/{{model}}/{{shard}}.parquet",
+        params:
+            code=code_hash("kd_core.metrics.pairwise"),
+        log:
+            f"{OUT}/logs/pairwise_{{model}}_{{shard}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/pairwise_{{model}}_{{shard}}.tsv"
+        threads: METRICS["workers"]
+        resources:
+            mem_mb=2000,
+        conda:
+            "../envs/kd_core.yaml"
+        script:
+            "../workflow_scripts/pairwise.py"
+
+    rule pairwise:
+        input:
+            expand(f"{OUT}/metrics/pairwise/{{{{model}}}}/{{shard}}.parquet", shard=METRIC_SHARDS),
+        output:
+            f"{OUT}/metrics/pairwise/{{model}}.parquet",
+        params:
+            code=code_hash("kd_core.metrics.tables"),
+        log:
+            f"{OUT}/logs/pairwise_{{model}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/pairwise_{{model}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=2000,
+        conda:
+            "../envs/kd_core.yaml"
+        script:
+            "../workflow_scripts/pairwise_gather.py"
 
 
 rule pairwise_gather:

@@ -3,9 +3,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kd_core.generate import PARTIAL, GenerationConfig, generate_images
+from kd_core.errors import KDError
+from kd_core.generate import (
+    PARTIAL,
+    GenerationConfig,
+    gather_manifests,
+    generate_images,
+    manifest_path,
+)
 from kd_core.io import read_metadata
 from kd_core.prompts import PromptConfig, synthesize_prompts
+from kd_core.shards import Shard
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +102,29 @@ def test_retrained_model_in_place_regenerates(tmp_path, prompts, tiny_sd):
     weights.write_bytes(weights.read_bytes())  # same folder, rewritten weights
     generate_images(str(model), prompts, tmp_path / "img", CFG, "m")
     assert all((tmp_path / "img" / f).stat().st_mtime_ns != mtimes[f] for f in first["file"])
+
+
+def test_three_shards_gather_to_the_unsharded_images_and_manifest(tmp_path, prompts, tiny_sd):
+    whole = generate_images(str(tiny_sd), prompts, tmp_path / "one", CFG, "m")
+    shards = [Shard(i, 3) for i in range(3)]
+    parts = [generate_images(str(tiny_sd), prompts, tmp_path / "three", CFG, "m", shard=s) for s in shards]
+    assert [len(p) for p in parts] == [2, 2, 1]  # 5 prompts, batch 2: batch-aligned slices
+    paths = [manifest_path(tmp_path / "three", s) for s in shards]
+    gathered = gather_manifests(paths, prompts, tmp_path / "three" / "manifest.parquet")
+    timing = ["wall_time_s"]
+    pd.testing.assert_frame_equal(gathered.drop(columns=timing), whole.drop(columns=timing))
+    stored = pd.read_parquet(tmp_path / "three" / "manifest.parquet")
+    pd.testing.assert_frame_equal(stored.drop(columns=timing), pd.read_parquet(tmp_path / "one" / "manifest.parquet").drop(columns=timing))
+    one, three = _pixels(tmp_path / "one", whole), _pixels(tmp_path / "three", gathered)
+    assert all(np.array_equal(one[f], three[f]) for f in one)  # bit-identical
+    assert read_metadata(tmp_path / "three" / "manifest.parquet")["shards"] == 3
+    # idempotent: a shard rerun reuses its images (same files, nothing regenerated)
+    mtimes = {f: (tmp_path / "three" / f).stat().st_mtime_ns for f in gathered["file"]}
+    generate_images(str(tiny_sd), prompts, tmp_path / "three", CFG, "m", shard=shards[1])
+    assert {f: (tmp_path / "three" / f).stat().st_mtime_ns for f in gathered["file"]} == mtimes
+    # a missing shard row is one clear error
+    with pytest.raises(KDError, match="in no shard"):
+        gather_manifests(paths[:2], prompts, tmp_path / "bad.parquet")
+    # more shards than batches: the surplus shard is empty and needs no model
+    empty = generate_images("/nonexistent/model", prompts.iloc[:1], tmp_path / "four", CFG, "m", shard=Shard(0, 4))
+    assert empty.empty and manifest_path(tmp_path / "four", Shard(0, 4)).is_file()

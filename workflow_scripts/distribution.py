@@ -9,7 +9,7 @@ from kd_core.metrics.distribution import FeatureConfig, evaluate_distributions, 
 from kd_core.runlog import job
 from kd_core.seeding import resolve_device
 
-with job(snakemake.log[0], snakemake.threads):
+with job(snakemake.log[0], snakemake.threads, gpus=snakemake.resources.gpu):
     p = snakemake.params
     cfg = build(FeatureConfig, p.features, model=p.model, device=str(resolve_device(p.device)), seed=p.seed)
     if "real" in snakemake.input.keys():  # the shapes world's rendered held-out images

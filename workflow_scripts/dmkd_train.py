@@ -3,7 +3,7 @@
 from kd_core.runlog import job
 from kd_core.train.dmkd import RunPaths, run_config, study_data, train_student, train_teacher
 
-with job(snakemake.log[0], snakemake.threads) as log:
+with job(snakemake.log[0], snakemake.threads, gpus=snakemake.resources.gpu) as log:
     p, out = snakemake.params, snakemake.output
     paths = RunPaths(out.model, out.loss.removesuffix("/loss.parquet"), out.predictions)
     data = study_data(p.dmkd, p.real, None if p.dmkd["real"] else p.grammar)

@@ -1,4 +1,4 @@
-"""Adapter: rule generate -> kd_core.generate.generate_images."""
+"""Adapter: rule generate (or generate_shard) -> kd_core.generate.generate_images."""
 
 from pathlib import Path
 
@@ -7,9 +7,12 @@ import pandas as pd
 from kd_core.config import build
 from kd_core.generate import GenerationConfig, generate_images
 from kd_core.runlog import job
+from kd_core.shards import Shard
 
-with job(snakemake.log[0], snakemake.threads):
+with job(snakemake.log[0], snakemake.threads, gpus=snakemake.resources.gpu):
     prompts = pd.concat([pd.read_parquet(f) for k, f in snakemake.input.items() if k.startswith("prompts_")])
     cfg = build(GenerationConfig, snakemake.params.generation)
-    generate_images(snakemake.params.source, prompts, Path(snakemake.output.manifest).parent, cfg,
-                    snakemake.wildcards.model, {"code_hash": snakemake.params.code})
+    shard = Shard.parse(snakemake.wildcards.shard) if "shard" in snakemake.wildcards.keys() else None
+    out_dir = Path(snakemake.output.manifest).parent
+    generate_images(snakemake.params.source, prompts, out_dir.parent if shard else out_dir, cfg,
+                    snakemake.wildcards.model, {"code_hash": snakemake.params.code}, shard)

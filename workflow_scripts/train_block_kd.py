@@ -1,17 +1,19 @@
-"""Adapter: rule train_block_kd -> kd_core.train.block_kd.train_block_kd."""
+"""Adapter: rule train_block_kd -> kd_core.train.block_kd.train_block_kd (with gpu=N > 1: in N DDP processes)."""
 
 from pathlib import Path
 
 from kd_core.config import build
+from kd_core.launch import launch_processes
 from kd_core.runlog import job
 from kd_core.train.block_kd import BlockKDConfig, train_block_kd
 from kd_core.train.data import DataConfig
 from kd_core.train.loop import TrainConfig
 
-with job(snakemake.log[0], snakemake.threads) as log:
-    p = snakemake.params.block_kd
-    data = build(DataConfig, p, source=snakemake.params.data, split="train" if p["data"] == "teacher" else None)
-    result = train_block_kd(snakemake.params.teacher, data, snakemake.output.model, Path(snakemake.output.loss).parent,
-                            build(BlockKDConfig, p, **snakemake.params.settings),
-                            build(TrainConfig, p["train"], seed=snakemake.params.seed))
-    log.info("trained %d steps (best step %s, early stop %s)", result.steps, result.best_step, result.stopped_early)
+with job(snakemake.log[0], snakemake.threads, gpus=snakemake.resources.gpu) as log:
+    if not launch_processes(__file__, snakemake.resources.gpu):  # this process trains (alone, or as one rank)
+        p = snakemake.params.block_kd
+        data = build(DataConfig, p, source=snakemake.params.data, split="train" if p["data"] == "teacher" else None)
+        result = train_block_kd(snakemake.params.teacher, data, snakemake.output.model, Path(snakemake.output.loss).parent,
+                                build(BlockKDConfig, p, **snakemake.params.settings),
+                                build(TrainConfig, p["train"], seed=snakemake.params.seed))
+        log.info("trained %d steps (best step %s, early stop %s)", result.steps, result.best_step, result.stopped_early)

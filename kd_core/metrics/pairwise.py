@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from kd_core.errors import KDError
 from kd_core.io import load_rgb, write_parquet
 from kd_core.metrics.tables import PER_IMAGE_SCHEMA
+from kd_core.shards import Shard, shard_bounds
 
 PAIRWISE_SCHEMA = PER_IMAGE_SCHEMA  # reference: the teacher
 METRICS = ("mse", "psnr", "ssim", "hist_correlation", "hist_bhattacharyya", "phash_similarity", "sharpness_ratio",
@@ -131,12 +132,20 @@ def metrics_for_files(pairs: list[tuple[str, str]], workers: int = 1, desc: str 
 
 
 def pairwise_metrics(manifest: str | Path, reference_manifest: str | Path, out_path: str | Path,
-                     model: str, reference: str, workers: int | None = None) -> pd.DataFrame:
-    """Compare every image of ``manifest`` with the reference image of the same (prompt_id, seed)."""
+                     model: str, reference: str, workers: int | None = None, shard: Shard | None = None) -> pd.DataFrame:
+    """Compare every image of ``manifest`` (or of ``shard``'s contiguous slice of the pairs) with the
+    reference image of the same (prompt_id, seed)."""
     man, ref = pd.read_parquet(manifest), pd.read_parquet(reference_manifest)
     pairs = man.merge(ref[["prompt_id", "seed", "file"]], on=["prompt_id", "seed"], suffixes=("", "_ref"))
     if pairs.empty:
         raise KDError(f"no (prompt_id, seed) of {model!r} has a {reference!r} image to compare with")
+    if shard is not None:
+        lo, hi = shard_bounds(len(pairs), shard)
+        pairs = pairs.iloc[lo:hi]
+        if pairs.empty:
+            out = pd.DataFrame(columns=PAIRWISE_SCHEMA.names)
+            write_parquet(out, out_path, PAIRWISE_SCHEMA, "metrics/pairwise", {"protocol": PROTOCOL, "n_pairs": 0})
+            return out
     root, ref_root = Path(manifest).parent, Path(reference_manifest).parent
     files = [(str(root / f), str(ref_root / g)) for f, g in zip(pairs["file"], pairs["file_ref"], strict=True)]
     values = metrics_for_files(files, workers or os.cpu_count() or 1, desc=f"pairwise {model}")

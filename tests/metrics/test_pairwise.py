@@ -16,6 +16,7 @@ from kd_core.metrics.pairwise import (
     pairwise_metrics,
 )
 from kd_core.metrics.tables import gather_tables
+from kd_core.shards import Shard
 
 
 def _noise(seed, size=32):
@@ -128,6 +129,23 @@ def test_pairwise_table_matches_prompt_and_seed_in_parallel(tmp_path):
     both = gather_tables([tmp_path / "pairwise.parquet", tmp_path / "pairwise1.parquet"], tmp_path / "all.parquet",
                          PAIRWISE_SCHEMA, "metrics/pairwise")
     assert len(both) == 2 * len(out)
+
+
+def test_sharded_pairs_gather_to_the_unsharded_table(tmp_path):
+    _folders(tmp_path, n=5)
+    args = (tmp_path / "stu" / "manifest.parquet", tmp_path / "ref" / "manifest.parquet")
+    whole = pairwise_metrics(*args, tmp_path / "whole.parquet", "student", "teacher", workers=1)
+    parts = [tmp_path / f"{s.name}.parquet" for s in (Shard(i, 3) for i in range(3))]
+    for i, part in enumerate(parts):
+        pairwise_metrics(*args, part, "student", "teacher", workers=1, shard=Shard(i, 3))
+    assert [pd.read_parquet(p)["prompt_id"].nunique() for p in parts] == [1, 2, 2]
+    gathered = gather_tables(parts, tmp_path / "gathered.parquet", PAIRWISE_SCHEMA, "metrics/pairwise")
+    pd.testing.assert_frame_equal(gathered, whole)
+    # a surplus shard (more shards than pairs) writes an empty table that gathers cleanly
+    empty = pairwise_metrics(*args, tmp_path / "empty.parquet", "student", "teacher", workers=1, shard=Shard(0, 9))
+    assert empty.empty
+    again = gather_tables([*parts, tmp_path / "empty.parquet"], tmp_path / "g2.parquet", PAIRWISE_SCHEMA, "metrics/pairwise")
+    pd.testing.assert_frame_equal(again, whole)
 
 
 def test_no_shared_prompt_is_an_error(tmp_path):

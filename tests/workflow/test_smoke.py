@@ -195,3 +195,34 @@ def test_same_config_gives_identical_prompts_and_images(smoke_repo):
         pd.testing.assert_frame_equal(df, pd.read_parquet(out / "prompts" / f"{split}.parquet"))
     for (model, f), pixels in images.items():
         assert np.array_equal(pixels, np.asarray(Image.open(out / "images" / model / f))), (model, f)
+
+
+def test_sharded_generation_and_metrics_equal_the_unsharded_run(smoke_repo, tmp_path):
+    """shards.images = 3 and shards.metrics = 2: scatter/gather jobs whose gathered manifest, images
+    and pairwise table equal the 1-shard run's; changing the shard count remakes no existing image."""
+    repo = tmp_path / "sharded"
+    shutil.copytree(smoke_repo, repo, symlinks=True)
+    out, ref = repo / "results" / "smoke", smoke_repo / "results" / "smoke"
+    shutil.rmtree(out / "images" / "teacher")
+    (out / "metrics" / "pairwise" / "base_student.parquet").unlink()
+    (repo / "config" / "shards.yaml").write_text("shards: {images: 3, metrics: 2}\n")
+    targets = ("results/smoke/images/teacher/manifest.parquet", "results/smoke/metrics/pairwise/base_student.parquet",
+               "--configfile", "config/smoke.yaml", "config/shards.yaml")
+    # the base student's manifest now comes from the sharded rules too: re-gathered from its images, none remade
+    student = out / "images" / "base_student"
+    made = {p.name: p.stat().st_mtime_ns for p in student.glob("*.png")}
+    assert planned_jobs(repo, *targets) == {"generate_shard": 6, "generate": 2, "pairwise_shard": 2, "pairwise": 1}
+    run(repo, *targets)
+    assert {p.name: p.stat().st_mtime_ns for p in student.glob("*.png")} == made
+    shards = sorted((out / "images" / "teacher" / "shards").glob("*.parquet"))
+    assert [p.name for p in shards] == ["0-of-3.parquet", "1-of-3.parquet", "2-of-3.parquet"]
+    assert [len(pd.read_parquet(p)) for p in shards] == [4, 4, 5]  # batch size 4, 13 images: batch-aligned slices
+    one = pd.read_parquet(ref / "images" / "teacher" / "manifest.parquet").drop(columns="wall_time_s")
+    three = pd.read_parquet(out / "images" / "teacher" / "manifest.parquet").drop(columns="wall_time_s")
+    pd.testing.assert_frame_equal(three, one)
+    for f in one["file"]:
+        assert np.array_equal(np.asarray(Image.open(out / "images" / "teacher" / f)),
+                              np.asarray(Image.open(ref / "images" / "teacher" / f))), f
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "metrics" / "pairwise" / "base_student.parquet"),
+                                  pd.read_parquet(ref / "metrics" / "pairwise" / "base_student.parquet"))
+    assert planned_jobs(repo, *targets) == {}  # idempotent: nothing left to do
