@@ -11,12 +11,13 @@ SNAKEMAKE_ARGS ?=
 
 EXPERIMENT := $(or $(shell sed -n 's/^experiment: *//p' $(CONFIG)),shapes)
 
-.PHONY: setup demo report test lint dag clean help
+.PHONY: setup demo report test test-slurm lint dag clean help
 
 help:
 	@echo "make demo   - run the default experiment (config/config.yaml) with profiles/default, then its report"
 	@echo "make report - the Snakemake HTML report: results/<experiment>/report.html"
 	@echo "make test   - run the test suite (pytest)"
+	@echo "make test-slurm - profiles/slurm on a single-node SLURM cluster started here (installs slurm-wlm, munge)"
 	@echo "make lint   - ruff and snakemake --lint"
 	@echo "make dag    - print the rule graph (mermaid)"
 	@echo "variables: CONFIG=path/to/config.yaml  SNAKEMAKE_ARGS='--cores 4'  PYTHON=python3.11"
@@ -40,6 +41,9 @@ report: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-slurm: setup
+	PYTHON=$(BIN)/python scripts/slurm/test.sh
 
 lint: setup
 	$(BIN)/ruff check .

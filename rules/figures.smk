@@ -2,6 +2,19 @@
 # Each figure carries a caption in report/ for the Snakemake HTML report.
 
 
+# Seconds of matplotlib each: on a cluster (profiles/slurm) they run on the submitting host
+# instead of queueing as jobs. figure_dmkd is defined in rules/classifier_kd.smk.
+localrules:
+    figure_metrics,
+    figure_distribution,
+    figure_attributes,
+    figure_loss,
+    figure_efficiency,
+    comparison_models,
+    comparison_grid,
+    figure_dmkd,
+
+
 rule figure_metrics:
     input:
         summary=f"{OUT}/metrics/summary.parquet",

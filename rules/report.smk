@@ -2,6 +2,14 @@
 # tables as CSV / Markdown / LaTeX. The HTML report: snakemake --report results/<experiment>/report.html
 
 
+# On a cluster (profiles/slurm) these run on the submitting host instead of queueing as jobs:
+# the paper, and the gathers of rules/metrics.smk (concatenating per-model tables).
+localrules:
+    paper,
+    pairwise_gather,
+    alignment_gather,
+
+
 rule paper:
     input:
         tables=list(metric_tables().values()),
