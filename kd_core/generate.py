@@ -142,7 +142,7 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
         write_parquet(pd.DataFrame(rows), partial, MANIFEST_SCHEMA, "images/manifest.partial")
         bar.update(sum(todo))
     bar.close()
-    manifest = pd.DataFrame(rows).drop_duplicates(["prompt_id", "seed"]).set_index(["prompt_id", "seed"], drop=False)
+    manifest = pd.DataFrame(rows).set_index(["prompt_id", "seed"], drop=False)
     manifest = manifest.loc[list(zip(prompts["prompt_id"], prompts["seed"], strict=True))].reset_index(drop=True)
     manifest = manifest[MANIFEST_SCHEMA.names + attrs]
     settings = {k: v for k, v in settings.items() if k != "weights"}

@@ -64,7 +64,7 @@ def job(log_path: str | Path | None, threads: int | None = None, name: str = "kd
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
     try:
-        with claim_devices(0 if launched else gpus):
+        with claim_devices(gpus):  # steps aside in a launched rank (LOCAL_RANK): the parent holds them
             yield logger
     except KDError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -93,9 +93,14 @@ def model_entry(name):
     return config["models"][name]
 
 
+def prompt_tables(wildcards):
+    """The prompt tables of the model's splits, keyed prompts_<split>."""
+    return {f"prompts_{s}": f"{OUT}/prompts/{s}.parquet" for s in model_entry(wildcards.model)["splits"]}
+
+
 def generate_input(wildcards):
     m = model_entry(wildcards.model)
-    inputs = {f"prompts_{s}": f"{OUT}/prompts/{s}.parquet" for s in m["splits"]}
+    inputs = prompt_tables(wildcards)
     inputs["model"] = built_input(m["source"])
     if m["generation"].get("lora"):
         inputs["adapter"] = m["generation"]["lora"]
@@ -104,9 +109,7 @@ def generate_input(wildcards):
 
 def generate_gather_input(wildcards):
     """The model's prompt tables and its shard manifests (shards.images > 1)."""
-    m = model_entry(wildcards.model)
-    inputs = {f"prompts_{s}": f"{OUT}/prompts/{s}.parquet" for s in m["splits"]}
-    return inputs | {f"shard_{n}": f"{OUT}/images/{wildcards.model}/shards/{n}.parquet" for n in IMAGE_SHARDS}
+    return prompt_tables(wildcards) | {f"shard_{n}": f"{OUT}/images/{wildcards.model}/shards/{n}.parquet" for n in IMAGE_SHARDS}
 
 
 def generate_source(wildcards):
