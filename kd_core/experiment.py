@@ -33,9 +33,10 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
     if p["n_train"] + p["n_eval"] > main.size:
         raise ConfigError(f"config keys 'prompts.n_train' + 'prompts.n_eval' = {p['n_train'] + p['n_eval']} exceed "
                           f"the {main.size} distinct prompts of grammar {main.name!r}; lower them")
-    if cfg["evaluate_images"] and "base_student" not in cfg["models"]:
+    if cfg["evaluate_images"] and "base_student" not in cfg["models"] and not cfg["size_study"]["enabled"]:
         raise ConfigError("config key 'models' lacks 'base_student', which the image evaluation compares against; "
-                          "add one or set 'evaluate_images: false'")
+                          "add one, enable size_study (its width students are compared with the teacher), or set "
+                          "'evaluate_images: false'")
     for name, model in cfg["models"].items():
         key = f"models.{name}.source"
         try:
@@ -46,6 +47,14 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
             raise ConfigError(str(exc)) from None
         if model["source"].startswith("toy:") and not cfg["world"]["enabled"]:
             raise ConfigError(f"config key '{key}' is {model['source']!r}, which needs 'world.enabled: true'")
+        if model["source"] == "ddpm:teacher":
+            if not cfg["ddpm_teacher"]["data"]:
+                raise ConfigError(f"config key '{key}' is 'ddpm:teacher', trained from scratch on "
+                                  "'ddpm_teacher.data', which is not set; give a folder <folder>/<class>/<image>")
+            try:
+                check_source(cfg["ddpm_teacher"]["data"], "ddpm_teacher.data")
+            except KDError as exc:
+                raise ConfigError(str(exc)) from None
         if "filler" in model["splits"] and p["n_filler"] == 0:
             raise ConfigError(f"config key 'models.{name}.splits' asks for filler images but 'prompts.n_filler' is 0")
     lora = cfg["lora"]
@@ -60,13 +69,18 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
                 check_source(lora["data"], "lora.data")
             except KDError as exc:
                 raise ConfigError(str(exc)) from None
-    bk = cfg["block_kd"]
-    if bk["enabled"]:
-        if bk["data"] == "teacher" and "train" not in cfg["models"]["teacher"]["splits"]:
-            raise ConfigError("config key 'block_kd.data' is 'teacher' but 'models.teacher.splits' lacks 'train'; add it")
-        if bk["data"] != "teacher":
+    for section in ("block_kd", "size_study"):
+        s = cfg[section]
+        if not s["enabled"]:
+            continue
+        if not cfg["evaluate_images"]:
+            raise ConfigError(f"config key '{section}.enabled' is true but 'evaluate_images' is false; its students "
+                              "are sampled and evaluated like every model: set evaluate_images: true")
+        if s["data"] == "teacher" and "train" not in cfg["models"]["teacher"]["splits"]:
+            raise ConfigError(f"config key '{section}.data' is 'teacher' but 'models.teacher.splits' lacks 'train'; add it")
+        if s["data"] != "teacher":
             try:
-                check_source(bk["data"], "block_kd.data")
+                check_source(s["data"], f"{section}.data")
             except KDError as exc:
                 raise ConfigError(str(exc)) from None
     _check_metrics(cfg)

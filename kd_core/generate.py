@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from kd_core.errors import KDError
 from kd_core.io import read_metadata, save_png, write_parquet
-from kd_core.models.loading import load_pipeline, model_default_size
+from kd_core.models.loading import is_conditional, load_pipeline, model_default_size
 from kd_core.seeding import resolve_device, resolve_dtype
 from kd_core.shards import Shard, shard_bounds
 from kd_core.sources import fingerprint
@@ -88,6 +88,16 @@ def manifest_path(out_dir: str | Path, shard: Shard | None = None) -> Path:
     return out_dir / "manifest.parquet" if shard is None else out_dir / "shards" / f"{shard.name}.parquet"
 
 
+def sample_batch(pipe, prompts: list[str], negative: list[str] | None, cfg: GenerationConfig, size: int,
+                 generators: list[torch.Generator], **kwargs) -> list:
+    """One image per prompt; an unconditional pipeline (a pixel DDPM) ignores the prompts, and the
+    prompt table then only fixes the number of images and their seeds."""
+    if is_conditional(pipe):
+        return pipe(prompt=prompts, negative_prompt=negative, num_inference_steps=cfg.steps,
+                    guidance_scale=cfg.guidance_scale, height=size, width=size, generator=generators, **kwargs).images
+    return pipe(batch_size=len(prompts), num_inference_steps=cfg.steps, generator=generators).images
+
+
 def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg: GenerationConfig,
                     model_name: str, provenance: dict | None = None, shard: Shard | None = None) -> pd.DataFrame:
     """Generate one image per row of ``prompts`` (columns of ``kd_core.prompts.PROMPT_SCHEMA``), or
@@ -127,8 +137,7 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in batch["seed"]]
         t0 = time.perf_counter()
         with torch.inference_mode():
-            images = pipe(prompt=list(batch["prompt"]), negative_prompt=negative, num_inference_steps=cfg.steps,
-                          guidance_scale=cfg.guidance_scale, height=size, width=size, generator=gens).images
+            images = sample_batch(pipe, list(batch["prompt"]), negative, cfg, size, gens)
         per_image = (time.perf_counter() - t0) / len(batch)
         for image, r, new in zip(images, batch.itertuples(index=False), todo, strict=True):
             if not new:

@@ -24,7 +24,9 @@ TITLES = {
     "distribution": "FID and KID against reference sets [95% CI]",
     "attribute_accuracy": "Attribute accuracy read by the shapes-world classifier [95% CI]",
     "efficiency": "Efficiency (median of repeats)",
-    "classifier_kd": "DM-KD: classifiers on the real test split [95% CI]; paired difference to the hard-label student",
+    "size_study": "Model size: width students against the teacher (MSE to the teacher: mean over timestep buckets [mean of per-bucket 95% CIs])",
+    "timestep_mse": "Model size: noise-prediction MSE to the teacher per timestep bucket (rows: models by width)",
+    "classifier_kd": "DM-KD: classifiers on the real test split, mean over training seeds [95% CI over seeds and test images]; paired difference to the hard-label student",
 }
 
 
@@ -75,11 +77,13 @@ def format_classifier_kd(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "run": df["run"], "data": df["data"], "objective": df["objective"],
         "guidance": df["guidance"].map(lambda g: "" if not np.isfinite(g) else f"{g:g}"), "train images": df["n_train"],
+        "seeds": df["n_seeds"],
         "accuracy [95% CI]": [_ci(a, lo, hi) for a, lo, hi in zip(df["accuracy"], df["ci_low"], df["ci_high"], strict=True)],
+        "seed sd": df["seed_sd"].map(lambda v: "" if not np.isfinite(v) else f"{v:.3f}"),
         "of real-data student": df["relative_to_real"].map("{:.1%}".format),
         "vs hard labels [95% CI]": [_ci(d, lo, hi) if b else "" for d, lo, hi, b in
                                     zip(df["difference"], df["diff_ci_low"], df["diff_ci_high"], df["baseline"], strict=True)],
-        "p (McNemar)": [f"{p:.2g}" if b else "" for p, b in zip(df["p_value"], df["baseline"], strict=True)],
+        "p": [f"{p:.2g}" if b else "" for p, b in zip(df["p_value"], df["baseline"], strict=True)],
     })
 
 
@@ -89,13 +93,55 @@ def dmkd_headline(df: pd.DataFrame) -> list[str]:
     lines = []
     kd = df[(df["objective"] == "kd") & (df["baseline"] != "") & ~df["run"].str.contains("_f[0-9]+_", regex=True)]
     for r in kd.itertuples():
-        lines.append(f"**{r.run}** (DM-KD, {r.n_train} synthetic images): real-test accuracy {_ci(r.accuracy, r.ci_low, r.ci_high)}, "
-                     f"{r.relative_to_real:.1%} of the student trained on real images; against hard labels on the same "
-                     f"images ({r.baseline}) {r.difference:+.3g} [{r.diff_ci_low:+.3g}, {r.diff_ci_high:+.3g}] (McNemar p = {r.p_value:.2g}).")
+        seeds = f"mean of {r.n_seeds} seeds; CI over seeds and test images" if r.n_seeds > 1 else "one seed; CI over test images"
+        test = "bootstrap" if r.n_seeds > 1 else "McNemar"
+        lines.append(f"**{r.run}** (DM-KD, {r.n_train} synthetic images): real-test accuracy {_ci(r.accuracy, r.ci_low, r.ci_high)} "
+                     f"({seeds}), {r.relative_to_real:.1%} of the student trained on real images; "
+                     f"against hard labels on the same images ({r.baseline}) {r.difference:+.3g} "
+                     f"[{r.diff_ci_low:+.3g}, {r.diff_ci_high:+.3g}] ({test} p = {r.p_value:.2g}).")
     return lines
 
 
-FORMATTERS = {"classifier_kd": format_classifier_kd, "summary": format_summary, "improvement": format_improvement, "distribution": format_distribution,
+def format_size_study(df: pd.DataFrame) -> pd.DataFrame:
+    def num(v, fmt="{:.4g}"):
+        return fmt.format(v) if np.isfinite(v) else "n/a"
+
+    return pd.DataFrame({
+        "model": df["model"], "width": df["factor"].map("x{:g}".format), "parameters": df["params"].map("{:,}".format),
+        "MSE to teacher": [_ci(m, lo, hi) if name != "teacher" else "0" for name, m, lo, hi in
+                           zip(df["model"], df["mse_teacher"], df["mse_teacher_ci_low"], df["mse_teacher_ci_high"], strict=True)],
+        "task MSE": df["mse_noise"].map(num), "final latent drift": df["trajectory_final"].map(num),
+        "ms / step": df["latency_per_step_ms"].map(num), "ms / image": df["latency_per_image_ms"].map(num),
+        "peak MiB": df["peak_memory_mib"].map(num),
+        "FID [95% CI]": [_ci(v, lo, hi, 4) for v, lo, hi in zip(df["fid"], df["fid_ci_low"], df["fid_ci_high"], strict=True)],
+        "frontier": np.where(df["on_frontier"], "yes", ""),
+    })
+
+
+def format_timestep_mse(df: pd.DataFrame) -> pd.DataFrame:
+    vs = df[df["target"] == "teacher"]
+    order = vs.drop_duplicates("model").sort_values("factor")["model"]
+    out = vs.pivot(index="model", columns="bucket", values="mse").loc[list(order)]
+    edges = vs.drop_duplicates("bucket").set_index("bucket").sort_index()
+    out.columns = [f"t {lo}-{hi}" for lo, hi in zip(edges["t_low"], edges["t_high"], strict=True)]
+    return out.map("{:.4g}".format).reset_index()
+
+
+def size_headline(df: pd.DataFrame, meta: dict) -> list[str]:
+    """Width against error and against latency: Spearman rank correlations over the students."""
+    s = df[df["model"] != "teacher"].sort_values("factor")
+    if s.empty:
+        return []
+    rho_e, p_e = meta.get("spearman_width_vs_mse_teacher", np.nan), meta.get("spearman_width_vs_mse_teacher_p", np.nan)
+    rho_l, p_l = meta.get("spearman_width_vs_latency", np.nan), meta.get("spearman_width_vs_latency_p", np.nan)
+    errors = ", ".join(f"x{r.factor:g} {r.mse_teacher:.3g}" for r in s.itertuples())
+    latency = ", ".join(f"x{r.factor:g} {r.latency_per_image_ms:.4g} ms" for r in s.itertuples())
+    return [f"**Model size** ({len(s)} width students): noise-prediction MSE to the teacher {errors} "
+            f"(Spearman rank correlation of width with error {rho_e:+.2f}, p = {p_e:.2g}); latency per image {latency} "
+            f"(Spearman width vs latency {rho_l:+.2f}, p = {p_l:.2g})."]
+
+
+FORMATTERS = {"classifier_kd": format_classifier_kd, "size_study": format_size_study, "timestep_mse": format_timestep_mse, "summary": format_summary, "improvement": format_improvement, "distribution": format_distribution,
               "attribute_accuracy": format_attributes, "efficiency": format_efficiency}
 
 
@@ -140,6 +186,7 @@ def write_paper(tables: dict[str, str | os.PathLike], figures: dict[str, str | o
     lines = [f"# Knowledge distillation study: `{config.get('experiment')}`", "",
              "Every number below is read from the Parquet tables in `metrics/`; every figure is in PNG and PDF.", ""]
     heads = headline(loaded["improvement"]) if "improvement" in loaded and not loaded["improvement"].empty else []
+    heads += size_headline(loaded["size_study"], read_metadata(tables["size_study"])) if "size_study" in loaded else []
     heads += dmkd_headline(loaded["classifier_kd"]) if "classifier_kd" in loaded else []
     if heads:
         lines += ["## Headline", ""] + [f"- {s}" for s in heads] + [""]

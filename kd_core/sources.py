@@ -12,7 +12,7 @@ from kd_core.errors import KDError
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: Sources built by the workflow: name -> (rule family, output folder under results/<experiment>/models/)
 BUILT = {"toy:teacher": "toy_teacher", "toy:student": "toy_student", "tiny:sd": "tiny_sd", "tiny:sdxl": "tiny_sdxl",
-         "tiny:clip": "tiny_clip"}
+         "tiny:clip": "tiny_clip", "ddpm:teacher": "ddpm_teacher"}
 
 
 def is_built(source: str) -> bool:
@@ -29,7 +29,7 @@ def is_local(source: str) -> bool:
 
 def check_source(source: str, key: str) -> None:
     """One-line error when ``source`` is neither a built model, an existing path nor a hub id."""
-    if source.startswith(("toy:", "tiny:")) and not is_built(source):
+    if source.startswith(("toy:", "tiny:", "ddpm:")) and not is_built(source):
         raise KDError(f"config key '{key}' is {source!r}; built models are: {', '.join(BUILT)}")
     if is_local(source) and not os.path.exists(os.path.expanduser(source)):
         raise KDError(f"config key '{key}': local path {source!r} does not exist "

@@ -1,7 +1,8 @@
 # DM-KD: a classifier teacher trained on real images teaches randomly initialised students only on
 # images the diffusion teacher generates from class prompts (one set per guidance scale); the
 # baselines are a student on the real images and students on the synthetic images with hard
-# labels. Every classifier is scored on the real test split (metrics/classifier_kd.parquet).
+# labels. Every student run is trained once per seed (classifier_kd.seeds); every classifier is scored
+# on the real test split, and the summary pools the seeds (metrics/classifier_kd.parquet).
 
 
 rule dmkd_prompts:
@@ -86,10 +87,9 @@ rule dmkd_student:
     params:
         real=dmkd_real(),
         data=dmkd_data,
-        run=dmkd_run_settings,
+        run=dmkd_job,
         dmkd=DMKD_STUDENT,
         grammar=config["prompts"]["grammar"],
-        seed=config["seed"],
         code=code_hash("kd_core.train.dmkd"),
     log:
         f"{OUT}/logs/dmkd_student_{{dmkd_run}}.log",
@@ -108,11 +108,12 @@ rule dmkd_student:
 rule dmkd_summary:
     input:
         teacher=rules.dmkd_teacher.output.predictions,
-        runs=expand(f"{OUT}/metrics/dmkd/{{dmkd_run}}.parquet", dmkd_run=DMKD_RUNS),
+        runs=expand(f"{OUT}/metrics/dmkd/{{dmkd_run}}.parquet", dmkd_run=DMKD_JOBS),
     output:
         f"{OUT}/metrics/classifier_kd.parquet",
     params:
         runs=DMKD_RUNS,
+        jobs=DMKD_JOBS,
         bootstrap=METRICS["bootstrap"],
         seed=config["seed"],
         code=code_hash("kd_core.metrics.classifier"),

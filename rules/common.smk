@@ -7,6 +7,7 @@ from kd_core.errors import KDError
 from kd_core.experiment import validate_experiment
 from kd_core.provenance import code_hash
 from kd_core.shards import shard_names
+from kd_core.train.size_kd import student_name
 from kd_core.sources import BUILT, is_built, local_path
 
 try:
@@ -21,7 +22,11 @@ OUT = f"results/{config['experiment']}"
 LORA = config["lora"]["enabled"]
 BK = config["block_kd"]
 BK_MODELS = (BK["levels"] + ([f"{lv}_nofeat" for lv in BK["levels"]] if BK["ablate_features"] else [])) if BK["enabled"] else []
-MODELS = list(config["models"]) + (["lora_student"] if LORA else []) + BK_MODELS
+SIZE = config["size_study"]
+# width students of the model-size study: model name -> width factor (w0p25 -> 0.25)
+SIZE_FACTORS = {student_name(f): f for f in sorted(SIZE["factors"])} if SIZE["enabled"] else {}
+SIZE_MODELS = list(SIZE_FACTORS)
+MODELS = list(config["models"]) + (["lora_student"] if LORA else []) + BK_MODELS + SIZE_MODELS
 STUDENTS = [m for m in MODELS if m != "teacher"]
 WORLD = config["world"]["enabled"]
 METRICS = config["metrics"]
@@ -64,6 +69,8 @@ def dmkd_runs():
 
 
 DMKD_RUNS = dmkd_runs()
+# every student run is trained once per seed: job name <run>_s<seed> (models/dmkd_<run>_s<seed>/)
+DMKD_JOBS = {f"{run}_s{seed}": (run, seed) for run in DMKD_RUNS for seed in DMKD["seeds"]}
 
 
 wildcard_constraints:
@@ -71,8 +78,9 @@ wildcard_constraints:
     split="train|eval|filler",
     kind="sd|sdxl|clip",
     bk="|".join(BK_MODELS) or "block_kd_off",
+    ws="|".join(SIZE_MODELS) or "size_study_off",
     dmkd_set="|".join(DMKD_SETS) or "dmkd_off",
-    dmkd_run="|".join(DMKD_RUNS) or "dmkd_off",
+    dmkd_run="|".join(DMKD_JOBS) or "dmkd_off",
     shard=r"\d+-of-\d+",
 
 
@@ -83,8 +91,8 @@ def model_dir(source):
 
 def model_entry(name):
     """A model's config; the LoRA student is its base student with the trained adapter; a
-    block-distilled student is sampled like the teacher."""
-    if name in BK_MODELS:
+    block-distilled or width student is sampled like the teacher (eval prompts)."""
+    if name in BK_MODELS or name in SIZE_MODELS:
         teacher = config["models"]["teacher"]
         return {"source": f"{OUT}/models/{name}", "splits": ["eval"], "generation": teacher["generation"]}
     if name == "lora_student":
@@ -217,7 +225,54 @@ def loss_tables(wildcards):
     if LORA:
         tables["LoRA"] = f"{OUT}/train/lora/loss.parquet"
     tables.update({f"BK-SDM {m}": f"{OUT}/train/{m}/loss.parquet" for m in BK_MODELS})
+    tables.update({f"width {m}": f"{OUT}/train/{m}/loss.parquet" for m in SIZE_MODELS})
     return tables
+
+
+def ddpm_data():
+    """The image folder of the pixel DDPM teacher (absolute or relative to the working directory)."""
+    return local_path(config["ddpm_teacher"]["data"]) if config["ddpm_teacher"]["data"] else None
+
+
+def size_train_input(wildcards):
+    inputs = {"teacher": built_input(config["models"]["teacher"]["source"])}
+    if SIZE["data"] == "teacher":
+        inputs["data"] = f"{OUT}/images/teacher/manifest.parquet"
+    return inputs
+
+
+def size_data(wildcards):
+    return f"{OUT}/images/teacher/manifest.parquet" if SIZE["data"] == "teacher" else local_path(SIZE["data"])
+
+
+def size_factor(wildcards):
+    return SIZE_FACTORS[wildcards.ws]
+
+
+def size_student_dirs():
+    return {m: f"{OUT}/models/{m}" for m in SIZE_MODELS}
+
+
+def size_analysis_input(wildcards):
+    """The teacher, every width student, and the teacher's eval images (timestep MSE) or eval prompts."""
+    return {"teacher": built_input(config["models"]["teacher"]["source"]), "students": list(size_student_dirs().values()),
+            "eval": f"{OUT}/images/teacher/manifest.parquet", "prompts": f"{OUT}/prompts/eval.parquet"}
+
+
+def size_summary_input(wildcards):
+    inputs = {"timestep": f"{OUT}/metrics/timestep_mse.parquet", "trajectory": f"{OUT}/metrics/trajectory.parquet"}
+    if EFFICIENCY:
+        inputs["efficiency"] = f"{OUT}/metrics/efficiency.parquet"
+    if EXTRACTOR != "none":
+        inputs["distribution"] = f"{OUT}/metrics/distribution.parquet"
+    return inputs
+
+
+def size_figures():
+    if not SIZE_MODELS:
+        return []
+    return [f"{OUT}/figures/size_{f}.{ext}" for f in ("heatmap", "trajectory", "denoising", "cost", "quality")
+            for ext in ("png", "pdf")]
 
 
 def dmkd_real():
@@ -229,16 +284,22 @@ def dmkd_real_input(wildcards):
     return [] if DMKD["real"] else [f"{OUT}/data/world/data.parquet"]
 
 
+def dmkd_job(wildcards):
+    """The settings of a DM-KD student job: its run's (data, share, objective, ...) and its seed."""
+    run, seed = DMKD_JOBS[wildcards.dmkd_run]
+    return {**DMKD_RUNS[run], "run": run, "seed": seed}
+
+
 def dmkd_data(wildcards):
     """Where a DM-KD run's training images come from: 'real', a manifest or a folder."""
-    data = DMKD_RUNS[wildcards.dmkd_run]["data"]
+    data = dmkd_job(wildcards)["data"]
     if data == "real":
         return "real"
     return local_path(DMKD["synthetic"]["folder"]) if data == "folder" else f"{OUT}/dmkd/synthetic/{data}/manifest.parquet"
 
 
 def dmkd_student_input(wildcards):
-    run = DMKD_RUNS[wildcards.dmkd_run]
+    run = dmkd_job(wildcards)
     inputs = {"real": dmkd_real_input(wildcards)}
     if run["data"] not in ("real", "folder"):
         inputs["synthetic"] = f"{OUT}/dmkd/synthetic/{run['data']}/manifest.parquet"
@@ -255,17 +316,17 @@ DMKD_TEACHER = {k: v for k, v in DMKD.items() if k not in _STUDENT_ONLY}
 DMKD_STUDENT = {k: v for k, v in DMKD.items() if k not in ("synthetic", "teacher", "teacher_train", "teacher_robustness")}
 
 
-def dmkd_run_settings(wildcards):
-    return DMKD_RUNS[wildcards.dmkd_run]
-
-
 def dmkd_generation(wildcards):
     return {**DMKD["synthetic"]["generation"], "guidance_scale": DMKD_SETS[wildcards.dmkd_set]}
 
 
 def dmkd_loss_tables(wildcards):
-    runs = ["teacher", *DMKD_RUNS]
-    return {r: f"{OUT}/train/dmkd_{r}/loss.parquet" for r in runs} if DMKD["enabled"] else {}
+    """Training curves to plot: the teacher's and every run's at the first seed."""
+    if not DMKD["enabled"]:
+        return {}
+    first = DMKD["seeds"][0]
+    return {"teacher": f"{OUT}/train/dmkd_teacher/loss.parquet"} | {
+        r: f"{OUT}/train/dmkd_{r}_s{first}/loss.parquet" for r in DMKD_RUNS}
 
 
 def dmkd_figures():
@@ -282,7 +343,7 @@ def figure_targets():
     figs += ["attribute_accuracy"] if WORLD else []
     figs += ["efficiency"] if EFFICIENCY else []
     figs += ["loss_curves"] if loss_tables(None) else []
-    return [f"{OUT}/figures/{f}.{ext}" for f in figs for ext in ("png", "pdf")] + dmkd_figures()
+    return [f"{OUT}/figures/{f}.{ext}" for f in figs for ext in ("png", "pdf")] + size_figures() + dmkd_figures()
 
 
 def comparison_targets():
@@ -302,6 +363,11 @@ FIGURE_TITLES = {
     "loss_curves": "Training losses",
     "dmkd_accuracy": "DM-KD: real-test accuracy of classifiers taught on synthetic images",
     "dmkd_curves": "DM-KD: training loss and accuracy per epoch",
+    "size_heatmap": "Model size: noise-prediction error to the teacher per timestep",
+    "size_trajectory": "Model size: sampling-trajectory divergence from the teacher",
+    "size_denoising": "Model size: predicted x0 along the sampling path",
+    "size_cost": "Model size: latency and memory against parameters",
+    "size_quality": "Model size: FID and error against size and cost, efficiency frontier",
 }
 
 
@@ -320,12 +386,13 @@ def metric_tables():
     if not IMAGES:
         return {"classifier_kd": f"{OUT}/metrics/classifier_kd.parquet"} if DMKD["enabled"] else {}
     tables = ["pairwise", "summary"]
-    tables += ["improvement"] if len(STUDENTS) > 1 else []
+    tables += ["improvement"] if "base_student" in STUDENTS and len(STUDENTS) > 1 else []
     tables += ["distribution"] if EXTRACTOR != "none" else []
     tables += ["alignment"] if CLIP else []
     tables += ["efficiency"] if EFFICIENCY else []
     tables += ["attribute_accuracy"] if WORLD else []
     tables += ["classifier_kd"] if DMKD["enabled"] else []
+    tables += ["size_study", "timestep_mse"] if SIZE_MODELS else []
     return {t: f"{OUT}/metrics/{t}.parquet" for t in tables}
 
 

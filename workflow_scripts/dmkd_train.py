@@ -11,6 +11,6 @@ with job(snakemake.log[0], snakemake.threads, gpus=snakemake.resources.gpu) as l
         train_teacher(data, paths, run_config(p.dmkd, "teacher", p.seed, "ce"))
     else:
         run = p.run
-        train_student(data, p.data, paths, run_config(p.dmkd, "student", p.seed, run["objective"]),
+        train_student(data, p.data, paths, run_config(p.dmkd, "student", run["seed"], run["objective"]),
                       snakemake.input.get("teacher"), run["fraction"], name=f"dmkd {snakemake.wildcards.dmkd_run}")
     log.info("real-test accuracy written to %s", out.predictions)

@@ -21,7 +21,8 @@ def _errorbar(ax, x, df: pd.DataFrame, colour: str, label: str) -> None:
 
 
 def accuracy_figure(table: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> None:
-    """Panels: every run's real-test accuracy (bars, 95% CI); against guidance; against set size."""
+    """Panels: every run's real-test accuracy (bars: mean over seeds, 95% CI; dots: each seed);
+    against guidance; against set size."""
     df = table if isinstance(table, pd.DataFrame) else pd.read_parquet(table)
     if df.empty:
         raise KDError("no DM-KD runs to plot")
@@ -40,12 +41,15 @@ def accuracy_figure(table: pd.DataFrame | str | os.PathLike, out_png: str | os.P
         y = np.arange(len(full))
         ax.barh(y, full["accuracy"], color=colours, alpha=0.85,
                 xerr=[full["accuracy"] - full["ci_low"], full["ci_high"] - full["accuracy"]], capsize=3)
+        for yi, seeds in zip(y, full["seed_accuracies"], strict=True):
+            if len(seeds) > 1:  # one dot per training seed
+                ax.scatter(seeds, np.full(len(seeds), yi), s=9, color="black", zorder=3, lw=0)
         ax.set_yticks(y, full["run"])
         ax.invert_yaxis()
         lo = max(0.0, float(full["ci_low"].min()) - 0.05)
         ax.set_xlim(lo, 1.0)
         ax.set_xlabel("accuracy on the real test split")
-        ax.set_title("Real-test accuracy (95% CI)")
+        ax.set_title("Real-test accuracy (95% CI" + (", dots: seeds)" if full["n_seeds"].max() > 1 else ")"))
         for name in panels[1:]:
             ax = axes[panels.index(name)]
             for obj, (label, colour) in OBJECTIVE.items():

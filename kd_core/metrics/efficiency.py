@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from kd_core.generate import GenerationConfig
 from kd_core.io import write_parquet
-from kd_core.models.loading import load_pipeline, model_default_size
+from kd_core.models.loading import is_conditional, load_pipeline, model_default_size
 from kd_core.seeding import resolve_device, resolve_dtype
 
 EFFICIENCY_SCHEMA = pa.schema([
@@ -108,13 +108,19 @@ def time_pipeline(pipe, device: torch.device, prompt: str, steps: int, guidance:
         return kwargs
 
     gen = torch.Generator("cpu").manual_seed(seed)
+    conditional = is_conditional(pipe)
     _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        pipe(prompt=[prompt] * batch, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-             generator=gen, callback_on_step_end=on_step_end, output_type="pil")
+        if conditional:
+            pipe(prompt=[prompt] * batch, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                 generator=gen, callback_on_step_end=on_step_end, output_type="pil")
+        else:  # a pixel DDPM: no step callback; its step time is the loop's time over the steps
+            pipe(batch_size=batch, num_inference_steps=steps, generator=gen, output_type="pil")
     _sync(device)
     total = time.perf_counter() - t0
+    if not conditional:
+        return total, [total / steps] * steps
     return total, [b - a for a, b in zip(marks, marks[1:], strict=False)]
 
 

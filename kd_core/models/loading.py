@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -13,10 +15,12 @@ from diffusers import (
     EulerDiscreteScheduler,
     LCMScheduler,
     PNDMScheduler,
+    UNet2DConditionModel,
     UniPCMultistepScheduler,
 )
 
 from kd_core.errors import KDError
+from kd_core.models.width import unet_class
 from kd_core.sources import check_source, local_path
 
 SCHEDULERS = {
@@ -31,11 +35,11 @@ SCHEDULERS = {
 }
 def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant: str | None = None,
                   vae: str | None = None, scheduler: str = "default", lora: str | None = None) -> DiffusionPipeline:
-    """``DiffusionPipeline.from_pretrained`` for SD 1.x, SDXL, sd-turbo...; weights from safetensors only.
+    """``DiffusionPipeline.from_pretrained`` for SD 1.x, SDXL, sd-turbo, pixel DDPMs...; weights from safetensors only.
 
     ``vae`` replaces the pipeline's VAE (e.g. an fp16-safe SDXL VAE); without one, SDXL's VAE in
     fp16 is upcast by diffusers when its config sets ``force_upcast``. ``scheduler`` swaps the
-    sampler while keeping the model's noise schedule; x0 clipping is always off (latent space).
+    sampler while keeping the model's noise schedule; x0 clipping is off for latent pipelines.
     ``lora`` is a folder written by ``save_lora_weights`` (a LoRA-tuned student).
     """
     check_source(source, "model")
@@ -58,8 +62,8 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
         if scheduler not in SCHEDULERS:
             raise KDError(f"unknown scheduler {scheduler!r}; known: default, {', '.join(SCHEDULERS)}")
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
-    if "clip_sample" in pipe.scheduler.config and pipe.scheduler.config.clip_sample:
-        pipe.scheduler.register_to_config(clip_sample=False)
+    if is_latent(pipe) and "clip_sample" in pipe.scheduler.config and pipe.scheduler.config.clip_sample:
+        pipe.scheduler.register_to_config(clip_sample=False)  # pixel DDPMs keep it: x0 in [-1, 1] is right for pixels
     if lora:
         check_source(lora, "lora adapter")
         pipe.load_lora_weights(local_path(lora))
@@ -70,7 +74,29 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     return pipe.to(device)
 
 
+def is_latent(pipe: DiffusionPipeline) -> bool:
+    """A latent pipeline (SD-style: a VAE) rather than a pixel-space DDPM (``DDPMPipeline``)."""
+    return getattr(pipe, "vae", None) is not None
+
+
+def is_conditional(pipe: DiffusionPipeline) -> bool:
+    """Text-conditioned (a text encoder) rather than unconditional."""
+    return getattr(pipe, "text_encoder", None) is not None or getattr(pipe, "text_encoder_2", None) is not None
+
+
 def model_default_size(pipe: DiffusionPipeline) -> int:
+    if not is_latent(pipe):
+        return int(pipe.unet.config.sample_size)
     scale = getattr(pipe, "vae_scale_factor", 8)
     return int(pipe.unet.config.sample_size * scale)
 
+
+
+def load_unet(source: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The denoiser U-Net of a pipeline folder (its ``unet/``) or of a U-Net folder, safetensors only;
+    ``UNet2DConditionModel`` or ``UNet2DModel`` as its config says."""
+    check_source(source, "model")
+    path = local_path(source)
+    sub = "unet" if (Path(path) / "unet" / "config.json").is_file() else None
+    config = UNet2DConditionModel.load_config(path, subfolder=sub)
+    return unet_class(config).from_pretrained(path, subfolder=sub, dtype=dtype, use_safetensors=True).to(device)

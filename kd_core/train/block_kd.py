@@ -18,23 +18,13 @@ as a pipeline folder that ``DiffusionPipeline.from_pretrained`` loads.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from diffusers import DDPMScheduler
-
-from kd_core.errors import KDError
-from kd_core.io import atomic_dir, write_json
-from kd_core.models.bk_sdm import build_student, count_parameters, feature_map
-from kd_core.models.loading import load_pipeline, model_default_size
-from kd_core.seeding import resolve_device
-from kd_core.sources import fingerprint
-from kd_core.train.data import DataConfig, encode_pairs, load_pairs
-from kd_core.train.loop import TrainConfig, Trainer, TrainResult
+from kd_core.models.bk_sdm import build_student, feature_map
+from kd_core.train.data import DataConfig
+from kd_core.train.distill import distill_unet
+from kd_core.train.loop import TrainConfig, TrainResult
 
 
 @dataclass(frozen=True)
@@ -49,131 +39,9 @@ class BlockKDConfig:
     teacher_dtype: str = "auto"  # auto: fp16 on GPU, fp32 on CPU
 
 
-class FeatureHooks:
-    """Forward hooks that keep the outputs of named submodules (the first element of a tuple)."""
-
-    def __init__(self, model: torch.nn.Module, names: list[str]):
-        self.outputs: dict[str, torch.Tensor] = {}
-        self._handles = []
-        for name in names:
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                raise KDError(f"feature KD: the model has no module {name!r}") from None
-            self._handles.append(module.register_forward_hook(self._keep(name)))
-
-    def _keep(self, name: str):
-        def hook(_module, _inputs, output):
-            self.outputs[name] = output[0] if isinstance(output, tuple) else output
-
-        return hook
-
-    def pop(self) -> dict[str, torch.Tensor]:
-        out, self.outputs = self.outputs, {}
-        return out
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-def kd_terms(student_out: torch.Tensor, teacher_out: torch.Tensor, target: torch.Tensor,
-             student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor], fmap: dict[str, str],
-             cfg: BlockKDConfig) -> dict[str, torch.Tensor]:
-    """The BK-SDM loss terms, raw and weighted; ``loss`` is the weighted sum."""
-    task = F.mse_loss(student_out.float(), target.float())
-    out_kd = F.mse_loss(student_out.float(), teacher_out.float())
-    feat = [F.mse_loss(student_feats[s].float(), teacher_feats[t].float()) for t, s in fmap.items()]
-    feat_kd = torch.stack(feat).sum() if feat else torch.zeros((), device=task.device)
-    w_feat = cfg.w_feat if cfg.feature_kd else 0.0
-    terms = {"task": task, "out_kd": out_kd, "feat_kd": feat_kd, "task_weighted": cfg.w_task * task,
-             "out_kd_weighted": cfg.w_out * out_kd, "feat_kd_weighted": w_feat * feat_kd}
-    terms["loss"] = terms["task_weighted"] + terms["out_kd_weighted"] + terms["feat_kd_weighted"]
-    return terms
-
-
-def save_student_pipeline(pipe, student: torch.nn.Module, out_dir: str | Path, metadata: dict) -> None:
-    """The teacher pipeline with the student U-Net, as a ``save_pretrained`` folder (atomically)."""
-    teacher_unet = pipe.unet
-    pipe.unet = student
-    try:
-        with atomic_dir(out_dir) as tmp:
-            pipe.save_pretrained(tmp, safe_serialization=True)
-            write_json(tmp / "block_kd.json", metadata)
-    finally:
-        pipe.unet = teacher_unet
-
-
 def train_block_kd(teacher: str, data: DataConfig, out_dir: str | Path, run_dir: str | Path, cfg: BlockKDConfig,
                    train: TrainConfig) -> TrainResult:
     """Distil the U-Net of ``teacher`` (hub id or folder) into its ``cfg.level`` student on ``data``."""
-    run_dir = Path(run_dir)
-    device = resolve_device(train.device)
-    pipe = load_pipeline(teacher, device, torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise KDError("BK-SDM students are defined for SD 1.x-style U-Nets; the teacher has SDXL's two text encoders")
-    size = cfg.resolution or model_default_size(pipe)
-    pairs = load_pairs(data)
-    cache = encode_pairs(pipe, pairs, size, run_dir / "cache.safetensors")
-    t_unet = pipe.unet.eval().requires_grad_(False)
-    student = build_student(t_unet, cfg.level).to(device).train()
-    half = cfg.teacher_dtype == "fp16" or (cfg.teacher_dtype == "auto" and device.type == "cuda")
-    if half:
-        t_unet.to(torch.float16)
-    fmap = feature_map(t_unet, student, cfg.level)
-    t_hooks, s_hooks = FeatureHooks(t_unet, list(fmap)), FeatureHooks(student, list(fmap.values()))
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
-
-    n = len(pairs)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(train.seed))
-    n_val = min(n - 1, max(1, round(cfg.val_fraction * n))) if cfg.val_fraction > 0 and n > 1 else 0
-    val_ids, train_ids = order[:n_val], order[n_val:]
-    mean, std, pidx, emb = cache["latent_mean"], cache["latent_std"], cache["prompt_index"], cache["prompt_embeds"]
-    model: dict[str, torch.nn.Module] = {"student": student}  # the prepared (possibly DDP-wrapped) student, set below
-
-    def terms(ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        z0 = mean[ids] + std[ids] * torch.randn(mean[ids].shape, generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(ids),), generator=gen)
-        noisy = sched.add_noise(z0, noise, t).to(device)
-        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
-        cond, t = emb[pidx[ids]].to(device), t.to(device)
-        with torch.no_grad():
-            t_out = t_unet(noisy.to(t_unet.dtype), t, encoder_hidden_states=cond.to(t_unet.dtype)).sample
-        t_feats = t_hooks.pop()
-        s_out = model["student"](noisy, t, encoder_hidden_states=cond).sample
-        return kd_terms(s_out, t_out, target.to(device), s_hooks.pop(), t_feats, fmap, cfg)
-
-    val_seed = train.seed + 12_345
-
-    def val_fn() -> dict[str, float]:
-        sums: dict[str, float] = {}
-        chunks = range(0, len(val_ids), 16)
-        for i in chunks:
-            for k, v in terms(val_ids[i : i + 16], torch.Generator().manual_seed(val_seed + i)).items():
-                sums[k] = sums.get(k, 0.0) + float(v) / len(chunks)
-        return sums
-
-    key = hashlib.sha256(json.dumps({"teacher": teacher, "data": asdict(data), "kd": asdict(cfg), "size": size,
-                                     "files": list(pairs["image"]),
-                                     # contents, not only names: retrained models or remade images restart the run
-                                     "weights": fingerprint(teacher), "data_key": bytes(cache["key"].tolist()).decode()},
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    trainer = Trainer(student, lambda idx, gen: terms(train_ids[idx], gen), len(train_ids), run_dir, train,
-                      val_fn=val_fn if n_val else None, name=cfg.level, run_key=key)
-    model["student"] = trainer.model
-    try:
-        result = trainer.fit()
-    finally:
-        t_hooks.remove()
-        s_hooks.remove()
-    student = trainer.accelerator.unwrap_model(trainer.model).eval()
-    if half:
-        t_unet.to(torch.float32)
-    if trainer.accelerator.is_main_process:
-        save_student_pipeline(pipe, student, out_dir, {
-            "teacher": teacher, "block_kd": asdict(cfg), "train": asdict(train), "data": asdict(data), "resolution": size,
-            "feature_map": fmap, "params_teacher": count_parameters(t_unet), "params_student": count_parameters(student),
-            "steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early})
-    return result
+    return distill_unet(teacher, data, out_dir, run_dir, cfg, train, lambda t_unet: build_student(t_unet, cfg.level),
+                        lambda t_unet, student: feature_map(t_unet, student, cfg.level), name=cfg.level,
+                        info_file="block_kd.json", info={"block_kd": asdict(cfg)})

@@ -114,7 +114,8 @@ def _to_tensor(path: str, size: int) -> torch.Tensor:
 @torch.no_grad()
 def encode_pairs(pipe, pairs: pd.DataFrame, size: int, cache: str | Path, encode_text: bool = True,
                  batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """Latent mean/std (scaled) per image and text embeddings per unique prompt, cached in ``cache``.
+    """Latent mean/std (scaled) per image and text embeddings per unique prompt, cached in ``cache``
+    (a pixel-space pipeline without a VAE: the images in [-1, 1] as the mean, std 0, no text).
 
     The cache is keyed by the image files' names, sizes and mtimes, the prompts, the size and the
     model, so a changed dataset is encoded again and an unchanged one never is.
@@ -128,6 +129,13 @@ def encode_pairs(pipe, pairs: pd.DataFrame, size: int, cache: str | Path, encode
         data = load_file(str(cache))
         if data.get("key") is not None and bytes(data["key"].tolist()).decode() == key:
             return data
+    if getattr(pipe, "vae", None) is None:  # a pixel-space model: the "latents" are the images, std 0, no text
+        x = torch.stack([_to_tensor(p, size) for p in tqdm(pairs["image"], desc="read images", mininterval=2)])
+        data = {"latent_mean": x, "latent_std": torch.zeros_like(x), "prompt_index": torch.zeros(len(x), dtype=torch.long),
+                "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}
+        with atomic_path(cache, suffix=".safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in data.items()}, str(tmp))
+        return data
     vae = pipe.vae
     scale = vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None) or 0.0

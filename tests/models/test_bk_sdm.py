@@ -12,7 +12,7 @@ from kd_core.models.bk_sdm import (
     student_config,
     weight_map,
 )
-from kd_core.train.block_kd import FeatureHooks
+from kd_core.train.distill import FeatureHooks
 
 SD15 = SD15_UNET_CONFIG
 PUBLISHED = {"teacher": 859.5e6, "bk_base": 579.4e6, "bk_small": 482.3e6, "bk_tiny": 323.4e6}

@@ -14,8 +14,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from kd_core.models.bk_sdm import LEVELS
-from kd_core.train.block_kd import BlockKDConfig, kd_terms, train_block_kd
+from kd_core.train.block_kd import BlockKDConfig, train_block_kd
 from kd_core.train.data import DataConfig
+from kd_core.train.distill import kd_terms
 from kd_core.train.loop import TrainConfig, complete_checkpoints
 
 
@@ -66,15 +67,15 @@ def test_train_save_and_load_every_level(tiny_sd15, teacher_images, tmp_path, le
 
 SCRIPT = textwrap.dedent("""
     import sys, time, torch
-    from kd_core.train import block_kd
+    from kd_core.train import block_kd, distill
     from kd_core.train.data import DataConfig
     from kd_core.train.loop import TrainConfig
     delay = float(sys.argv[4])
-    terms = block_kd.kd_terms
+    terms = distill.kd_terms
     def slow(*a, **k):
         time.sleep(delay)
         return terms(*a, **k)
-    block_kd.kd_terms = slow
+    distill.kd_terms = slow
     block_kd.train_block_kd(sys.argv[1], DataConfig(source=sys.argv[2]), sys.argv[3] + "/model", sys.argv[3] + "/run",
                             block_kd.BlockKDConfig(level="bk_small", val_fraction=0.25),
                             TrainConfig(max_steps=6, batch_size=2, device="cpu", checkpoint_every=2, lr=1e-3))

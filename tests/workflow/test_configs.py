@@ -39,10 +39,32 @@ def test_dmkd_cifar10_config_dry_run(tmp_path):
     cfg = tmp_path / "dmkd_cifar10.yaml"
     cfg.write_text(text.replace("real: data/cifar10", f"real: {tmp_path / 'cifar10'}"))
     jobs = planned_jobs(ROOT, "--configfile", str(cfg))
-    assert jobs == {"dmkd_prompts": 1, "dmkd_generate": 3, "dmkd_teacher": 1, "dmkd_student": 11, "dmkd_summary": 1,
+    assert jobs == {"dmkd_prompts": 1, "dmkd_generate": 3, "dmkd_teacher": 1, "dmkd_student": 33, "dmkd_summary": 1,
                     "figure_dmkd": 1, "paper": 1, "all": 1}
     out = run(ROOT, "-n", "--configfile", str(cfg)).stdout
     assert "results/dmkd_cifar10/dmkd/synthetic/g7p5/manifest.parquet" in out and "gpu=1" in out
+
+
+def test_size_study_cifar10_config_dry_run(tmp_path):
+    """The CIFAR-10 size study: a pixel DDPM teacher from the folder, 4 width students, their analyses."""
+    for split in ("train", "test"):
+        (tmp_path / "cifar10" / split / "cat").mkdir(parents=True)
+    text = (ROOT / "config" / "experiments" / "size_study_cifar10.yaml").read_text()
+    cfg = tmp_path / "size_study_cifar10.yaml"
+    cfg.write_text(text.replace("data/cifar10", str(tmp_path / "cifar10")))
+    jobs = planned_jobs(ROOT, "--configfile", str(cfg))
+    assert jobs == {"prompts": 1, "train_ddpm": 1, "generate": 5, "train_width_student": 4, "timestep_mse": 1,
+                    "trajectory": 1, "size_summary": 1, "figure_size": 1, "pairwise": 4, "pairwise_gather": 1,
+                    "distribution": 1, "efficiency": 1, "summary": 1, "figure_metrics": 1, "figure_distribution": 1,
+                    "figure_efficiency": 1, "figure_loss": 1, "comparison_models": 1, "paper": 1, "all": 1}
+    out = run(ROOT, "-n", "--configfile", str(cfg), "--printshellcmds").stdout
+    assert "results/size_study_cifar10/models/ddpm_teacher" in out and "results/size_study_cifar10/models/w0p25" in out
+    assert "gpu=1" in out
+    missing = cfg.with_name("missing.yaml")
+    missing.write_text(text.replace("data/cifar10/train", "/nonexistent/cifar10/train"))
+    bad = run(ROOT, "-n", "--configfile", str(missing), check=False)
+    assert bad.returncode != 0
+    assert "config error: config key 'ddpm_teacher.data': local path '/nonexistent/cifar10/train' does not exist" in bad.stderr
 
 
 def test_tiny_config_dry_run_builds_tiny_models():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from kd_core.generate import MANIFEST_SCHEMA
@@ -16,13 +18,15 @@ from kd_core.metrics.distribution import DISTRIBUTION_SCHEMA
 from kd_core.metrics.efficiency import EFFICIENCY_SCHEMA
 from kd_core.metrics.pairwise import METRICS, PAIRWISE_SCHEMA
 from kd_core.metrics.stats import IMPROVEMENT_SCHEMA, SUMMARY_SCHEMA
+from kd_core.metrics.timestep import TIMESTEP_SCHEMA
 from kd_core.prompts import PROMPT_SCHEMA
 
 from .conftest import planned_jobs, run
 
 SMOKE = ("--configfile", "config/smoke.yaml")
 BK = ("bk_small", "bk_small_nofeat")  # block-distilled students of config/smoke.yaml (the second without feature KD)
-MODELS = ("teacher", "base_student", "lora_student", *BK)
+WIDTH = ("w0p5", "w1")  # width students of the model-size study (factors 0.5, 1.0)
+MODELS = ("teacher", "base_student", "lora_student", *BK, *WIDTH)
 
 
 def test_smoke_outputs_exist_and_match_schemas(smoke_repo):
@@ -49,12 +53,13 @@ def test_smoke_outputs_exist_and_match_schemas(smoke_repo):
         assert list(man["file"]) == list(student.loc[student["split"] == "eval", "file"])
         assert (out / "models" / bk / "unet" / "config.json").is_file()
     imp = pd.read_parquet(out / "metrics" / "improvement.parquet")
-    assert set(imp["model"]) == {"lora_student", *BK} and {"mse", "ssim", "accuracy_shape", "accuracy_colour"} <= set(imp["metric"])
+    assert set(imp["model"]) == {"lora_student", *BK, *WIDTH} and {"mse", "ssim", "accuracy_shape", "accuracy_colour"} <= set(imp["metric"])
     assert (imp["ci_low"] <= imp["difference"]).all() and (imp["difference"] <= imp["ci_high"]).all()
     for rule in ("prompts", "world_data", "world_classifier", "toy_pretrain", "generate_teacher", "attribute_summary",
                  "train_lora", "pairwise_lora_student", "improvement", "distribution", "efficiency", "summary", "paper",
                  "figure_metrics", "comparison_grid_teacher", "train_block_kd_bk_small", "generate_bk_small",
-                 "dmkd_prompts", "dmkd_generate_g2", "dmkd_teacher", "dmkd_student_g2_kd", "dmkd_summary", "figure_dmkd"):
+                 "train_width_student_w0p5", "timestep_mse", "trajectory", "size_summary", "figure_size",
+                 "dmkd_prompts", "dmkd_generate_g2", "dmkd_teacher", "dmkd_student_g2_kd_s0", "dmkd_student_g2_kd_s1", "dmkd_summary", "figure_dmkd"):
         assert (out / "benchmarks" / f"{rule}.tsv").is_file() and (out / "logs" / f"{rule}.log").is_file()
 
 
@@ -68,15 +73,41 @@ def test_smoke_dmkd_study(smoke_repo):
     assert pq.read_schema(out / "metrics" / "classifier_kd.parquet").names == CLASSIFIER_SCHEMA.names
     assert list(table["run"]) == ["teacher", "real_ce", "g2_kd", "g2_ce", "g2_f50_kd", "g2_f50_ce"]
     assert set(table["n_test"]) == {32} and table["accuracy"].between(0, 1).all()
+    # two training seeds per student run (the teacher is trained once); the row is their mean
+    assert table["n_seeds"].tolist() == [1] + [2] * 5
+    for name in table["run"][1:]:
+        seeds = [pd.read_parquet(out / "metrics" / "dmkd" / f"{name}_s{s}.parquet")["correct"].mean() for s in (0, 1)]
+        assert table.set_index("run").loc[name, "accuracy"] == pytest.approx(np.mean(seeds))
     kd = table.set_index("run").loc["g2_kd"]
     assert kd["baseline"] == "g2_ce" and kd["n_train"] == 24 and kd["diff_ci_low"] <= kd["difference"] <= kd["diff_ci_high"]
     assert table.set_index("run").loc["g2_f50_kd", "n_train"] == 12
     teacher = out / "models" / "dmkd_teacher"
     assert (teacher / "model.safetensors").is_file() and "ResNetForImageClassification" in (teacher / "config.json").read_text()
-    loss = pd.read_parquet(out / "train" / "dmkd_g2_kd" / "loss.parquet")
+    loss = pd.read_parquet(out / "train" / "dmkd_g2_kd_s0" / "loss.parquet")
     assert {"output_kd", "task_ce"} <= set(loss["term"]) and set(loss["split"]) == {"train", "val", "test"}
     paper = (out / "paper" / "summary.md").read_text()
     assert "**g2_kd** (DM-KD, 24 synthetic images)" in paper and "](../figures/dmkd_accuracy.png)" in paper
+
+
+def test_smoke_size_study(smoke_repo):
+    out = smoke_repo / "results" / "smoke"
+    teacher_unet = json.loads((out / "models" / "toy_teacher" / "unet" / "config.json").read_text())
+    half = json.loads((out / "models" / "w0p5" / "unet" / "config.json").read_text())
+    assert half["block_out_channels"] == [c // 2 for c in teacher_unet["block_out_channels"]]
+    assert json.loads((out / "models" / "w0p5" / "size_kd.json").read_text())["size_kd"]["factor"] == 0.5
+    ts = pd.read_parquet(out / "metrics" / "timestep_mse.parquet")
+    assert pq.read_schema(out / "metrics" / "timestep_mse.parquet").names == TIMESTEP_SCHEMA.names
+    assert set(ts["model"]) == {"teacher", *WIDTH} and set(ts["bucket"]) == {0, 1, 2} and set(ts["n"]) == {4}
+    assert (ts.loc[ts["target"] == "teacher", "mse"] > 0).all()
+    traj = pd.read_parquet(out / "metrics" / "trajectory.parquet")
+    assert set(traj["model"]) == set(WIDTH) and set(traj["step"]) == {0, 1, 2} and set(traj["quantity"]) == {"latent", "x0"}
+    size = pd.read_parquet(out / "metrics" / "size_study.parquet").set_index("model")
+    assert list(size.index) == ["teacher", *WIDTH] and list(size["factor"]) == [1.0, 0.5, 1.0]
+    assert size.loc["w1", "params"] == size.loc["teacher", "params"] > size.loc["w0p5", "params"]
+    assert (size["latency_per_image_ms"] > 0).all() and size["fid"].notna().all()
+    paper = (out / "paper" / "summary.md").read_text()
+    assert "**Model size** (2 width students)" in paper and "](../figures/size_heatmap.png)" in paper
+    assert planned_jobs(smoke_repo, "size_study", *SMOKE) == {}  # the named target: all done
 
 
 def test_smoke_evaluation_tables_figures_and_paper(smoke_repo):
@@ -89,7 +120,7 @@ def test_smoke_evaluation_tables_figures_and_paper(smoke_repo):
     # 4 eval + 3 filler images per student, every metric
     # (block-distilled students: 4 eval images)
     assert pw.groupby("model").size().to_dict() == {"base_student": 7 * len(METRICS), "lora_student": 7 * len(METRICS),
-                                                    **{bk: 4 * len(METRICS) for bk in BK}}
+                                                    **{m: 4 * len(METRICS) for m in (*BK, *WIDTH)}}
     summary = pd.read_parquet(out / "metrics" / "summary.parquet")
     assert {"ssim", "mse", "accuracy_all", "colour_similarity"} <= set(summary["metric"])
     dist = pd.read_parquet(out / "metrics" / "distribution.parquet")
@@ -101,9 +132,11 @@ def test_smoke_evaluation_tables_figures_and_paper(smoke_repo):
     params = eff[eff["metric"] == "params_denoiser"].set_index("model")["value"]
     assert params["teacher"] > params["base_student"] == params["lora_student"]  # LoRA fused into the weights
     assert params["teacher"] > params["bk_small"] == params["bk_small_nofeat"]  # blocks removed
+    assert params["teacher"] == params["w1"] > params["w0p5"]  # the x1 student has the teacher's architecture
     for folder, names in (("figures", ["metric_bars", "radar", "distributions", "distribution_metrics",
                                        "attribute_accuracy", "efficiency", "loss_curves", "dmkd_accuracy",
-                                       "dmkd_curves"]),
+                                       "dmkd_curves", "size_heatmap", "size_trajectory", "size_denoising",
+                                       "size_cost", "size_quality"]),
                           ("comparisons", ["side_by_side", "difference_maps", "grid_teacher", "grid_base_student",
                                            "grid_lora_student"])):
         for name in names:
@@ -139,12 +172,15 @@ def test_generation_parameter_reruns_generation_and_downstream_only(smoke_repo):
                                    "generation: {steps: 4, guidance_scale: 4.0, scheduler: ddim, batch_size: 4, device: cpu}\n  base_student"))
     # the teacher's images change, so do the LoRA and block-distilled students trained on them; the base student's do not
     assert planned_jobs(smoke_repo, "--configfile", str(changed)) == {
-        **IMAGES, "generate": 4, "attribute_accuracy": 4, "comparison_grid": 2, "pairwise": 4, "train_lora": 1,
-        "train_block_kd": 2, "figure_loss": 1, "efficiency": 1}
+        **IMAGES, "generate": 6, "attribute_accuracy": 6, "comparison_grid": 2, "pairwise": 6, "train_lora": 1,
+        "train_block_kd": 2, "figure_loss": 1, "efficiency": 1, **SIZE}
 
+
+# The model-size study's jobs after its students are retrained
+SIZE = {"train_width_student": 2, "timestep_mse": 1, "trajectory": 1, "size_summary": 1, "figure_size": 1}
 
 # DM-KD jobs downstream of new synthetic images: the students trained on them, the table, its figure
-DMKD_SYNTHETIC = {"dmkd_generate": 1, "dmkd_student": 4, "dmkd_summary": 1, "figure_dmkd": 1}
+DMKD_SYNTHETIC = {"dmkd_generate": 1, "dmkd_student": 8, "dmkd_summary": 1, "figure_dmkd": 1}
 
 
 def _planned_after_edit(repo, module: str) -> dict[str, int]:
@@ -160,23 +196,26 @@ def _planned_after_edit(repo, module: str) -> dict[str, int]:
 
 def test_editing_a_module_reruns_only_its_rules(smoke_repo):
     assert _planned_after_edit(smoke_repo, "world/classifier.py") == {
-        **STATS, "world_classifier": 1, "attribute_accuracy": 5, "attribute_summary": 1, "figure_attributes": 1,
-        "distribution": 1, "figure_distribution": 1}
+        **STATS, "world_classifier": 1, "attribute_accuracy": 7, "attribute_summary": 1, "figure_attributes": 1,
+        "distribution": 1, "figure_distribution": 1, "size_summary": 1, "figure_size": 1}
     assert _planned_after_edit(smoke_repo, "generate.py") == {
-        **IMAGES, "generate": 5, "attribute_accuracy": 5, "comparison_grid": 3, "pairwise": 4, "train_lora": 1,
-        "train_block_kd": 2, "figure_loss": 1, "efficiency": 1, **DMKD_SYNTHETIC}
+        **IMAGES, "generate": 7, "attribute_accuracy": 7, "comparison_grid": 3, "pairwise": 6, "train_lora": 1,
+        "train_block_kd": 2, "figure_loss": 1, "efficiency": 1, **SIZE, **DMKD_SYNTHETIC}
     assert _planned_after_edit(smoke_repo, "train/lora.py") == {
         **IMAGES, "train_lora": 1, "generate": 1, "attribute_accuracy": 1, "comparison_grid": 1, "pairwise": 1,
-        "figure_loss": 1, "efficiency": 1}
+        "figure_loss": 1, "efficiency": 1, "size_summary": 1, "figure_size": 1}
     # one metric's code: that metric and what reads its table, nothing upstream, no other metric
     assert _planned_after_edit(smoke_repo, "train/block_kd.py") == {
         **IMAGES, "train_block_kd": 2, "generate": 2, "attribute_accuracy": 2, "pairwise": 2, "figure_loss": 1,
-        "efficiency": 1}
-    assert _planned_after_edit(smoke_repo, "metrics/pairwise.py") == {**STATS, "pairwise": 4, "pairwise_gather": 1}
+        "efficiency": 1, "size_summary": 1, "figure_size": 1}
+    assert _planned_after_edit(smoke_repo, "metrics/pairwise.py") == {**STATS, "pairwise": 6, "pairwise_gather": 1}
+    # the width students' training: they, their images and the size analyses
+    assert _planned_after_edit(smoke_repo, "train/size_kd.py") == {
+        **IMAGES, **SIZE, "generate": 2, "attribute_accuracy": 2, "pairwise": 2, "figure_loss": 1, "efficiency": 1}
     assert _planned_after_edit(smoke_repo, "report.py") == {"paper": 1, "all": 1}
     # the classifier study's training code: its teacher and students, nothing of the image studies
     assert _planned_after_edit(smoke_repo, "train/classifier_kd.py") == {
-        "dmkd_teacher": 1, "dmkd_student": 5, "dmkd_summary": 1, "figure_dmkd": 1, "paper": 1, "all": 1}
+        "dmkd_teacher": 1, "dmkd_student": 10, "dmkd_summary": 1, "figure_dmkd": 1, "paper": 1, "all": 1}
     assert planned_jobs(smoke_repo, *SMOKE) == {}
 
 

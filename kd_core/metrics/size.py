@@ -1,0 +1,89 @@
+"""The model-size study's summary: one row per model (teacher and width students) joining size,
+error against the teacher, trajectory drift, cost and distribution quality, plus Spearman rank
+correlations of width with error and with latency (the study's two headline trends)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy.stats import spearmanr
+
+from kd_core.io import write_parquet
+
+SIZE_SCHEMA = pa.schema([
+    ("model", pa.string()), ("factor", pa.float64()), ("params", pa.int64()), ("mse_teacher", pa.float64()),
+    ("mse_teacher_ci_low", pa.float64()), ("mse_teacher_ci_high", pa.float64()), ("mse_noise", pa.float64()),
+    ("trajectory_final", pa.float64()), ("latency_per_step_ms", pa.float64()), ("latency_per_image_ms", pa.float64()),
+    ("peak_memory_mib", pa.float64()), ("fid", pa.float64()), ("fid_ci_low", pa.float64()), ("fid_ci_high", pa.float64()),
+    ("kid", pa.float64()), ("fid_per_mparam", pa.float64()), ("fid_per_second", pa.float64()), ("on_frontier", pa.bool_()),
+])
+
+
+def _spearman(x, y) -> tuple[float, float]:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
+        return float("nan"), float("nan")
+    r = spearmanr(x[keep], y[keep])
+    return float(r.statistic), float(r.pvalue)
+
+
+def pareto_front(cost: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """True where no other point is at most as costly and at most as bad, and better in one (lower is better)."""
+    cost, error = np.asarray(cost, float), np.asarray(error, float)
+    front = np.isfinite(cost) & np.isfinite(error)
+    for i in np.flatnonzero(front):
+        dominated = (cost <= cost[i]) & (error <= error[i]) & ((cost < cost[i]) | (error < error[i]))
+        front[i] = not dominated.any()
+    return front
+
+
+def size_summary(timestep: str | Path, trajectory: str | Path, efficiency: str | Path | None, distribution: str | Path | None,
+                 factors: dict[str, float], out_path: str | Path | None = None, reference: str = "real") -> pd.DataFrame:
+    """Join the size study's tables (FID/KID against ``reference`` images, eval split)."""
+    ts = pd.read_parquet(timestep)
+    models = ["teacher", *sorted(factors, key=factors.get)]
+    rows = []
+    for m in models:
+        t = ts[ts["model"] == m]
+        vs = t[t["target"] == "teacher"]
+        row = {"model": m, "factor": 1.0 if m == "teacher" else factors[m],
+               "params": int(t["params"].iloc[0]) if len(t) else -1,
+               "mse_teacher": vs["mse"].mean() if len(vs) else 0.0,
+               "mse_teacher_ci_low": vs["ci_low"].mean() if len(vs) else 0.0,
+               "mse_teacher_ci_high": vs["ci_high"].mean() if len(vs) else 0.0,
+               "mse_noise": t.loc[t["target"] == "noise", "mse"].mean()}
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    tr = pd.read_parquet(trajectory)
+    final = tr[(tr["quantity"] == "latent") & (tr["step"] == tr["step"].max())].set_index("model")["distance"]
+    out["trajectory_final"] = [0.0 if m == "teacher" else float(final.get(m, np.nan)) for m in out["model"]]
+    eff = pd.read_parquet(efficiency).pivot_table(index="model", columns="metric", values="value") if efficiency else pd.DataFrame()
+    for col, metric in (("latency_per_step_ms", "latency_per_step"), ("latency_per_image_ms", "latency_per_image"),
+                        ("peak_memory_mib", "peak_memory")):
+        out[col] = [float(eff.loc[m, metric]) if m in eff.index and metric in eff.columns else np.nan for m in out["model"]]
+    dist = pd.read_parquet(distribution) if distribution else pd.DataFrame(columns=["model", "reference", "split", "metric"])
+    dist = dist[(dist["reference"] == reference) & (dist["split"] == "eval")]
+    for metric in ("fid", "kid"):
+        d = dist[dist["metric"] == metric].set_index("model")
+        out[metric] = [float(d.loc[m, "value"]) if m in d.index else np.nan for m in out["model"]]
+        if metric == "fid":
+            out["fid_ci_low"] = [float(d.loc[m, "ci_low"]) if m in d.index else np.nan for m in out["model"]]
+            out["fid_ci_high"] = [float(d.loc[m, "ci_high"]) if m in d.index else np.nan for m in out["model"]]
+    out["fid_per_mparam"] = out["fid"] * out["params"] / 1e6  # lower is better: quality bought per million parameters
+    out["fid_per_second"] = out["fid"] * out["latency_per_image_ms"] / 1e3
+    out["on_frontier"] = pareto_front(out["latency_per_image_ms"].to_numpy(), out["fid"].to_numpy())
+    students = out[out["model"] != "teacher"]
+    rho_err = _spearman(students["factor"], students["mse_teacher"])
+    rho_lat = _spearman(students["factor"], students["latency_per_image_ms"])
+    meta = {"spearman_width_vs_mse_teacher": rho_err[0], "spearman_width_vs_mse_teacher_p": rho_err[1],
+            "spearman_width_vs_latency": rho_lat[0], "spearman_width_vs_latency_p": rho_lat[1],
+            "fid_reference": reference, "mse_teacher": "mean over timestep buckets of the per-bucket mean MSE"}
+    out = out[SIZE_SCHEMA.names]
+    if out_path is not None:
+        write_parquet(out, out_path, SIZE_SCHEMA, "metrics/size_study", meta)
+    out.attrs.update(meta)
+    return out

@@ -1,0 +1,47 @@
+"""Width-factor students of the model-size study, distilled from one teacher U-Net.
+
+A student is the teacher's U-Net with every stage's width scaled by ``factor``
+(:func:`kd_core.models.width.build_width_student`, random init) and learns on noised latents of
+the training images with
+
+    loss = w_task * MSE(student noise, true noise) + w_out * MSE(student output, teacher output)
+
+(task loss + output-level KD, as the size-analysis toolkit distils its students; widths differ
+from the teacher's, so there is no feature-level term). The loop, caching, checkpoints, resume and
+the saved pipeline folder are those of :func:`kd_core.train.distill.distill_unet`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kd_core.models.width import build_width_student
+from kd_core.train.data import DataConfig
+from kd_core.train.distill import distill_unet
+from kd_core.train.loop import TrainConfig, TrainResult
+
+
+@dataclass(frozen=True)
+class SizeKDConfig:
+    factor: float = 0.5
+    w_task: float = 1.0
+    w_out: float = 1.0
+    resolution: int | None = None  # training size in px; None: the teacher's native size
+    val_fraction: float = 0.1
+    teacher_dtype: str = "auto"  # auto: fp16 on GPU, fp32 on CPU
+    w_feat: float = 0.0  # no feature-level KD between different widths
+    feature_kd: bool = False
+
+
+def student_name(factor: float) -> str:
+    """``w0p25`` for factor 0.25: the model name of a width student (results/<exp>/models/<name>/)."""
+    return "w" + f"{factor:g}".replace(".", "p")
+
+
+def train_width_student(teacher: str, data: DataConfig, out_dir: str | Path, run_dir: str | Path, cfg: SizeKDConfig,
+                        train: TrainConfig) -> TrainResult:
+    """Distil the U-Net of ``teacher`` into its ``cfg.factor``-wide student on ``data``; save a pipeline folder."""
+    return distill_unet(teacher, data, out_dir, run_dir, cfg, train,
+                        lambda t_unet: build_width_student(t_unet, cfg.factor, train.seed),
+                        name=f"width {cfg.factor:g}", info_file="size_kd.json", info={"size_kd": asdict(cfg)})

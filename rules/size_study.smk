@@ -1,0 +1,176 @@
+# Model-size study: a pixel DDPM teacher trained from scratch when the teacher is 'ddpm:teacher'
+# (train_ddpm); the teacher's U-Net distilled into students of several width factors (task +
+# output-KD loss), each a model w<factor> sampled and evaluated like every other model (rule
+# generate, metrics, efficiency); then the size analyses, each a named target writing Parquet
+# and its figures: timestep_mse (size x timestep heatmap), trajectory (divergence and denoising
+# grid), size_summary (cost and quality against size, the efficiency frontier). All of it: the
+# target size_study.
+
+
+localrules:
+    figure_size,
+    size_study,
+
+
+rule train_ddpm:
+    output:
+        model=directory(f"{OUT}/models/ddpm_teacher"),
+        loss=f"{OUT}/train/ddpm_teacher/loss.parquet",
+    params:
+        data=ddpm_data(),
+        ddpm=config["ddpm_teacher"],
+        seed=config["seed"],
+        code=code_hash("kd_core.train.ddpm"),
+    log:
+        f"{OUT}/logs/train_ddpm.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_ddpm.tsv"
+    threads: 8
+    resources:
+        mem_mb=32000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/train_ddpm.py"
+
+
+rule train_width_student:
+    input:
+        unpack(size_train_input),
+    output:
+        model=directory(f"{OUT}/models/{{ws}}"),
+        loss=f"{OUT}/train/{{ws}}/loss.parquet",
+    params:
+        teacher=teacher_source,
+        data=size_data,
+        size=SIZE,
+        factor=size_factor,
+        seed=config["seed"],
+        code=code_hash("kd_core.train.size_kd"),
+    log:
+        f"{OUT}/logs/train_width_student_{{ws}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_width_student_{{ws}}.tsv"
+    threads: 8
+    resources:
+        mem_mb=32000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/train_width_student.py"
+
+
+rule timestep_mse:
+    input:
+        unpack(size_analysis_input),
+    output:
+        f"{OUT}/metrics/timestep_mse.parquet",
+    params:
+        teacher=teacher_source,
+        students=size_student_dirs(),
+        factors=SIZE_FACTORS,
+        settings=SIZE["timestep_mse"],
+        bootstrap=METRICS["bootstrap"],
+        seed=config["seed"],
+        code=code_hash("kd_core.metrics.timestep"),
+    log:
+        f"{OUT}/logs/timestep_mse.log",
+    benchmark:
+        f"{OUT}/benchmarks/timestep_mse.tsv"
+    threads: 8
+    resources:
+        mem_mb=16000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/timestep_mse.py"
+
+
+rule trajectory:
+    input:
+        unpack(size_analysis_input),
+    output:
+        table=f"{OUT}/metrics/trajectory.parquet",
+        images=f"{OUT}/metrics/trajectory_x0.safetensors",
+    params:
+        teacher=teacher_source,
+        students=size_student_dirs(),
+        factors=SIZE_FACTORS,
+        settings=SIZE["trajectory"],
+        bootstrap=METRICS["bootstrap"],
+        seed=config["seed"],
+        code=code_hash("kd_core.metrics.trajectory"),
+    log:
+        f"{OUT}/logs/trajectory.log",
+    benchmark:
+        f"{OUT}/benchmarks/trajectory.tsv"
+    threads: 8
+    resources:
+        mem_mb=16000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/trajectory.py"
+
+
+rule size_summary:
+    input:
+        unpack(size_summary_input),
+    output:
+        f"{OUT}/metrics/size_study.parquet",
+    params:
+        factors=SIZE_FACTORS,
+        code=code_hash("kd_core.metrics.size"),
+    log:
+        f"{OUT}/logs/size_summary.log",
+    benchmark:
+        f"{OUT}/benchmarks/size_summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/size_summary.py"
+
+
+rule figure_size:
+    input:
+        timestep=rules.timestep_mse.output[0],
+        trajectory=rules.trajectory.output.table,
+        images=rules.trajectory.output.images,
+        summary=rules.size_summary.output[0],
+    output:
+        heatmap=report(f"{OUT}/figures/size_heatmap.png", caption="../report/size_study.rst", category="Model size"),
+        heatmap_pdf=f"{OUT}/figures/size_heatmap.pdf",
+        trajectory=report(f"{OUT}/figures/size_trajectory.png", caption="../report/size_study.rst", category="Model size"),
+        trajectory_pdf=f"{OUT}/figures/size_trajectory.pdf",
+        denoising=report(f"{OUT}/figures/size_denoising.png", caption="../report/size_study.rst", category="Model size"),
+        denoising_pdf=f"{OUT}/figures/size_denoising.pdf",
+        cost=report(f"{OUT}/figures/size_cost.png", caption="../report/size_study.rst", category="Model size"),
+        cost_pdf=f"{OUT}/figures/size_cost.pdf",
+        quality=report(f"{OUT}/figures/size_quality.png", caption="../report/size_study.rst", category="Model size"),
+        quality_pdf=f"{OUT}/figures/size_quality.pdf",
+    params:
+        code=code_hash("kd_core.figures.size_study"),
+    log:
+        f"{OUT}/logs/figure_size.log",
+    benchmark:
+        f"{OUT}/benchmarks/figure_size.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/figure_size.py"
+
+
+rule size_study:
+    input:
+        size_figures(),
+        f"{OUT}/metrics/size_study.parquet",

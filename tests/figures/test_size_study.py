@@ -1,0 +1,79 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from kd_core.errors import KDError
+from kd_core.figures.size_study import (
+    cost_plot,
+    denoising_grid,
+    heatmap,
+    load_summary,
+    quality_plot,
+    trajectory_plot,
+)
+from kd_core.io import write_parquet
+from kd_core.metrics.size import SIZE_SCHEMA, pareto_front, size_summary
+from kd_core.metrics.timestep import TIMESTEP_SCHEMA
+from kd_core.metrics.trajectory import TRAJECTORY_SCHEMA
+
+FACTORS = {"w0p25": 0.25, "w0p5": 0.5, "w1": 1.0}
+PARAMS = {"teacher": 1000, "w0p25": 80, "w0p5": 260, "w1": 1000}
+
+
+def tables(tmp_path):
+    rows = []
+    for m, f in {"teacher": 1.0, **FACTORS}.items():
+        for b in range(4):
+            for target in ("noise", "teacher") if m != "teacher" else ("noise",):
+                v = (0.2 if target == "noise" else 0.1 / f) * (b + 1)
+                rows.append((m, f, PARAMS[m], b, 250 * b, 250 * b + 249, target, v, v * 0.9, v * 1.1, 16))
+    write_parquet(pd.DataFrame(rows, columns=TIMESTEP_SCHEMA.names), tmp_path / "ts.parquet", TIMESTEP_SCHEMA, "t")
+    rows = [(m, f, s, 999 - 40 * s, q, 0.01 * s / f, 0.009 * s / f, 0.011 * s / f, 4)
+            for m, f in FACTORS.items() for s in range(25) for q in ("latent", "x0")]
+    write_parquet(pd.DataFrame(rows, columns=TRAJECTORY_SCHEMA.names), tmp_path / "tr.parquet", TRAJECTORY_SCHEMA, "t")
+    eff = [{"model": m, "metric": k, "value": v, "unit": "ms"} for m in PARAMS for k, v in
+           (("latency_per_step", PARAMS[m] / 100), ("latency_per_image", PARAMS[m] / 4), ("peak_memory", PARAMS[m] * 2))]
+    pd.DataFrame(eff).to_parquet(tmp_path / "eff.parquet")
+    fid = {"teacher": 50.0, "w0p25": 120.0, "w0p5": 45.0, "w1": 60.0}
+    dist = [{"model": m, "reference": "real", "split": "eval", "metric": k, "value": v, "ci_low": v - 5, "ci_high": v + 5}
+            for m, f in fid.items() for k, v in (("fid", f), ("kid", f / 10))]
+    pd.DataFrame(dist).to_parquet(tmp_path / "dist.parquet")
+
+
+def test_pareto_front():
+    assert pareto_front(np.array([1, 2, 3, 4]), np.array([5, 3, 4, 1])).tolist() == [True, True, False, True]
+
+
+def test_size_summary_and_figures(tmp_path):
+    tables(tmp_path)
+    out = size_summary(tmp_path / "ts.parquet", tmp_path / "tr.parquet", tmp_path / "eff.parquet", tmp_path / "dist.parquet",
+                       FACTORS, tmp_path / "size.parquet").set_index("model")
+    assert list(pd.read_parquet(tmp_path / "size.parquet").columns) == SIZE_SCHEMA.names
+    assert list(out.index) == ["teacher", "w0p25", "w0p5", "w1"]
+    assert out.loc["w0p5", "mse_teacher"] == pytest.approx(np.mean([0.2 * (b + 1) for b in range(4)]))
+    assert out.loc["teacher", "mse_teacher"] == 0 and out.loc["w1", "trajectory_final"] == pytest.approx(0.24)
+    assert out.loc["w0p5", "latency_per_image_ms"] == 65 and out.loc["w0p25", "fid"] == 120
+    # frontier on (latency, FID): w0p25 fastest, w0p5 better and still cheap; teacher and w1 dominated by w0p5
+    assert out["on_frontier"].to_dict() == {"teacher": False, "w0p25": True, "w0p5": True, "w1": False}
+    summary = load_summary(tmp_path / "size.parquet")
+    assert summary.attrs["spearman_width_vs_mse_teacher"] == pytest.approx(-1.0)
+    assert summary.attrs["spearman_width_vs_latency"] == pytest.approx(1.0)
+    heatmap(tmp_path / "ts.parquet", tmp_path / "heat.png")
+    trajectory_plot(tmp_path / "tr.parquet", tmp_path / "traj.png")
+    cost_plot(summary, tmp_path / "cost.png")
+    quality_plot(summary, tmp_path / "quality.png")
+    x0 = {m: torch.randint(0, 255, (3, 2, 3, 16, 16), dtype=torch.uint8) for m in ("teacher", *FACTORS)}
+    save_file(x0, tmp_path / "x0.safetensors", metadata={"models": ",".join(x0), "steps": "0,5,9",
+                                                         "timesteps": "999,500,1", "prompts": "a\nb"})
+    denoising_grid(tmp_path / "x0.safetensors", tmp_path / "grid.png")
+    for name in ("heat", "traj", "cost", "quality", "grid"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000 and (tmp_path / f"{name}.pdf").is_file()
+
+
+def test_heatmap_needs_students(tmp_path):
+    tables(tmp_path)
+    teacher_only = pd.read_parquet(tmp_path / "ts.parquet").query("model == 'teacher'")
+    with pytest.raises(KDError, match="no width students"):
+        heatmap(teacher_only, tmp_path / "x.png")

@@ -1,0 +1,48 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from kd_core.train.data import DataConfig
+from kd_core.train.loop import TrainConfig
+from kd_core.train.size_kd import SizeKDConfig, student_name, train_width_student
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rows = []
+    for i in range(6):
+        Image.fromarray(torch.randint(0, 255, (64, 64, 3), dtype=torch.uint8,
+                                      generator=torch.Generator().manual_seed(i)).numpy()).save(folder / f"{i}.png")
+        rows.append({"file": f"{i}.png", "prompt": f"a small red circle number {i % 3}", "split": "train"})
+    pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
+    return folder / "manifest.parquet"
+
+
+def test_student_names():
+    assert [student_name(f) for f in (0.25, 0.5, 1.0, 0.01)] == ["w0p25", "w0p5", "w1", "w0p01"]
+
+
+def test_width_student_trains_saves_and_samples(tiny_sd15, images, tmp_path):
+    teacher_cfg = json.loads((tiny_sd15 / "unet" / "config.json").read_text())
+    result = train_width_student(str(tiny_sd15), DataConfig(source=str(images)), tmp_path / "model", tmp_path / "run",
+                                 SizeKDConfig(factor=0.5, val_fraction=0.34),
+                                 TrainConfig(max_steps=2, batch_size=2, device="cpu", checkpoint_every=1, lr=1e-3))
+    assert result.steps == 2
+    loss = pd.read_parquet(tmp_path / "run" / "loss.parquet")
+    assert {"task", "out_kd", "loss"} <= set(loss["term"]) and "val" in set(loss["split"])
+    last = loss[(loss["split"] == "train") & (loss["step"] == 2)].set_index("term")["value"]
+    assert last["loss"] == pytest.approx(last["task"] + last["out_kd"], rel=1e-5)  # no feature term
+    unet_cfg = json.loads((tmp_path / "model" / "unet" / "config.json").read_text())
+    assert unet_cfg["block_out_channels"] == [c // 2 for c in teacher_cfg["block_out_channels"]]
+    assert unet_cfg["layers_per_block"] == teacher_cfg["layers_per_block"]
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "model")
+    image = pipe("a small red circle", num_inference_steps=2, height=64, width=64,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+    meta = json.loads((tmp_path / "model" / "size_kd.json").read_text())
+    assert meta["size_kd"]["factor"] == 0.5 and meta["params_student"] < meta["params_teacher"] / 2

@@ -1,0 +1,65 @@
+"""The model-size study on a pixel-space DDPM teacher (DDPMPipeline): width students distilled
+unconditionally, sampled, timed, and analysed like the latent ones."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler
+from PIL import Image
+from safetensors import safe_open
+
+from kd_core.generate import GenerationConfig, generate_images
+from kd_core.metrics.efficiency import EfficiencyConfig, measure_model
+from kd_core.metrics.timestep import TimestepConfig, timestep_mse
+from kd_core.metrics.trajectory import TrajectoryConfig, trajectories
+from kd_core.train.data import DataConfig
+from kd_core.train.ddpm import DDPMConfig, build_pixel_unet
+from kd_core.train.loop import TrainConfig
+from kd_core.train.size_kd import SizeKDConfig, train_width_student
+
+
+@pytest.fixture(scope="module")
+def pixel_teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pixel")
+    torch.manual_seed(0)
+    unet = build_pixel_unet(DDPMConfig(image_size=16, channels=(16, 32), attention=(False, True), layers_per_block=1,
+                                       norm_num_groups=8))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100, clip_sample=True)).save_pretrained(
+        root / "teacher", safe_serialization=True)
+    rows = []
+    for i in range(6):
+        Image.fromarray(torch.randint(0, 255, (16, 16, 3), dtype=torch.uint8,
+                                      generator=torch.Generator().manual_seed(i)).numpy()).save(root / f"{i}.png")
+        rows.append({"file": f"{i}.png", "prompt": "", "split": "train" if i < 4 else "eval", "seed": i,
+                     "prompt_id": f"p{i}", "negative_prompt": ""})
+    pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
+    return root
+
+
+def test_pixel_width_student_and_analyses(pixel_teacher, tmp_path):
+    teacher, manifest = str(pixel_teacher / "teacher"), str(pixel_teacher / "manifest.parquet")
+    train_width_student(teacher, DataConfig(source=manifest), tmp_path / "w0p5", tmp_path / "run", SizeKDConfig(factor=0.5, val_fraction=0.25),
+                        TrainConfig(max_steps=2, batch_size=2, device="cpu", checkpoint_every=1, lr=1e-3))
+    student = DDPMPipeline.from_pretrained(tmp_path / "w0p5")
+    assert type(student).__name__ == "DDPMPipeline" and list(student.unet.config.block_out_channels) == [8, 16]
+    assert student.scheduler.config.clip_sample  # pixels keep x0 clipping
+    assert json.loads((tmp_path / "w0p5" / "size_kd.json").read_text())["params_student"] > 0
+    # sampled from a prompt table: the prompts are ignored, the seeds fix the images
+    prompts = pd.read_parquet(manifest)
+    man = generate_images(str(tmp_path / "w0p5"), prompts, tmp_path / "images", GenerationConfig(steps=3, batch_size=4, device="cpu"),
+                          "w0p5")
+    assert len(man) == 6 and Image.open(tmp_path / "images" / man["file"].iloc[0]).size == (16, 16)
+    eff = pd.DataFrame(measure_model("w0p5", str(tmp_path / "w0p5"), GenerationConfig(steps=3, device="cpu"),
+                                     EfficiencyConfig(warmup=0, repeats=2, batch_size=2))).set_index("metric")["value"]
+    assert eff["latency_per_step"] > 0 and eff["latency_per_image"] >= eff["latency_per_step"] * 3 * 0.99
+    students, factors = {"w0p5": str(tmp_path / "w0p5")}, {"w0p5": 0.5}
+    ts = timestep_mse(teacher, students, factors, DataConfig(source=manifest, split="eval"), None,
+                      TimestepConfig(buckets=2, batch_size=2, device="cpu"), n_boot=100)
+    assert set(ts["model"]) == {"teacher", "w0p5"} and (ts.loc[ts["target"] == "teacher", "mse"] > 0).all()
+    tr = trajectories(teacher, students, factors, prompts, None, tmp_path / "x0.safetensors",
+                      TrajectoryConfig(n_prompts=2, steps=3, grid_steps=2, device="cpu"), n_boot=100)
+    assert set(tr["step"]) == {0, 1, 2} and (tr["distance"] > 0).all()
+    with safe_open(tmp_path / "x0.safetensors", "pt") as f:
+        assert f.get_tensor("w0p5").shape == (2, 2, 3, 16, 16)  # the pixel x0 itself, no VAE
