@@ -45,3 +45,23 @@ def tiny_sd15(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny_sd15"
     build_tiny_sd(out, sd15_layout=True)
     return out
+
+
+def random_image_manifest(folder: Path, n: int, size: int = 64, split: str = "train", prompt: str = "a small red circle number {i3}",
+                          first_split: int | None = None) -> Path:
+    """``n`` seeded random RGB PNGs with prompts, listed as a generation manifest (``manifest.parquet``).
+
+    ``prompt`` may use ``{i}`` and ``{i3}`` (i mod 3); with ``first_split`` the first that many rows
+    are ``split`` and the rest ``eval``.
+    """
+    import pandas as pd
+    from PIL import Image
+
+    rows = []
+    for i in range(n):
+        Image.fromarray(torch.randint(0, 255, (size, size, 3), dtype=torch.uint8,
+                                      generator=torch.Generator().manual_seed(i)).numpy()).save(folder / f"{i}.png")
+        rows.append({"file": f"{i}.png", "prompt": prompt.format(i=i, i3=i % 3), "prompt_id": f"p{i}", "seed": i,
+                     "negative_prompt": "", "split": split if first_split is None or i < first_split else "eval"})
+    pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
+    return folder / "manifest.parquet"

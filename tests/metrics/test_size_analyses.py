@@ -3,7 +3,6 @@
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 
 from kd_core.errors import KDError
@@ -18,6 +17,8 @@ from kd_core.models.loading import load_pipeline
 from kd_core.models.width import build_width_student
 from kd_core.train.data import DataConfig
 from kd_core.train.distill import save_student_pipeline
+
+from ..conftest import random_image_manifest
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +36,7 @@ def students(tiny_sd15, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("eval_images")
-    rows = []
-    for i in range(5):
-        Image.fromarray(torch.randint(0, 255, (64, 64, 3), dtype=torch.uint8,
-                                      generator=torch.Generator().manual_seed(i)).numpy()).save(folder / f"{i}.png")
-        rows.append({"file": f"{i}.png", "prompt": f"a red circle {i}", "split": "eval", "seed": i})
-    pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
-    return folder / "manifest.parquet"
+    return random_image_manifest(tmp_path_factory.mktemp("eval_images"), 5, split="eval", prompt="a red circle {i}")
 
 
 def test_bucket_edges():
@@ -67,7 +61,7 @@ def test_timestep_mse_table(tiny_sd15, students, images, tmp_path):
 
 
 def test_trajectories_and_denoising_images(tiny_sd15, students, images, tmp_path):
-    prompts = pd.read_parquet(images).assign(prompt_id=lambda d: d["file"], negative_prompt="")
+    prompts = pd.read_parquet(images)
     cfg = TrajectoryConfig(n_prompts=3, steps=4, guidance_scale=3.0, grid_steps=3, device="cpu")
     table = trajectories(str(tiny_sd15), students, {"w0p5": 0.5, "w1": 1.0, "same": 1.0}, prompts,
                          tmp_path / "traj.parquet", tmp_path / "x0.safetensors", cfg, n_boot=200)

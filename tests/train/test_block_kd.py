@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import DiffusionPipeline
-from PIL import Image
 from safetensors.torch import load_file
 
 from kd_core.models.bk_sdm import LEVELS
@@ -19,18 +18,13 @@ from kd_core.train.data import DataConfig
 from kd_core.train.distill import kd_terms
 from kd_core.train.loop import TrainConfig, complete_checkpoints
 
+from ..conftest import random_image_manifest
+
 
 @pytest.fixture(scope="module")
 def teacher_images(tmp_path_factory):
     """Eight 64 px images with prompts, as a generation manifest."""
-    folder = tmp_path_factory.mktemp("teacher_images")
-    rows = []
-    for i in range(8):
-        Image.fromarray(torch.randint(0, 255, (64, 64, 3), dtype=torch.uint8,
-                                      generator=torch.Generator().manual_seed(i)).numpy()).save(folder / f"{i}.png")
-        rows.append({"file": f"{i}.png", "prompt": f"a small red circle number {i % 3}", "split": "train"})
-    pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
-    return folder / "manifest.parquet"
+    return random_image_manifest(tmp_path_factory.mktemp("teacher_images"), 8)
 
 
 def test_kd_terms_raw_and_weighted():

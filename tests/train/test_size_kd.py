@@ -4,23 +4,17 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import DiffusionPipeline
-from PIL import Image
 
 from kd_core.train.data import DataConfig
 from kd_core.train.loop import TrainConfig
 from kd_core.train.size_kd import SizeKDConfig, student_name, train_width_student
 
+from ..conftest import random_image_manifest
+
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rows = []
-    for i in range(6):
-        Image.fromarray(torch.randint(0, 255, (64, 64, 3), dtype=torch.uint8,
-                                      generator=torch.Generator().manual_seed(i)).numpy()).save(folder / f"{i}.png")
-        rows.append({"file": f"{i}.png", "prompt": f"a small red circle number {i % 3}", "split": "train"})
-    pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
-    return folder / "manifest.parquet"
+    return random_image_manifest(tmp_path_factory.mktemp("images"), 6)
 
 
 def test_student_names():

@@ -19,6 +19,8 @@ from kd_core.train.ddpm import DDPMConfig, build_pixel_unet
 from kd_core.train.loop import TrainConfig
 from kd_core.train.size_kd import SizeKDConfig, train_width_student
 
+from ..conftest import random_image_manifest
+
 
 @pytest.fixture(scope="module")
 def pixel_teacher(tmp_path_factory):
@@ -28,13 +30,7 @@ def pixel_teacher(tmp_path_factory):
                                        norm_num_groups=8))
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100, clip_sample=True)).save_pretrained(
         root / "teacher", safe_serialization=True)
-    rows = []
-    for i in range(6):
-        Image.fromarray(torch.randint(0, 255, (16, 16, 3), dtype=torch.uint8,
-                                      generator=torch.Generator().manual_seed(i)).numpy()).save(root / f"{i}.png")
-        rows.append({"file": f"{i}.png", "prompt": "", "split": "train" if i < 4 else "eval", "seed": i,
-                     "prompt_id": f"p{i}", "negative_prompt": ""})
-    pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
+    random_image_manifest(root, 6, size=16, prompt="", first_split=4)
     return root
 
 
