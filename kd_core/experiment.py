@@ -55,6 +55,7 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
                 check_source(cfg["ddpm_teacher"]["data"], "ddpm_teacher.data")
             except KDError as exc:
                 raise ConfigError(str(exc)) from None
+            _check_ddpm_model(cfg["ddpm_teacher"]["model"])
         if "filler" in model["splits"] and p["n_filler"] == 0:
             raise ConfigError(f"config key 'models.{name}.splits' asks for filler images but 'prompts.n_filler' is 0")
     lora = cfg["lora"]
@@ -86,6 +87,26 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
     _check_metrics(cfg)
     _check_classifier_kd(cfg, main)
     return cfg
+
+
+def _check_ddpm_model(m: dict[str, Any]) -> None:
+    """The pixel DDPM's U-Net can be built: one attention flag per stage, widths the group norm and
+    the attention heads divide, an image size every down-sampling halves evenly."""
+    ch, groups, head = m["channels"], m["norm_num_groups"], m["attention_head_dim"]
+    if len(m["attention"]) != len(ch):
+        raise ConfigError(f"config key 'ddpm_teacher.model.attention' has {len(m['attention'])} entries for "
+                          f"{len(ch)} stages (channels {ch}); give one per stage")
+    bad = [c for c in ch if c % groups]
+    if bad:
+        raise ConfigError(f"config key 'ddpm_teacher.model.channels' has {bad}, not multiples of norm_num_groups "
+                          f"{groups}; change one or the other")
+    bad = [c for c, a in zip(ch, m["attention"], strict=True) if a and c % head]
+    if bad:
+        raise ConfigError(f"config key 'ddpm_teacher.model.channels' has {bad} at attention stages, not multiples of "
+                          f"attention_head_dim {head}")
+    if m["image_size"] % 2 ** (len(ch) - 1):
+        raise ConfigError(f"config key 'ddpm_teacher.model.image_size' is {m['image_size']}, which {len(ch) - 1} "
+                          f"down-samplings cannot halve evenly; use a multiple of {2 ** (len(ch) - 1)}")
 
 
 def _check_classifier_kd(cfg: dict[str, Any], grammar) -> None:

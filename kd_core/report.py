@@ -24,7 +24,7 @@ TITLES = {
     "distribution": "FID and KID against reference sets [95% CI]",
     "attribute_accuracy": "Attribute accuracy read by the shapes-world classifier [95% CI]",
     "efficiency": "Efficiency (median of repeats)",
-    "size_study": "Model size: width students against the teacher (MSE to the teacher: mean over timestep buckets [mean of per-bucket 95% CIs])",
+    "size_study": "Model size: width students against the teacher (MSE to the teacher over all timestep buckets [95% CI over images])",
     "timestep_mse": "Model size: noise-prediction MSE to the teacher per timestep bucket (rows: models by width)",
     "classifier_kd": "DM-KD: classifiers on the real test split, mean over training seeds [95% CI over seeds and test images]; paired difference to the hard-label student",
 }
@@ -123,7 +123,9 @@ def format_timestep_mse(df: pd.DataFrame) -> pd.DataFrame:
     order = vs.drop_duplicates("model").sort_values("factor")["model"]
     out = vs.pivot(index="model", columns="bucket", values="mse").loc[list(order)]
     edges = vs.drop_duplicates("bucket").set_index("bucket").sort_index()
-    out.columns = [f"t {lo}-{hi}" for lo, hi in zip(edges["t_low"], edges["t_high"], strict=True)]
+    out.columns = [f"t {lo}-{hi}" if b >= 0 else "all t" for b, lo, hi in
+                   zip(edges.index, edges["t_low"], edges["t_high"], strict=True)]
+    out = out[[*out.columns[1:], out.columns[0]]] if len(out.columns) > 1 and out.columns[0] == "all t" else out
     return out.map("{:.4g}".format).reset_index()
 
 

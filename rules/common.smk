@@ -7,7 +7,6 @@ from kd_core.errors import KDError
 from kd_core.experiment import validate_experiment
 from kd_core.provenance import code_hash
 from kd_core.shards import shard_names
-from kd_core.train.size_kd import student_name
 from kd_core.sources import BUILT, is_built, local_path
 
 try:
@@ -23,8 +22,11 @@ LORA = config["lora"]["enabled"]
 BK = config["block_kd"]
 BK_MODELS = (BK["levels"] + ([f"{lv}_nofeat" for lv in BK["levels"]] if BK["ablate_features"] else [])) if BK["enabled"] else []
 SIZE = config["size_study"]
-# width students of the model-size study: model name -> width factor (w0p25 -> 0.25)
-SIZE_FACTORS = {student_name(f): f for f in sorted(SIZE["factors"])} if SIZE["enabled"] else {}
+# width students of the model-size study: model name -> width factor (w0p25 -> 0.25; as
+# kd_core.train.size_kd.student_name, written here so that parsing the workflow imports no torch)
+SIZE_FACTORS = {"w" + f"{f:g}".replace(".", "p"): f for f in sorted(SIZE["factors"])} if SIZE["enabled"] else {}
+# what a width student's training depends on (not the list of factors, not the analyses' settings)
+SIZE_TRAIN = {k: v for k, v in SIZE.items() if k not in ("enabled", "factors", "timestep_mse", "trajectory")}
 SIZE_MODELS = list(SIZE_FACTORS)
 MODELS = list(config["models"]) + (["lora_student"] if LORA else []) + BK_MODELS + SIZE_MODELS
 STUDENTS = [m for m in MODELS if m != "teacher"]
@@ -311,9 +313,11 @@ def dmkd_student_input(wildcards):
 # What each DM-KD rule depends on (so that, e.g., more student epochs do not regenerate the images)
 DMKD_PROMPTS = {k: DMKD[k] for k in ("real", "labels", "classes", "prompt_template")} | {
     "n_per_class": DMKD["synthetic"]["n_per_class"]}
-_STUDENT_ONLY = ("synthetic", "student", "student_train", "temperature", "kd_weight", "hard_weight")
+_STUDENT_ONLY = ("synthetic", "student", "student_train", "temperature", "kd_weight", "hard_weight", "seeds")
 DMKD_TEACHER = {k: v for k, v in DMKD.items() if k not in _STUDENT_ONLY}
-DMKD_STUDENT = {k: v for k, v in DMKD.items() if k not in ("synthetic", "teacher", "teacher_train", "teacher_robustness")}
+# a student job gets its own seed (dmkd_job); the list of seeds is not a param, so adding a seed trains only it
+DMKD_STUDENT = {k: v for k, v in DMKD.items()
+                if k not in ("synthetic", "teacher", "teacher_train", "teacher_robustness", "seeds")}
 
 
 def dmkd_generation(wildcards):

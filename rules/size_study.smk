@@ -44,7 +44,7 @@ rule train_width_student:
     params:
         teacher=teacher_source,
         data=size_data,
-        size=SIZE,
+        size=SIZE_TRAIN,
         factor=size_factor,
         seed=config["seed"],
         code=code_hash("kd_core.train.size_kd"),

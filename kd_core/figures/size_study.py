@@ -40,6 +40,7 @@ def heatmap(timestep: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLi
     """Left: MSE to the teacher per student (rows, by width) and timestep bucket (columns), numbers in
     the cells. Right: task MSE (to the true noise) per bucket for the teacher and every student."""
     df = _table(timestep)
+    df = df[df["bucket"] >= 0]  # the per-bucket rows (bucket -1: all buckets at once)
     students = _by_width(df)
     if not students:
         raise KDError("no width students in the timestep table")

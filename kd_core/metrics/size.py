@@ -18,7 +18,7 @@ SIZE_SCHEMA = pa.schema([
     ("mse_teacher_ci_low", pa.float64()), ("mse_teacher_ci_high", pa.float64()), ("mse_noise", pa.float64()),
     ("trajectory_final", pa.float64()), ("latency_per_step_ms", pa.float64()), ("latency_per_image_ms", pa.float64()),
     ("peak_memory_mib", pa.float64()), ("fid", pa.float64()), ("fid_ci_low", pa.float64()), ("fid_ci_high", pa.float64()),
-    ("kid", pa.float64()), ("fid_per_mparam", pa.float64()), ("fid_per_second", pa.float64()), ("on_frontier", pa.bool_()),
+    ("kid", pa.float64()), ("fid_x_mparams", pa.float64()), ("fid_x_seconds", pa.float64()), ("on_frontier", pa.bool_()),
 ])
 
 
@@ -47,16 +47,16 @@ def size_summary(timestep: str | Path, trajectory: str | Path, efficiency: str |
     ts = pd.read_parquet(timestep)
     models = ["teacher", *sorted(factors, key=factors.get)]
     rows = []
+    overall = ts[ts["bucket"] == -1]  # every timestep bucket at once, with its CI over images
     for m in models:
-        t = ts[ts["model"] == m]
+        t = overall[overall["model"] == m]
         vs = t[t["target"] == "teacher"]
-        row = {"model": m, "factor": 1.0 if m == "teacher" else factors[m],
-               "params": int(t["params"].iloc[0]) if len(t) else -1,
-               "mse_teacher": vs["mse"].mean() if len(vs) else 0.0,
-               "mse_teacher_ci_low": vs["ci_low"].mean() if len(vs) else 0.0,
-               "mse_teacher_ci_high": vs["ci_high"].mean() if len(vs) else 0.0,
-               "mse_noise": t.loc[t["target"] == "noise", "mse"].mean()}
-        rows.append(row)
+        rows.append({"model": m, "factor": 1.0 if m == "teacher" else factors[m],
+                     "params": int(t["params"].iloc[0]) if len(t) else -1,
+                     "mse_teacher": float(vs["mse"].iloc[0]) if len(vs) else 0.0,
+                     "mse_teacher_ci_low": float(vs["ci_low"].iloc[0]) if len(vs) else 0.0,
+                     "mse_teacher_ci_high": float(vs["ci_high"].iloc[0]) if len(vs) else 0.0,
+                     "mse_noise": float(t.loc[t["target"] == "noise", "mse"].iloc[0]) if len(t) else float("nan")})
     out = pd.DataFrame(rows)
     tr = pd.read_parquet(trajectory)
     final = tr[(tr["quantity"] == "latent") & (tr["step"] == tr["step"].max())].set_index("model")["distance"]
@@ -73,15 +73,17 @@ def size_summary(timestep: str | Path, trajectory: str | Path, efficiency: str |
         if metric == "fid":
             out["fid_ci_low"] = [float(d.loc[m, "ci_low"]) if m in d.index else np.nan for m in out["model"]]
             out["fid_ci_high"] = [float(d.loc[m, "ci_high"]) if m in d.index else np.nan for m in out["model"]]
-    out["fid_per_mparam"] = out["fid"] * out["params"] / 1e6  # lower is better: quality bought per million parameters
-    out["fid_per_second"] = out["fid"] * out["latency_per_image_ms"] / 1e3
+    # cost-weighted error (lower is better): FID times millions of parameters, FID times seconds per image
+    out["fid_x_mparams"] = out["fid"] * out["params"] / 1e6
+    out["fid_x_seconds"] = out["fid"] * out["latency_per_image_ms"] / 1e3
     out["on_frontier"] = pareto_front(out["latency_per_image_ms"].to_numpy(), out["fid"].to_numpy())
     students = out[out["model"] != "teacher"]
     rho_err = _spearman(students["factor"], students["mse_teacher"])
     rho_lat = _spearman(students["factor"], students["latency_per_image_ms"])
     meta = {"spearman_width_vs_mse_teacher": rho_err[0], "spearman_width_vs_mse_teacher_p": rho_err[1],
             "spearman_width_vs_latency": rho_lat[0], "spearman_width_vs_latency_p": rho_lat[1],
-            "fid_reference": reference, "mse_teacher": "mean over timestep buckets of the per-bucket mean MSE"}
+            "fid_reference": reference,
+            "mse_teacher": "per image the mean over timestep buckets, then the mean and bootstrap 95% CI over images"}
     out = out[SIZE_SCHEMA.names]
     if out_path is not None:
         write_parquet(out, out_path, SIZE_SCHEMA, "metrics/size_study", meta)

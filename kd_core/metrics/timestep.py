@@ -7,7 +7,8 @@ seeded by (seed, image, bucket), so teacher and every student see exactly the sa
 ``z_t``. The table holds, per model and bucket, the mean over images of
 MSE(student prediction, teacher prediction) (``target = teacher``: how far the student is from
 what it was distilled to match) and of MSE(prediction, true noise) (``target = noise``: the task
-error, also for the teacher), with percentile-bootstrap 95% CIs over images.
+error, also for the teacher), with percentile-bootstrap 95% CIs over images. Rows with
+``bucket = -1`` cover every bucket at once: per image the mean over buckets, then its mean and CI.
 """
 
 from __future__ import annotations
@@ -91,10 +92,14 @@ def timestep_mse(teacher: str, students: dict[str, str], factors: dict[str, floa
     rng = np.random.default_rng(seed)
     rows = []
     for name, unet in unets.items():
-        for b, (lo, hi) in enumerate(buckets):
-            targets = [("noise", noises[b])] + ([("teacher", preds["teacher"][b])] if name != "teacher" else [])
-            for target, ref in targets:
-                err = ((preds[name][b] - ref) ** 2).mean(dim=(1, 2, 3)).numpy()
+        for target in ("noise", "teacher") if name != "teacher" else ("noise",):
+            per_bucket = []
+            for b in range(len(buckets)):
+                ref = noises[b] if target == "noise" else preds["teacher"][b]
+                per_bucket.append(((preds[name][b] - ref) ** 2).mean(dim=(1, 2, 3)).numpy())
+            # bucket -1: every bucket at once, the mean over buckets per image (so its CI is over images too)
+            for b, err in [*enumerate(per_bucket), (-1, np.mean(per_bucket, axis=0))]:
+                lo, hi = (0, buckets[-1][1]) if b < 0 else buckets[b]
                 ci = bootstrap_ci(err, rng, n_boot)
                 rows.append({"model": name, "factor": 1.0 if name == "teacher" else factors.get(name, float("nan")),
                              "params": count_parameters(unet), "bucket": b, "t_low": lo, "t_high": hi - 1,

@@ -12,6 +12,7 @@ spaced steps is decoded by the teacher's VAE (a pixel DDPM's is the image) and k
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +59,16 @@ def grid_step_indices(steps: int, grid_steps: int) -> list[int]:
 
 @torch.no_grad()
 def sample_trajectory(unet: torch.nn.Module, scheduler, cond: torch.Tensor | None, uncond: torch.Tensor | None,
-                      noise: torch.Tensor, steps: int, guidance: float) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+                      noise: torch.Tensor, steps: int, guidance: float,
+                      seeds: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Latents after every step and predicted x0 at every step, (steps, B, C, H, W) each, on the CPU
-    (``cond`` None: an unconditional model, no guidance)."""
+    (``cond`` None: an unconditional model, no guidance). A stochastic sampler (DDPM, Euler
+    ancestral) draws its per-step noise from per-sample generators seeded by ``seeds``, so that
+    every model sampled with the same seeds meets the same noise."""
     sched = copy.deepcopy(scheduler)
+    step_kwargs = {}
+    if "generator" in inspect.signature(sched.step).parameters:
+        step_kwargs["generator"] = [torch.Generator("cpu").manual_seed(s + 1) for s in (seeds or range(len(noise)))]
     sched.set_timesteps(steps)
     device = next(unet.parameters()).device
     latents = (noise * sched.init_noise_sigma).to(device)
@@ -75,7 +82,7 @@ def sample_trajectory(unet: torch.nn.Module, scheduler, cond: torch.Tensor | Non
         if cfg:
             e_u, e_c = eps.chunk(2)
             eps = e_u + guidance * (e_c - e_u)
-        out = sched.step(eps, t, latents)
+        out = sched.step(eps, t, latents, **step_kwargs)
         latents = out.prev_sample
         path.append(latents.float().cpu())
         x0s.append(out.pred_original_sample.float().cpu())
@@ -105,7 +112,8 @@ def trajectories(teacher: str, students: dict[str, str], factors: dict[str, floa
     paths: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     timesteps: list[int] = []
     for name, unet in tqdm(unets.items(), desc="trajectories", unit="model"):
-        lat, x0, timesteps = sample_trajectory(unet, pipe.scheduler, cond, uncond, noise, cfg.steps, cfg.guidance_scale)
+        lat, x0, timesteps = sample_trajectory(unet, pipe.scheduler, cond, uncond, noise, cfg.steps, cfg.guidance_scale,
+                                               [int(s) for s in rows_p["seed"]])
         paths[name] = (lat, x0)
     rng = np.random.default_rng(seed)
     rows = []

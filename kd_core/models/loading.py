@@ -33,6 +33,10 @@ SCHEDULERS = {
     "unipc": UniPCMultistepScheduler,
     "lcm": LCMScheduler,
 }
+#: Samplers a pixel ``DDPMPipeline`` runs correctly (its loop calls neither scale_model_input nor init_noise_sigma).
+PIXEL_SCHEDULERS = ("ddpm", "ddim")
+
+
 def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant: str | None = None,
                   vae: str | None = None, scheduler: str = "default", lora: str | None = None) -> DiffusionPipeline:
     """``DiffusionPipeline.from_pretrained`` for SD 1.x, SDXL, sd-turbo, pixel DDPMs...; weights from safetensors only.
@@ -61,6 +65,10 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     if scheduler != "default":
         if scheduler not in SCHEDULERS:
             raise KDError(f"unknown scheduler {scheduler!r}; known: default, {', '.join(SCHEDULERS)}")
+        if not is_latent(pipe) and scheduler not in PIXEL_SCHEDULERS:
+            # DDPMPipeline neither scales the model input nor the initial noise, as Euler / DPM++ need
+            raise KDError(f"model {source!r} is a pixel DDPM, which samples with {' or '.join(PIXEL_SCHEDULERS)} "
+                          f"(or default), not {scheduler!r}; change the scheduler")
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     if is_latent(pipe) and "clip_sample" in pipe.scheduler.config and pipe.scheduler.config.clip_sample:
         pipe.scheduler.register_to_config(clip_sample=False)  # pixel DDPMs keep it: x0 in [-1, 1] is right for pixels

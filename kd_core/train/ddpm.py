@@ -30,6 +30,7 @@ from kd_core.image_folder import read_uint8, scan_image_folder
 from kd_core.io import atomic_dir, atomic_path, write_json
 from kd_core.models.bk_sdm import count_parameters
 from kd_core.seeding import resolve_device
+from kd_core.train.classifier_kd import LabelledImages, split_validation
 from kd_core.train.loop import TrainConfig, Trainer, TrainResult
 
 
@@ -63,16 +64,17 @@ def build_pixel_unet(cfg: DDPMConfig, in_channels: int = 3) -> UNet2DModel:
                        attention_head_dim=cfg.attention_head_dim)
 
 
-def load_training_images(folder: str | Path, cfg: DDPMConfig, seed: int = 0) -> torch.Tensor:
-    """The folder's images as uint8 (N, 3, S, S), verified first; resized to ``cfg.image_size`` if needed."""
+def load_training_images(folder: str | Path, cfg: DDPMConfig, seed: int = 0) -> LabelledImages:
+    """The folder's images as uint8 (N, 3, S, S) with their class labels, verified first; resized
+    to ``cfg.image_size`` if needed."""
     found = scan_image_folder(folder, list(cfg.classes) if cfg.classes else None)
-    files = found.files
-    if cfg.max_images and len(files) > cfg.max_images:
-        order = np.random.default_rng(seed).permutation(len(files))[: cfg.max_images]
-        files = [files[i] for i in sorted(order)]
-    if len(files) < 2:
-        raise KDError(f"image folder {folder} has {len(files)} image(s); a DDPM needs at least 2 (train and validation)")
-    return read_uint8(files, None if found.size == (cfg.image_size, cfg.image_size) else cfg.image_size)
+    keep = np.arange(len(found.files))
+    if cfg.max_images and len(keep) > cfg.max_images:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(keep))[: cfg.max_images])
+    if len(keep) < 2:
+        raise KDError(f"image folder {folder} has {len(keep)} image(s); a DDPM needs at least 2 (train and validation)")
+    images = read_uint8([found.files[i] for i in keep], None if found.size == (cfg.image_size, cfg.image_size) else cfg.image_size)
+    return LabelledImages(images, torch.tensor([found.labels[i] for i in keep]), found.classes)
 
 
 def save_sample_grid(images: list[Image.Image], path: str | Path, cols: int = 8) -> None:
@@ -90,11 +92,13 @@ def train_pixel_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Pat
     """Train a pixel DDPM on ``folder``; write the best model as a ``DDPMPipeline`` folder and samples."""
     run_dir = Path(run_dir)
     device = resolve_device(train.device)
-    images = load_training_images(folder, cfg, train.seed)
-    n = len(images)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(train.seed))
-    n_val = min(n - 1, max(1, round(cfg.val_fraction * n)))
-    val_ids, train_ids = order[:n_val], order[n_val:]
+    data = load_training_images(folder, cfg, train.seed)
+    train_part, val_part = split_validation(data, cfg.val_fraction, train.seed)
+    if len(val_part) == 0 or len(train_part) == 0:
+        val_part, train_part = data.subset(torch.arange(1)), data.subset(torch.arange(1, len(data)))  # one image per class
+    images = torch.cat([train_part.images, val_part.images])
+    n, n_val = len(images), len(val_part)
+    train_ids, val_ids = torch.arange(n - n_val), torch.arange(n - n_val, n)
     unet = build_pixel_unet(cfg).to(device)
     sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, clip_sample=True)
     model: dict[str, torch.nn.Module] = {"unet": unet}
@@ -125,7 +129,8 @@ def train_pixel_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Pat
                 total += float(terms(as_float(ids), torch.Generator().manual_seed(train.seed + 777 + i))["loss"]) * len(ids)
         return {"loss": total / n_val}
 
-    steps_per_epoch = max(1, math.ceil(len(train_ids) / (train.batch_size * train.gradient_accumulation)))
+    n_train = len(train_ids)  # an epoch as the shared loop counts it
+    steps_per_epoch = max(1, (n_train // max(1, min(train.batch_size, n_train))) // train.gradient_accumulation)
     train = replace(train, checkpoint_every=cfg.checkpoint_every_epochs * steps_per_epoch, monitor="loss",
                     monitor_mode="min", restore_best=True)
     key = hashlib.sha256(json.dumps({"folder": str(folder), "n": n, "ddpm": asdict(cfg),

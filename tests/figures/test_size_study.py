@@ -25,10 +25,11 @@ PARAMS = {"teacher": 1000, "w0p25": 80, "w0p5": 260, "w1": 1000}
 def tables(tmp_path):
     rows = []
     for m, f in {"teacher": 1.0, **FACTORS}.items():
-        for b in range(4):
-            for target in ("noise", "teacher") if m != "teacher" else ("noise",):
-                v = (0.2 if target == "noise" else 0.1 / f) * (b + 1)
-                rows.append((m, f, PARAMS[m], b, 250 * b, 250 * b + 249, target, v, v * 0.9, v * 1.1, 16))
+        for target in ("noise", "teacher") if m != "teacher" else ("noise",):
+            values = [(0.2 if target == "noise" else 0.1 / f) * (b + 1) for b in range(4)]
+            for b, v in [*enumerate(values), (-1, sum(values) / 4)]:
+                lo, hi = (0, 999) if b < 0 else (250 * b, 250 * b + 249)
+                rows.append((m, f, PARAMS[m], b, lo, hi, target, v, v * 0.9, v * 1.1, 16))
     write_parquet(pd.DataFrame(rows, columns=TIMESTEP_SCHEMA.names), tmp_path / "ts.parquet", TIMESTEP_SCHEMA, "t")
     rows = [(m, f, s, 999 - 40 * s, q, 0.01 * s / f, 0.009 * s / f, 0.011 * s / f, 4)
             for m, f in FACTORS.items() for s in range(25) for q in ("latent", "x0")]

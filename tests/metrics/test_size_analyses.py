@@ -53,7 +53,9 @@ def test_timestep_mse_table(tiny_sd15, students, images, tmp_path):
     vs_teacher = table[table["target"] == "teacher"].set_index(["model", "bucket"])["mse"]
     assert (vs_teacher.loc["same"] == 0).all() and (vs_teacher.loc["w0p5"] > 0).all()
     assert set(table.loc[table["model"] == "teacher", "target"]) == {"noise"} and set(table["n"]) == {5}
-    assert table.groupby("model")["bucket"].nunique().to_dict() == {"teacher": 3, "w0p5": 3, "w1": 3, "same": 3}
+    assert table.groupby("model")["bucket"].nunique().to_dict() == {"teacher": 4, "w0p5": 4, "w1": 4, "same": 4}
+    per = table[(table["model"] == "w0p5") & (table["target"] == "teacher")].set_index("bucket")["mse"]
+    assert per.loc[-1] == pytest.approx(per.loc[[0, 1, 2]].mean())  # all buckets: the mean over buckets
     # teacher and its copy see the same noised latents: equal task error
     noise = table[table["target"] == "noise"].set_index(["model", "bucket"])["mse"]
     assert noise.loc["same"].tolist() == pytest.approx(noise.loc["teacher"].tolist())

@@ -28,8 +28,8 @@ def folder(root, n=6, size=16, classes=("cat", "dog")):
 
 def test_folder_is_checked(tmp_path):
     x = load_training_images(folder(tmp_path / "ok"), TINY)
-    assert x.shape == (12, 3, 16, 16) and x.dtype == torch.uint8
-    assert load_training_images(tmp_path / "ok", DDPMConfig(image_size=8)).shape == (12, 3, 8, 8)  # resized
+    assert x.images.shape == (12, 3, 16, 16) and x.images.dtype == torch.uint8 and x.labels.tolist() == [0] * 6 + [1] * 6
+    assert load_training_images(tmp_path / "ok", DDPMConfig(image_size=8)).images.shape == (12, 3, 8, 8)  # resized
     assert len(load_training_images(tmp_path / "ok", DDPMConfig(image_size=16, max_images=5))) == 5
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     with pytest.raises(KDError, match="holds no images"):
@@ -65,7 +65,7 @@ def test_train_early_stop_best_model_checkpoints_and_samples(tmp_path):
     assert len(val) == result.steps // 2 + (result.steps % 2 > 0)  # one evaluation per epoch (2 steps)
     assert val.set_index("step")["value"].idxmin() == result.best_step
     meta = json.loads((tmp_path / "model" / "ddpm.json").read_text())
-    assert meta["n_train"] == 16 and meta["n_val"] == 4 and meta["best_step"] == result.best_step
+    assert meta["n_train"] == 16 and meta["n_val"] == 4 and meta["best_step"] == result.best_step  # 2 of 10 per class
     pipe = DDPMPipeline.from_pretrained(tmp_path / "model")
     assert type(pipe.unet).__name__ == "UNet2DModel" and pipe.scheduler.config.clip_sample
     assert Image.open(tmp_path / "model" / "samples.png").size == (8 * 16, 16)

@@ -73,6 +73,9 @@ def test_tiny_config_dry_run_builds_tiny_models():
 
 
 BAD = {
+    "ddpm widths": ("ddpm_teacher: {data: /tmp, model: {channels: [30, 60], attention: [false, true]}}\n"
+                    "models:\n  teacher: {source: 'ddpm:teacher'}\n  base_student: {source: 'toy:student'}\n",
+                    "config key 'ddpm_teacher.model.channels' has [30, 60], not multiples of norm_num_groups 32"),
     "unknown key": ("prompts: {n_evals: 3}\n", "unknown config key 'prompts.n_evals'"),
     "wrong type": ("prompts: {n_eval: ten}\n", "config key 'prompts.n_eval' is 'ten', of the wrong type"),
     "out of range": ("models:\n  teacher: {source: 'toy:teacher', generation: {guidance_scale: 99}}\n"

@@ -97,7 +97,7 @@ def test_smoke_size_study(smoke_repo):
     assert json.loads((out / "models" / "w0p5" / "size_kd.json").read_text())["size_kd"]["factor"] == 0.5
     ts = pd.read_parquet(out / "metrics" / "timestep_mse.parquet")
     assert pq.read_schema(out / "metrics" / "timestep_mse.parquet").names == TIMESTEP_SCHEMA.names
-    assert set(ts["model"]) == {"teacher", *WIDTH} and set(ts["bucket"]) == {0, 1, 2} and set(ts["n"]) == {4}
+    assert set(ts["model"]) == {"teacher", *WIDTH} and set(ts["bucket"]) == {-1, 0, 1, 2} and set(ts["n"]) == {4}
     assert (ts.loc[ts["target"] == "teacher", "mse"] > 0).all()
     traj = pd.read_parquet(out / "metrics" / "trajectory.parquet")
     assert set(traj["model"]) == set(WIDTH) and set(traj["step"]) == {0, 1, 2} and set(traj["quantity"]) == {"latent", "x0"}
