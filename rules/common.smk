@@ -24,7 +24,7 @@ BK_MODELS = (BK["levels"] + ([f"{lv}_nofeat" for lv in BK["levels"]] if BK["abla
 SIZE = config["size_study"]
 # width students of the model-size study: model name -> width factor (w0p25 -> 0.25; as
 # kd_core.train.size_kd.student_name, written here so that parsing the workflow imports no torch)
-SIZE_FACTORS = {"w" + f"{f:g}".replace(".", "p"): f for f in sorted(SIZE["factors"])} if SIZE["enabled"] else {}
+SIZE_FACTORS = {f"w{f:g}".replace(".", "p"): f for f in sorted(SIZE["factors"])} if SIZE["enabled"] else {}
 # what a width student's training depends on (not the list of factors, not the analyses' settings)
 SIZE_TRAIN = {k: v for k, v in SIZE.items() if k not in ("enabled", "factors", "timestep_mse", "trajectory")}
 SIZE_MODELS = list(SIZE_FACTORS)
