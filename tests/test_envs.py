@@ -21,5 +21,8 @@ def test_conda_env_pins_agree_with_pyproject(root):
 def test_every_rule_uses_a_pinned_env(root):
     for smk in (root / "rules").glob("*.smk"):
         text = smk.read_text()
-        rules = re.findall(r"^\s*rule \w+:", text, re.MULTILINE)  # top-level or inside if/else (sharded rules)
+        # rules that run something (script / shell / run), top-level or inside if/else (sharded rules);
+        # a target-only rule (input, nothing to run) needs no environment
+        bodies = re.split(r"^\s*rule \w+:", text, flags=re.MULTILINE)[1:]
+        rules = [b for b in bodies if re.search(r"^\s+(script|shell|run|wrapper):", b, re.MULTILINE)]
         assert len(rules) == len(re.findall(r'conda:\n\s+"\.\./envs/kd_core\.yaml"', text)), smk.name

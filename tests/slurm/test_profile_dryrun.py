@@ -29,7 +29,8 @@ SITE = {"KD_SLURM_PARTITION": "cpuq", "KD_SLURM_GPU_PARTITION": "gpuq", "KD_SLUR
         "KD_SLURM_GPU_MODEL": "h100"}
 # rules that run on the submitting host, never as SLURM jobs (localrules in rules/figures.smk, rules/report.smk)
 LOCAL = {"figure_metrics", "figure_distribution", "figure_attributes", "figure_loss", "figure_efficiency",
-         "comparison_models", "comparison_grid", "figure_dmkd", "paper", "pairwise_gather", "alignment_gather", "all"}
+         "comparison_models", "comparison_grid", "figure_dmkd", "figure_size", "size_study", "paper", "pairwise_gather",
+         "alignment_gather", "all"}
 
 
 def render_profile(env: dict[str, str]) -> dict:
@@ -67,9 +68,20 @@ def _path_without_slurm(tmp: Path, fakes: Path | None = None) -> str:
 
 
 def _config(name: str, tmp: Path) -> Path:
-    """config/experiments/<name>.yaml; a classifier_kd.real folder it names but this machine lacks is faked (empty)."""
+    """config/experiments/<name>.yaml; a classifier_kd.real or ddpm_teacher.data folder it names but this
+    machine lacks is faked (empty)."""
     path = ROOT / "config" / "experiments" / f"{name}.yaml"
     cfg = yaml.safe_load(path.read_text())
+    faked = False
+    for section, key in (("ddpm_teacher", "data"), ("features", "real_images")):
+        where = cfg.get(section) or (cfg.get("metrics") or {}).get(section) or {}
+        if where.get(key) and not (ROOT / where[key]).exists():
+            (tmp / section / "a").mkdir(parents=True)
+            where[key] = str(tmp / section)
+            faked = True
+    if faked:
+        path = tmp / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     real = (cfg.get("classifier_kd") or {}).get("real")
     if real and not (ROOT / real).exists():
         for split in ("train", "test"):
@@ -181,7 +193,7 @@ def test_sharded_generation_asks_a_gpu_per_shard(plugin, tmp_path):
     proc = dry_run(ROOT / "config" / "smoke.yaml", {**SITE, "KD_SLURM_SITE": os.devnull}, _path_without_slurm(tmp_path),
                    str(shards))  # a second --configfile
     gpu_jobs = _check_jobs("smoke, sharded", proc.stdout)
-    assert gpu_jobs["generate_shard"] == 2 * 5 and "generate" not in gpu_jobs  # 5 models x 2 shards
+    assert gpu_jobs["generate_shard"] == 2 * 7 and "generate" not in gpu_jobs  # 7 models x 2 shards
 
 
 def test_dry_run_submits_and_queries_nothing(plugin, tmp_path):
