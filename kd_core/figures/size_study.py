@@ -11,12 +11,9 @@ import pandas as pd
 from safetensors import safe_open
 
 from kd_core.errors import KDError
+from kd_core.figures.plots import _table
 from kd_core.figures.style import plt, save_figure, style
 from kd_core.io import read_metadata
-
-
-def _table(x) -> pd.DataFrame:
-    return x if isinstance(x, pd.DataFrame) else pd.read_parquet(x)
 
 
 def load_summary(path: str | os.PathLike) -> pd.DataFrame:

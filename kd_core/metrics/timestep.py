@@ -91,7 +91,8 @@ def timestep_mse(teacher: str, students: dict[str, str], factors: dict[str, floa
             preds[name].append(torch.cat(out))
     rng = np.random.default_rng(seed)
     rows = []
-    for name, unet in unets.items():
+    params = {name: count_parameters(unet) for name, unet in unets.items()}
+    for name in unets:
         for target in ("noise", "teacher") if name != "teacher" else ("noise",):
             per_bucket = []
             for b in range(len(buckets)):
@@ -102,7 +103,7 @@ def timestep_mse(teacher: str, students: dict[str, str], factors: dict[str, floa
                 lo, hi = (0, buckets[-1][1]) if b < 0 else buckets[b]
                 ci = bootstrap_ci(err, rng, n_boot)
                 rows.append({"model": name, "factor": 1.0 if name == "teacher" else factors.get(name, float("nan")),
-                             "params": count_parameters(unet), "bucket": b, "t_low": lo, "t_high": hi - 1,
+                             "params": params[name], "bucket": b, "t_low": lo, "t_high": hi - 1,
                              "target": target, "mse": float(err.mean()), "ci_low": ci[0], "ci_high": ci[1], "n": n})
     table = pd.DataFrame(rows, columns=TIMESTEP_SCHEMA.names)
     if out_path is not None:
