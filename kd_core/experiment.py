@@ -51,11 +51,19 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
             if not cfg["ddpm_teacher"]["data"]:
                 raise ConfigError(f"config key '{key}' is 'ddpm:teacher', trained from scratch on "
                                   "'ddpm_teacher.data', which is not set; give a folder <folder>/<class>/<image>")
+            vae = cfg["ddpm_teacher"]["vae"]
+            if vae == "ddpm:teacher":
+                raise ConfigError("config key 'ddpm_teacher.vae' is the DDPM teacher itself; give an autoencoder "
+                                  "(a folder, a hub id, or a pipeline such as 'toy:teacher' whose vae/ is used), or null")
             try:
                 check_source(cfg["ddpm_teacher"]["data"], "ddpm_teacher.data")
+                if vae:
+                    check_source(vae, "ddpm_teacher.vae")
             except KDError as exc:
                 raise ConfigError(str(exc)) from None
-            _check_ddpm_model(cfg["ddpm_teacher"]["model"])
+            if vae and vae.startswith("toy:") and not cfg["world"]["enabled"]:
+                raise ConfigError(f"config key 'ddpm_teacher.vae' is {vae!r}, which needs 'world.enabled: true'")
+            _check_ddpm_model(cfg["ddpm_teacher"]["model"], latent=bool(vae))
         if "filler" in model["splits"] and p["n_filler"] == 0:
             raise ConfigError(f"config key 'models.{name}.splits' asks for filler images but 'prompts.n_filler' is 0")
     lora = cfg["lora"]
@@ -89,9 +97,10 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
     return cfg
 
 
-def _check_ddpm_model(m: dict[str, Any]) -> None:
-    """The pixel DDPM's U-Net can be built: one attention flag per stage, widths the group norm and
-    the attention heads divide, an image size every down-sampling halves evenly."""
+def _check_ddpm_model(m: dict[str, Any], latent: bool = False) -> None:
+    """The DDPM's U-Net can be built: one attention flag per stage, widths the group norm and the
+    attention heads divide, a pixel image size every down-sampling halves evenly (a latent DDPM's
+    input size is known once its autoencoder is loaded: train_ddpm checks it before training)."""
     ch, groups, head = m["channels"], m["norm_num_groups"], m["attention_head_dim"]
     if len(m["attention"]) != len(ch):
         raise ConfigError(f"config key 'ddpm_teacher.model.attention' has {len(m['attention'])} entries for "
@@ -104,7 +113,7 @@ def _check_ddpm_model(m: dict[str, Any]) -> None:
     if bad:
         raise ConfigError(f"config key 'ddpm_teacher.model.channels' has {bad} at attention stages, not multiples of "
                           f"attention_head_dim {head}")
-    if m["image_size"] % 2 ** (len(ch) - 1):
+    if not latent and m["image_size"] % 2 ** (len(ch) - 1):
         raise ConfigError(f"config key 'ddpm_teacher.model.image_size' is {m['image_size']}, which {len(ch) - 1} "
                           f"down-samplings cannot halve evenly; use a multiple of {2 ** (len(ch) - 1)}")
 

@@ -90,7 +90,7 @@ def manifest_path(out_dir: str | Path, shard: Shard | None = None) -> Path:
 
 def sample_batch(pipe, prompts: list[str], negative: list[str] | None, cfg: GenerationConfig, size: int,
                  generators: list[torch.Generator], **kwargs) -> list:
-    """One image per prompt; an unconditional pipeline (a pixel DDPM) ignores the prompts, and the
+    """One image per prompt; an unconditional pipeline (a pixel or latent DDPM) ignores the prompts, and the
     prompt table then only fixes the number of images and their seeds."""
     if is_conditional(pipe):
         return pipe(prompt=prompts, negative_prompt=negative, num_inference_steps=cfg.steps,

@@ -232,8 +232,17 @@ def loss_tables(wildcards):
 
 
 def ddpm_data():
-    """The image folder of the pixel DDPM teacher (absolute or relative to the working directory)."""
+    """The image folder of the DDPM teacher (absolute or relative to the working directory)."""
     return local_path(config["ddpm_teacher"]["data"]) if config["ddpm_teacher"]["data"] else None
+
+
+def ddpm_vae():
+    """The latent DDPM teacher's autoencoder (a folder or hub id); None: a pixel DDPM."""
+    return model_dir(config["ddpm_teacher"]["vae"]) if config["ddpm_teacher"]["vae"] else None
+
+
+def ddpm_vae_input(wildcards):
+    return built_input(config["ddpm_teacher"]["vae"])
 
 
 def size_train_input(wildcards):

@@ -1,5 +1,5 @@
-# Model-size study: a pixel DDPM teacher trained from scratch when the teacher is 'ddpm:teacher'
-# (train_ddpm); the teacher's U-Net distilled into students of several width factors (task +
+# Model-size study: a pixel or latent DDPM teacher trained from scratch when the teacher is
+# 'ddpm:teacher' (train_ddpm); the teacher's U-Net distilled into students of several width factors (task +
 # output-KD loss), each a model w<factor> sampled and evaluated like every other model (rule
 # generate, metrics, efficiency); then the size analyses, each a named target writing Parquet
 # and its figures: timestep_mse (size x timestep heatmap), trajectory (divergence and denoising
@@ -13,11 +13,14 @@ localrules:
 
 
 rule train_ddpm:
+    input:
+        vae=ddpm_vae_input,
     output:
         model=directory(f"{OUT}/models/ddpm_teacher"),
         loss=f"{OUT}/train/ddpm_teacher/loss.parquet",
     params:
         data=ddpm_data(),
+        vae=ddpm_vae(),
         ddpm=config["ddpm_teacher"],
         seed=config["seed"],
         code=code_hash("kd_core.train.ddpm"),

@@ -34,7 +34,7 @@ EFFICIENCY_SCHEMA = pa.schema([
     ("device", pa.string()), ("dtype", pa.string()), ("steps", pa.int64()), ("resolution", pa.int64()),
     ("batch_size", pa.int64()), ("repeats", pa.int64()),
 ])
-COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "vae")
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "vae", "vqvae")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def time_pipeline(pipe, device: torch.device, prompt: str, steps: int, guidance:
         if conditional:
             pipe(prompt=[prompt] * batch, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
                  generator=gen, callback_on_step_end=on_step_end, output_type="pil")
-        else:  # a pixel DDPM: no step callback; its step time is the loop's time over the steps
+        else:  # an unconditional DDPM (pixel or latent): no step callback; its step time is the loop's time over the steps
             pipe(batch_size=batch, num_inference_steps=steps, generator=gen, output_type="pil")
     _sync(device)
     total = time.perf_counter() - t0

@@ -69,7 +69,7 @@ def timestep_mse(teacher: str, students: dict[str, str], factors: dict[str, floa
     with tempfile.TemporaryDirectory() as tmp:
         cache = encode_pairs(pipe, pairs, model_default_size(pipe), Path(tmp) / "cache.safetensors")
     z0 = cache["latent_mean"]
-    emb = cache["prompt_embeds"][cache["prompt_index"]] if "prompt_embeds" in cache else None  # None: pixel DDPM
+    emb = cache["prompt_embeds"][cache["prompt_index"]] if "prompt_embeds" in cache else None  # None: an unconditional DDPM
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     buckets = bucket_edges(sched.config.num_train_timesteps, cfg.buckets)
     unets = {"teacher": pipe.unet.eval()} | {name: load_unet(path, device).eval() for name, path in students.items()}

@@ -27,8 +27,9 @@ from kd_core.errors import KDError
 from kd_core.io import atomic_path, write_parquet
 from kd_core.metrics.bootstrap import bootstrap_ci
 from kd_core.models.loading import (
+    autoencoder,
     is_conditional,
-    is_latent,
+    latent_scale,
     load_pipeline,
     load_unet,
     model_default_size,
@@ -104,8 +105,8 @@ def trajectories(teacher: str, students: dict[str, str], factors: dict[str, floa
         negative = list(rows_p.get("negative_prompt", pd.Series([""] * len(rows_p))).fillna(""))
         cond, uncond = pipe.encode_prompt(list(rows_p["prompt"]), device=device, num_images_per_prompt=1,
                                           do_classifier_free_guidance=True, negative_prompt=negative)[:2]
-    latent = is_latent(pipe)
-    size = model_default_size(pipe) // pipe.vae_scale_factor if latent else pipe.unet.config.sample_size
+    ae = autoencoder(pipe)
+    size = model_default_size(pipe) // latent_scale(pipe)
     shape = (pipe.unet.config.in_channels, size, size)
     noise = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in rows_p["seed"]])
     unets = {"teacher": pipe.unet.eval()} | {name: load_unet(path, device).eval() for name, path in students.items()}
@@ -138,8 +139,8 @@ def trajectories(teacher: str, students: dict[str, str], factors: dict[str, floa
         images = {}
         for name, (_, x0) in paths.items():
             z = x0[grid].flatten(0, 1)
-            dec = torch.cat([pipe.vae.decode(z[i : i + 8].to(device) / pipe.vae.config.scaling_factor).sample.float().cpu()
-                             for i in range(0, len(z), 8)]) if latent else z  # a pixel DDPM's x0 is the image
+            dec = torch.cat([ae.decode(z[i : i + 8].to(device) / ae.config.scaling_factor).sample.float().cpu()
+                             for i in range(0, len(z), 8)]) if ae is not None else z  # a pixel DDPM's x0 is the image
             images[name] = ((dec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).view(len(grid), len(rows_p), *dec.shape[1:])
         with atomic_path(out_images, suffix=".safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in images.items()}, str(tmp),

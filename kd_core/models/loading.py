@@ -33,6 +33,8 @@ SCHEDULERS = {
     "unipc": UniPCMultistepScheduler,
     "lcm": LCMScheduler,
 }
+#: Samplers whose step draws noise: ``LDMPipeline`` does not pass them its generator (not reproducible).
+STOCHASTIC_SCHEDULERS = ("ddpm", "euler_a", "lcm")
 #: Samplers a pixel ``DDPMPipeline`` runs correctly (its loop calls neither scale_model_input nor init_noise_sigma).
 PIXEL_SCHEDULERS = ("ddpm", "ddim")
 
@@ -60,7 +62,9 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if vae:
         check_source(vae, "vae")
-        kwargs["vae"] = AutoencoderKL.from_pretrained(local_path(vae), dtype=dtype, use_safetensors=True)
+        # an unconditional latent DDPM (LDMPipeline) names its autoencoder "vqvae"
+        kwargs["vqvae" if "vqvae" in index else "vae"] = AutoencoderKL.from_pretrained(local_path(vae), dtype=dtype,
+                                                                                      use_safetensors=True)
     pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
     if scheduler != "default":
         if scheduler not in SCHEDULERS:
@@ -69,6 +73,9 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
             # DDPMPipeline neither scales the model input nor the initial noise, as Euler / DPM++ need
             raise KDError(f"model {source!r} is a pixel DDPM, which samples with {' or '.join(PIXEL_SCHEDULERS)} "
                           f"(or default), not {scheduler!r}; change the scheduler")
+        if type(pipe).__name__ == "LDMPipeline" and scheduler in STOCHASTIC_SCHEDULERS:
+            raise KDError(f"model {source!r} is an unconditional latent DDPM (LDMPipeline), which cannot seed the step "
+                          f"noise of {scheduler!r}; choose a deterministic one (default, ddim, dpmpp, euler, unipc, pndm)")
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     if is_latent(pipe) and "clip_sample" in pipe.scheduler.config and pipe.scheduler.config.clip_sample:
         pipe.scheduler.register_to_config(clip_sample=False)  # pixel DDPMs keep it: x0 in [-1, 1] is right for pixels
@@ -82,9 +89,21 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     return pipe.to(device)
 
 
+def autoencoder(pipe: DiffusionPipeline) -> torch.nn.Module | None:
+    """The pipeline's latent autoencoder: SD-style ``vae``, an unconditional ``LDMPipeline``'s
+    ``vqvae`` (a KL autoencoder there when the workflow trained it); None for a pixel DDPM."""
+    return getattr(pipe, "vae", None) or getattr(pipe, "vqvae", None)
+
+
 def is_latent(pipe: DiffusionPipeline) -> bool:
-    """A latent pipeline (SD-style: a VAE) rather than a pixel-space DDPM (``DDPMPipeline``)."""
-    return getattr(pipe, "vae", None) is not None
+    """A latent pipeline (SD-style, or an unconditional ``LDMPipeline``) rather than a pixel-space DDPM (``DDPMPipeline``)."""
+    return autoencoder(pipe) is not None
+
+
+def latent_scale(pipe: DiffusionPipeline) -> int:
+    """Pixels per latent along one side (8 for SD); 1 for a pixel DDPM."""
+    ae = autoencoder(pipe)
+    return 1 if ae is None else 2 ** (len(ae.config.block_out_channels) - 1)
 
 
 def is_conditional(pipe: DiffusionPipeline) -> bool:
@@ -93,10 +112,7 @@ def is_conditional(pipe: DiffusionPipeline) -> bool:
 
 
 def model_default_size(pipe: DiffusionPipeline) -> int:
-    if not is_latent(pipe):
-        return int(pipe.unet.config.sample_size)
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    return int(pipe.unet.config.sample_size * scale)
+    return int(pipe.unet.config.sample_size * latent_scale(pipe))
 
 
 

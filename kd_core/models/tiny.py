@@ -34,7 +34,8 @@ def _text_config(vocab: int, hidden: int = 32, layers: int = 2) -> CLIPTextConfi
                           pad_token_id=1, projection_dim=hidden)
 
 
-def _vae() -> AutoencoderKL:
+def tiny_vae() -> AutoencoderKL:
+    """A two-stage KL autoencoder (2 pixels per latent, 4 latent channels) with random weights."""
     return AutoencoderKL(block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                          norm_num_groups=8, sample_size=64)
@@ -57,7 +58,7 @@ def build_tiny_sd(out_dir: str | Path, seed: int = 0, sd15_layout: bool = False)
                   "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")}
     unet = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4, cross_attention_dim=32,
                                 attention_head_dim=4, norm_num_groups=8, **layout)
-    save_pipeline(out_dir, vae=_vae(), text_encoder=text, tokenizer=tok, unet=unet, scheduler=DDIMScheduler(**SCHEDULE))
+    save_pipeline(out_dir, vae=tiny_vae(), text_encoder=text, tokenizer=tok, unet=unet, scheduler=DDIMScheduler(**SCHEDULE))
 
 
 def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> None:
@@ -73,7 +74,7 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> None:
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
         projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8)
     sched = EulerDiscreteScheduler(**{k: v for k, v in SCHEDULE.items() if k not in ("clip_sample", "set_alpha_to_one")})
-    pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=text, text_encoder_2=text_2, tokenizer=tok,
+    pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=text, text_encoder_2=text_2, tokenizer=tok,
                                      tokenizer_2=tok, unet=unet, scheduler=sched)
     with atomic_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)

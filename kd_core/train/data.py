@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from kd_core.errors import KDError
 from kd_core.io import atomic_path
+from kd_core.models.loading import autoencoder, is_conditional
 
 FILE_COLUMNS = ("file", "file_name", "image")
 CAPTION_COLUMNS = ("caption", "text", "prompt")
@@ -115,7 +116,8 @@ def _to_tensor(path: str, size: int) -> torch.Tensor:
 def encode_pairs(pipe, pairs: pd.DataFrame, size: int, cache: str | Path, encode_text: bool = True,
                  batch_size: int = 16) -> dict[str, torch.Tensor]:
     """Latent mean/std (scaled) per image and text embeddings per unique prompt, cached in ``cache``
-    (a pixel-space pipeline without a VAE: the images in [-1, 1] as the mean, std 0, no text).
+    (a pixel-space pipeline without a VAE: the images in [-1, 1] as the mean, std 0, no text; an
+    unconditional latent DDPM: no text).
 
     The cache is keyed by the image files' names, sizes and mtimes, the prompts, the size and the
     model, so a changed dataset is encoded again and an unchanged one never is.
@@ -129,14 +131,14 @@ def encode_pairs(pipe, pairs: pd.DataFrame, size: int, cache: str | Path, encode
         data = load_file(str(cache))
         if data.get("key") is not None and bytes(data["key"].tolist()).decode() == key:
             return data
-    if getattr(pipe, "vae", None) is None:  # a pixel-space model: the "latents" are the images, std 0, no text
+    vae = autoencoder(pipe)
+    if vae is None:  # a pixel-space model: the "latents" are the images, std 0, no text
         x = torch.stack([_to_tensor(p, size) for p in tqdm(pairs["image"], desc="read images", mininterval=2)])
         data = {"latent_mean": x, "latent_std": torch.zeros_like(x), "prompt_index": torch.zeros(len(x), dtype=torch.long),
                 "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}
         with atomic_path(cache, suffix=".safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in data.items()}, str(tmp))
         return data
-    vae = pipe.vae
     scale = vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     means, stds = [], []
@@ -149,7 +151,9 @@ def encode_pairs(pipe, pairs: pd.DataFrame, size: int, cache: str | Path, encode
     data = {"latent_mean": torch.cat(means), "latent_std": torch.cat(stds),
             "prompt_index": torch.tensor(pairs["prompt"].map({p: i for i, p in enumerate(prompts)}).to_numpy()),
             "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}
-    if encode_text:
+    if not is_conditional(pipe):  # an unconditional latent DDPM: no text
+        pass
+    elif encode_text:
         data.update(encode_text_batch(pipe, prompts))
     else:
         tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,

@@ -1,14 +1,19 @@
-"""A pixel-space DDPM teacher trained from scratch (Ho et al. 2020, "Denoising Diffusion
-Probabilistic Models"): the teacher of the model-size study on CIFAR-10 or MNIST.
+"""A DDPM teacher trained from scratch (Ho et al. 2020, "Denoising Diffusion Probabilistic
+Models"), in pixel space or, given a frozen autoencoder, in its latent space (Rombach et al. 2022,
+"High-Resolution Image Synthesis with Latent Diffusion Models"): the teacher of the model-size
+study on CIFAR-10 or MNIST.
 
 The images come from a local folder (``<folder>/<class>/<image>``, verified before training:
-count, one size, every file readable) and are held in memory as uint8. A ``UNet2DModel`` learns
-epsilon prediction on the linear beta schedule with random horizontal flips, through the shared
-training loop: a seeded validation split (a share of every class), the validation loss (fixed
-noise and timesteps, so evaluations compare) once per epoch, early stopping with a patience,
-the best model on that loss restored at the end, and resumable checkpoints every N epochs. The
-result is a ``DDPMPipeline`` folder (``from_pretrained`` loads it) with ``ddpm.json`` and a grid of
-samples from the best model.
+count, one size, every file readable) and are held in memory as uint8; a latent DDPM encodes them
+once (posterior mean and std, times the autoencoder's scaling factor; mirrored copies too when
+flipping) and draws z0 from the posterior at every step. A ``UNet2DModel`` learns epsilon
+prediction on the linear beta schedule with random horizontal flips, through the shared training
+loop: a seeded validation split (a share of every class), the validation loss (fixed noise and
+timesteps, so evaluations compare) once per epoch, early stopping with a patience, the best model
+on that loss restored at the end, and resumable checkpoints every N epochs. The result is a
+``DDPMPipeline`` folder (pixels) or an ``LDMPipeline`` folder whose ``vqvae`` is the KL autoencoder
+(latents), both stock diffusers classes that ``from_pretrained`` loads, with ``ddpm.json`` and a
+grid of samples from the best model.
 """
 
 from __future__ import annotations
@@ -22,14 +27,23 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    LDMPipeline,
+    UNet2DModel,
+)
 from PIL import Image
+from tqdm.auto import tqdm
 
 from kd_core.errors import KDError
 from kd_core.image_folder import read_uint8, scan_image_folder
 from kd_core.io import atomic_dir, atomic_path, write_json
 from kd_core.models.bk_sdm import count_parameters
 from kd_core.seeding import resolve_device
+from kd_core.sources import check_source, fingerprint, local_path
 from kd_core.train.classifier_kd import LabelledImages, split_validation
 from kd_core.train.loop import TrainConfig, Trainer, TrainResult
 
@@ -53,12 +67,18 @@ class DDPMConfig:
     sample_steps: int = 50
 
 
-def build_pixel_unet(cfg: DDPMConfig, in_channels: int = 3) -> UNet2DModel:
+def build_ddpm_unet(cfg: DDPMConfig, in_channels: int = 3, sample_size: int | None = None) -> UNet2DModel:
+    """The DDPM U-Net: ``in_channels`` 3 and ``cfg.image_size`` for pixels, the latent channels and
+    size for a latent DDPM."""
     if len(cfg.attention) != len(cfg.channels):
         raise KDError(f"ddpm.attention has {len(cfg.attention)} entries for {len(cfg.channels)} stages; give one per stage")
+    size = sample_size or cfg.image_size
+    if size % 2 ** (len(cfg.channels) - 1):
+        raise KDError(f"the DDPM's input is {size} px wide, which {len(cfg.channels) - 1} down-samplings do not divide; "
+                      "change ddpm_teacher.model.image_size or the number of channels entries")
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
-    return UNet2DModel(sample_size=cfg.image_size, in_channels=in_channels, out_channels=in_channels,
+    return UNet2DModel(sample_size=size, in_channels=in_channels, out_channels=in_channels,
                        block_out_channels=tuple(cfg.channels), down_block_types=down, up_block_types=up,
                        layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups,
                        attention_head_dim=cfg.attention_head_dim)
@@ -77,8 +97,45 @@ def load_training_images(folder: str | Path, cfg: DDPMConfig, seed: int = 0) -> 
     return LabelledImages(images, torch.tensor([found.labels[i] for i in keep]), found.classes)
 
 
+def load_autoencoder(source: str, device: torch.device) -> AutoencoderKL:
+    """A frozen KL autoencoder (SD-style VAE) from an ``AutoencoderKL`` folder or hub id, or from a
+    pipeline's ``vae/`` (``vqvae/``) subfolder; safetensors only."""
+    check_source(source, "ddpm_teacher.vae")
+    path = local_path(source)
+    subs = [s for s in ("vae", "vqvae") if (Path(path) / s / "config.json").is_file()] or [None, "vae"]
+    error = ""
+    for sub in subs:
+        try:
+            config = AutoencoderKL.load_config(path, subfolder=sub)
+        except (OSError, ValueError) as exc:
+            error = str(exc).splitlines()[0]
+            continue
+        if config.get("_class_name") != "AutoencoderKL":
+            raise KDError(f"ddpm_teacher.vae {source!r} is a {config.get('_class_name')}; a latent DDPM needs an AutoencoderKL")
+        if config.get("shift_factor"):
+            raise KDError(f"ddpm_teacher.vae {source!r} has a shift_factor, which LDMPipeline does not apply; "
+                          "use an SD 1.x / SDXL-style VAE")
+        vae = AutoencoderKL.from_pretrained(path, subfolder=sub, use_safetensors=True)
+        return vae.to(device).eval().requires_grad_(False)
+    raise KDError(f"ddpm_teacher.vae {source!r} cannot be loaded: {error} "
+                  "(give an AutoencoderKL folder, a pipeline folder with vae/, or a hub id in the Hugging Face cache)")
+
+
+@torch.no_grad()
+def encode_images(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of uint8 images, times the scaling factor (the latents the U-Net sees)."""
+    scale, means, stds = vae.config.scaling_factor, [], []
+    for i in tqdm(range(0, len(images), batch_size), desc="encode images", mininterval=2):
+        x = images[i : i + batch_size].to(vae.device, torch.float32) / 127.5 - 1
+        dist = vae.encode(x).latent_dist
+        means.append((dist.mean * scale).float().cpu())
+        stds.append((dist.std * scale).float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
 def save_sample_grid(images: list[Image.Image], path: str | Path, cols: int = 8) -> None:
     w, h = images[0].size
+    cols = min(cols, len(images))
     rows = math.ceil(len(images) / cols)
     grid = Image.new("RGB", (cols * w, rows * h))
     for i, im in enumerate(images):
@@ -87,9 +144,11 @@ def save_sample_grid(images: list[Image.Image], path: str | Path, cols: int = 8)
         grid.save(tmp, format="PNG")
 
 
-def train_pixel_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Path, cfg: DDPMConfig,
-                     train: TrainConfig) -> TrainResult:
-    """Train a pixel DDPM on ``folder``; write the best model as a ``DDPMPipeline`` folder and samples."""
+def train_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Path, cfg: DDPMConfig, train: TrainConfig,
+               vae: str | None = None) -> TrainResult:
+    """Train a DDPM on ``folder``: in pixel space, or in the latent space of the frozen autoencoder
+    ``vae`` (a source: folder or hub id). Writes the best model as a ``DDPMPipeline`` (pixels) or
+    ``LDMPipeline`` (latents) folder with ``ddpm.json`` and ``samples.png``."""
     run_dir = Path(run_dir)
     device = resolve_device(train.device)
     data = load_training_images(folder, cfg, train.seed)
@@ -99,12 +158,35 @@ def train_pixel_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Pat
     images = torch.cat([train_part.images, val_part.images])
     n, n_val = len(images), len(val_part)
     train_ids, val_ids = torch.arange(n - n_val), torch.arange(n - n_val, n)
-    unet = build_pixel_unet(cfg).to(device)
-    sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, clip_sample=True)
+    autoencoder = load_autoencoder(vae, device) if vae else None
+    if autoencoder is None:
+        unet = build_ddpm_unet(cfg)
+        pixels = {False: images}  # uint8, made float per batch; flipped per batch
+    else:
+        scale = 2 ** (len(autoencoder.config.block_out_channels) - 1)
+        if cfg.image_size % scale:
+            raise KDError(f"ddpm_teacher.model.image_size {cfg.image_size} is not a multiple of the autoencoder's "
+                          f"{scale} pixels per latent; change the image size")
+        unet = build_ddpm_unet(cfg, autoencoder.config.latent_channels, cfg.image_size // scale)
+        latents = {False: encode_images(autoencoder, images)}
+        if cfg.flip:
+            latents[True] = encode_images(autoencoder, images.flip(-1))
+        autoencoder.cpu()
+    unet = unet.to(device)
+    sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                          clip_sample=autoencoder is None)  # x0 in [-1, 1] holds for pixels, not for latents
     model: dict[str, torch.nn.Module] = {"unet": unet}
 
-    def as_float(ids: torch.Tensor) -> torch.Tensor:
-        return images[ids].float() / 127.5 - 1
+    def x0_of(ids: torch.Tensor, mirror: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+        """Clean inputs of images ``ids`` (``mirror``: which to flip; None: none)."""
+        if autoencoder is None:
+            x0 = pixels[False][ids].float() / 127.5 - 1
+            return x0 if mirror is None else torch.where(mirror.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        mean, std = latents[False][0][ids], latents[False][1][ids]
+        if mirror is not None:
+            m = mirror.view(-1, 1, 1, 1)
+            mean, std = torch.where(m, latents[True][0][ids], mean), torch.where(m, latents[True][1][ids], std)
+        return mean + std * torch.randn(mean.shape, generator=gen)
 
     def terms(x0: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         noise = torch.randn(x0.shape, generator=gen)
@@ -114,26 +196,24 @@ def train_pixel_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Pat
         return {"loss": task, "task": task}
 
     def loss_fn(idx: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        x0 = as_float(train_ids[idx])
-        if cfg.flip:
-            mirror = torch.rand(len(x0), generator=gen) < 0.5
-            x0 = torch.where(mirror.view(-1, 1, 1, 1), x0.flip(-1), x0)
-        return terms(x0, gen)
+        mirror = torch.rand(len(idx), generator=gen) < 0.5 if cfg.flip else None
+        return terms(x0_of(train_ids[idx], mirror, gen), gen)
 
     def val_fn() -> dict[str, float]:
-        chunks = range(0, n_val, 64)
         total = 0.0
         with torch.no_grad():
-            for i in chunks:
+            for i in range(0, n_val, 64):
                 ids = val_ids[i : i + 64]
-                total += float(terms(as_float(ids), torch.Generator().manual_seed(train.seed + 777 + i))["loss"]) * len(ids)
+                gen = torch.Generator().manual_seed(train.seed + 777 + i)
+                total += float(terms(x0_of(ids, None, gen), gen)["loss"]) * len(ids)
         return {"loss": total / n_val}
 
     n_train = len(train_ids)  # an epoch as the shared loop counts it
     steps_per_epoch = max(1, (n_train // max(1, min(train.batch_size, n_train))) // train.gradient_accumulation)
     train = replace(train, checkpoint_every=cfg.checkpoint_every_epochs * steps_per_epoch, monitor="loss",
                     monitor_mode="min", restore_best=True)
-    key = hashlib.sha256(json.dumps({"folder": str(folder), "n": n, "ddpm": asdict(cfg),
+    key = hashlib.sha256(json.dumps({"folder": str(folder), "n": n, "ddpm": asdict(cfg), "vae": vae,
+                                     "vae_weights": fingerprint(vae),
                                      "pixels": hashlib.sha256(images.numpy().tobytes()).hexdigest()},
                                     sort_keys=True).encode()).hexdigest()[:16]
     trainer = Trainer(unet, loss_fn, len(train_ids), run_dir, train, val_fn=val_fn, name="ddpm teacher", run_key=key)
@@ -141,14 +221,19 @@ def train_pixel_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Pat
     result = trainer.fit()
     best = trainer.accelerator.unwrap_model(trainer.model).eval()
     if trainer.accelerator.is_main_process:
-        pipe = DDPMPipeline(unet=best, scheduler=sched)
+        if autoencoder is None:
+            pipe = DDPMPipeline(unet=best, scheduler=sched)
+        else:
+            # DDIM by default: LDMPipeline does not hand its generator to a stochastic sampler's step
+            pipe = LDMPipeline(vqvae=autoencoder.to(device), unet=best, scheduler=DDIMScheduler.from_config(sched.config))
         pipe.set_progress_bar_config(disable=True)
         gens = [torch.Generator("cpu").manual_seed(train.seed + i) for i in range(cfg.n_samples)]
         samples = pipe(batch_size=cfg.n_samples, generator=gens, num_inference_steps=cfg.sample_steps).images
         with atomic_dir(out_dir) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
             save_sample_grid(samples, tmp / "samples.png")
-            write_json(tmp / "ddpm.json", {"folder": str(folder), "ddpm": asdict(cfg), "train": asdict(train),
+            write_json(tmp / "ddpm.json", {"folder": str(folder), "space": "pixel" if autoencoder is None else "latent",
+                                           "vae": vae, "ddpm": asdict(cfg), "train": asdict(train),
                                            "n_train": len(train_ids), "n_val": n_val, "params": count_parameters(best),
                                            "steps": result.steps, "best_step": result.best_step,
                                            "best_val_loss": result.best_val, "stopped_early": result.stopped_early})

@@ -13,7 +13,8 @@ several processes. The teacher is frozen, in half precision on GPU, and kept out
 ``feat_kd``) and weighted (``*_weighted``). The trained student U-Net, with the teacher's VAE, text
 encoder, tokenizer and scheduler, is saved as a pipeline folder that
 ``DiffusionPipeline.from_pretrained`` loads. A pixel-space teacher (``DDPMPipeline``: no VAE, no
-text) is distilled on the images themselves, unconditionally.
+text) is distilled on the images themselves, an unconditional latent one (``LDMPipeline``) on its
+autoencoder's latents, both without text.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def distill_unet(teacher: str, data: DataConfig, out_dir: str | Path, run_dir: s
         noisy = sched.add_noise(z0, noise, t).to(device)
         target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
         t = t.to(device)
-        cond = {} if emb is None else {"encoder_hidden_states": emb[pidx[ids]].to(device)}  # pixel DDPMs: none
+        cond = {} if emb is None else {"encoder_hidden_states": emb[pidx[ids]].to(device)}  # unconditional DDPMs: none
         with torch.no_grad():
             t_out = t_unet(noisy.to(t_unet.dtype), t, **{k: v.to(t_unet.dtype) for k, v in cond.items()}).sample
         t_feats = t_hooks.pop()

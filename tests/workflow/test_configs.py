@@ -65,6 +65,16 @@ def test_size_study_cifar10_config_dry_run(tmp_path):
     bad = run(ROOT, "-n", "--configfile", str(missing), check=False)
     assert bad.returncode != 0
     assert "config error: config key 'ddpm_teacher.data': local path '/nonexistent/cifar10/train' does not exist" in bad.stderr
+    # a latent DDPM on the shapes world's autoencoder: trained after the toy models that hold it
+    latent = cfg.with_name("latent.yaml")
+    latent.write_text(cfg.read_text().replace("world: {enabled: false}", "world: {enabled: true}")
+                      .replace("grammar: dogs", "grammar: shapes").replace("filler_grammar: artistic", "filler_grammar: shapes")
+                      .replace("ddpm_teacher:\n", "ddpm_teacher:\n  vae: toy:teacher\n"))
+    jobs = planned_jobs(ROOT, "--configfile", str(latent))
+    assert jobs["toy_pretrain"] == 1 and jobs["train_ddpm"] == 1
+    out = run(ROOT, "-n", "--configfile", str(latent), "--printshellcmds", "--forcerun", "train_ddpm").stdout
+    block = out[out.index("rule train_ddpm:"):].split("\n\n")[0]
+    assert "input: results/size_study_cifar10/models/toy_teacher" in block
 
 
 def test_tiny_config_dry_run_builds_tiny_models():
@@ -76,6 +86,9 @@ BAD = {
     "ddpm widths": ("ddpm_teacher: {data: /tmp, model: {channels: [30, 60], attention: [false, true]}}\n"
                     "models:\n  teacher: {source: 'ddpm:teacher'}\n  base_student: {source: 'toy:student'}\n",
                     "config key 'ddpm_teacher.model.channels' has [30, 60], not multiples of norm_num_groups 32"),
+    "ddpm vae itself": ("ddpm_teacher: {data: /tmp, vae: 'ddpm:teacher'}\n"
+                        "models:\n  teacher: {source: 'ddpm:teacher'}\n  base_student: {source: 'toy:student'}\n",
+                        "config key 'ddpm_teacher.vae' is the DDPM teacher itself"),
     "unknown key": ("prompts: {n_evals: 3}\n", "unknown config key 'prompts.n_evals'"),
     "wrong type": ("prompts: {n_eval: ten}\n", "config key 'prompts.n_eval' is 'ten', of the wrong type"),
     "out of range": ("models:\n  teacher: {source: 'toy:teacher', generation: {guidance_scale: 99}}\n"

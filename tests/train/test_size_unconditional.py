@@ -1,12 +1,13 @@
-"""The model-size study on a pixel-space DDPM teacher (DDPMPipeline): width students distilled
-unconditionally, sampled, timed, and analysed like the latent ones."""
+"""The model-size study on unconditional DDPM teachers, pixel (DDPMPipeline) and latent
+(LDMPipeline with a KL autoencoder): width students distilled unconditionally, sampled, timed,
+and analysed like the text-conditioned ones."""
 
 import json
 
 import pandas as pd
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, LDMPipeline
 from PIL import Image
 from safetensors import safe_open
 
@@ -14,33 +15,40 @@ from kd_core.generate import GenerationConfig, generate_images
 from kd_core.metrics.efficiency import EfficiencyConfig, measure_model
 from kd_core.metrics.timestep import TimestepConfig, timestep_mse
 from kd_core.metrics.trajectory import TrajectoryConfig, trajectories
+from kd_core.models.tiny import tiny_vae
 from kd_core.train.data import DataConfig
-from kd_core.train.ddpm import DDPMConfig, build_pixel_unet
+from kd_core.train.ddpm import DDPMConfig, build_ddpm_unet
 from kd_core.train.loop import TrainConfig
 from kd_core.train.size_kd import SizeKDConfig, train_width_student
 
 from ..conftest import random_image_manifest
 
+TINY = DDPMConfig(image_size=16, channels=(16, 32), attention=(False, True), layers_per_block=1, norm_num_groups=8)
 
-@pytest.fixture(scope="module")
-def pixel_teacher(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pixel")
+
+@pytest.fixture(scope="module", params=["pixel", "latent"])
+def teacher_dir(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
     torch.manual_seed(0)
-    unet = build_pixel_unet(DDPMConfig(image_size=16, channels=(16, 32), attention=(False, True), layers_per_block=1,
-                                       norm_num_groups=8))
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100, clip_sample=True)).save_pretrained(
-        root / "teacher", safe_serialization=True)
+    if request.param == "pixel":
+        pipe = DDPMPipeline(unet=build_ddpm_unet(TINY), scheduler=DDPMScheduler(num_train_timesteps=100, clip_sample=True))
+    else:  # 16 px images, 8x8x4 latents
+        pipe = LDMPipeline(vqvae=tiny_vae(), unet=build_ddpm_unet(TINY, in_channels=4, sample_size=8),
+                           scheduler=DDIMScheduler(num_train_timesteps=100, clip_sample=False))
+    pipe.save_pretrained(root / "teacher", safe_serialization=True)
     random_image_manifest(root, 6, size=16, prompt="", first_split=4)
     return root
 
 
-def test_pixel_width_student_and_analyses(pixel_teacher, tmp_path):
-    teacher, manifest = str(pixel_teacher / "teacher"), str(pixel_teacher / "manifest.parquet")
+def test_unconditional_width_student_and_analyses(teacher_dir, tmp_path):
+    teacher, manifest = str(teacher_dir / "teacher"), str(teacher_dir / "manifest.parquet")
+    pixel = teacher_dir.name.startswith("pixel")
     train_width_student(teacher, DataConfig(source=manifest), tmp_path / "w0p5", tmp_path / "run", SizeKDConfig(factor=0.5, val_fraction=0.25),
                         TrainConfig(max_steps=2, batch_size=2, device="cpu", checkpoint_every=1, lr=1e-3))
-    student = DDPMPipeline.from_pretrained(tmp_path / "w0p5")
-    assert type(student).__name__ == "DDPMPipeline" and list(student.unet.config.block_out_channels) == [8, 16]
-    assert student.scheduler.config.clip_sample  # pixels keep x0 clipping
+    student = DiffusionPipeline.from_pretrained(tmp_path / "w0p5")
+    assert type(student).__name__ == ("DDPMPipeline" if pixel else "LDMPipeline")
+    assert list(student.unet.config.block_out_channels) == [8, 16]
+    assert student.scheduler.config.clip_sample == pixel  # pixels keep x0 clipping, latents do not
     assert json.loads((tmp_path / "w0p5" / "size_kd.json").read_text())["params_student"] > 0
     # sampled from a prompt table: the prompts are ignored, the seeds fix the images
     prompts = pd.read_parquet(manifest)
@@ -58,4 +66,4 @@ def test_pixel_width_student_and_analyses(pixel_teacher, tmp_path):
                       TrajectoryConfig(n_prompts=2, steps=3, grid_steps=2, device="cpu"), n_boot=100)
     assert set(tr["step"]) == {0, 1, 2} and (tr["distance"] > 0).all()
     with safe_open(tmp_path / "x0.safetensors", "pt") as f:
-        assert f.get_tensor("w0p5").shape == (2, 2, 3, 16, 16)  # the pixel x0 itself, no VAE
+        assert f.get_tensor("w0p5").shape == (2, 2, 3, 16, 16)  # pixels: x0 itself; latents: x0 decoded
