@@ -64,6 +64,14 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
             if vae and vae.startswith("toy:") and not cfg["world"]["enabled"]:
                 raise ConfigError(f"config key 'ddpm_teacher.vae' is {vae!r}, which needs 'world.enabled: true'")
             _check_ddpm_model(cfg["ddpm_teacher"]["model"], latent=bool(vae))
+            gen = model["generation"]
+            if vae and gen["dtype"] != "fp32":  # LDMPipeline draws float32 noise whatever the U-Net's dtype
+                raise ConfigError(f"config key 'models.{name}.generation.dtype' is {gen['dtype']!r}; a latent DDPM "
+                                  "teacher (LDMPipeline) samples in fp32 only: set it to fp32")
+            if vae and gen["scheduler"] in ("ddpm", "euler_a", "lcm"):
+                raise ConfigError(f"config key 'models.{name}.generation.scheduler' is {gen['scheduler']!r}, whose step "
+                                  "noise a latent DDPM teacher (LDMPipeline) cannot seed; use default, ddim, dpmpp, euler, "
+                                  "unipc or pndm")
         if "filler" in model["splits"] and p["n_filler"] == 0:
             raise ConfigError(f"config key 'models.{name}.splits' asks for filler images but 'prompts.n_filler' is 0")
     lora = cfg["lora"]

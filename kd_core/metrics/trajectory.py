@@ -98,7 +98,7 @@ def trajectories(teacher: str, students: dict[str, str], factors: dict[str, floa
     if prompts.empty:
         raise KDError("trajectory analysis: the prompt table is empty")
     device = resolve_device(cfg.device)
-    pipe = load_pipeline(teacher, device, torch.float32, scheduler=cfg.scheduler)
+    pipe = load_pipeline(teacher, device, torch.float32, scheduler=cfg.scheduler, seeded_steps=True)  # per-sample step noise
     rows_p = prompts.iloc[: cfg.n_prompts]
     cond = uncond = None
     if is_conditional(pipe):

@@ -40,13 +40,17 @@ PIXEL_SCHEDULERS = ("ddpm", "ddim")
 
 
 def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant: str | None = None,
-                  vae: str | None = None, scheduler: str = "default", lora: str | None = None) -> DiffusionPipeline:
+                  vae: str | None = None, scheduler: str = "default", lora: str | None = None,
+                  seeded_steps: bool = False) -> DiffusionPipeline:
     """``DiffusionPipeline.from_pretrained`` for SD 1.x, SDXL, sd-turbo, pixel DDPMs...; weights from safetensors only.
 
     ``vae`` replaces the pipeline's VAE (e.g. an fp16-safe SDXL VAE); without one, SDXL's VAE in
     fp16 is upcast by diffusers when its config sets ``force_upcast``. ``scheduler`` swaps the
     sampler while keeping the model's noise schedule; x0 clipping is off for latent pipelines.
-    ``lora`` is a folder written by ``save_lora_weights`` (a LoRA-tuned student).
+    ``lora`` is a folder written by ``save_lora_weights`` (a LoRA-tuned student). An unconditional
+    latent DDPM (``LDMPipeline``) runs in fp32 only (it draws float32 noise for a U-Net of any
+    dtype) and, unless the caller seeds every step itself (``seeded_steps``), with a deterministic
+    sampler (it does not pass its generator to the sampler's step).
     """
     check_source(source, "model")
     path = local_path(source)
@@ -58,6 +62,10 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     except (OSError, ValueError) as exc:
         raise KDError(f"model {source!r} cannot be loaded: {str(exc).splitlines()[0]} "
                       "(for hub ids, download it into the Hugging Face cache first)") from None
+    ldm = index.get("_class_name") == "LDMPipeline"
+    if ldm and dtype != torch.float32:
+        raise KDError(f"model {source!r} is an unconditional latent DDPM (LDMPipeline), which samples in fp32 only; "
+                      "set its generation dtype to fp32")
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if vae:
@@ -73,7 +81,7 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
             # DDPMPipeline neither scales the model input nor the initial noise, as Euler / DPM++ need
             raise KDError(f"model {source!r} is a pixel DDPM, which samples with {' or '.join(PIXEL_SCHEDULERS)} "
                           f"(or default), not {scheduler!r}; change the scheduler")
-        if type(pipe).__name__ == "LDMPipeline" and scheduler in STOCHASTIC_SCHEDULERS:
+        if ldm and not seeded_steps and scheduler in STOCHASTIC_SCHEDULERS:
             raise KDError(f"model {source!r} is an unconditional latent DDPM (LDMPipeline), which cannot seed the step "
                           f"noise of {scheduler!r}; choose a deterministic one (default, ddim, dpmpp, euler, unipc, pndm)")
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
@@ -91,7 +99,8 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
 
 def autoencoder(pipe: DiffusionPipeline) -> torch.nn.Module | None:
     """The pipeline's latent autoencoder: SD-style ``vae``, an unconditional ``LDMPipeline``'s
-    ``vqvae`` (a KL autoencoder there when the workflow trained it); None for a pixel DDPM."""
+    ``vqvae`` (a KL autoencoder when the workflow trained it; a ``VQModel`` in CompVis' LDMs,
+    which sample but cannot be distilled here); None for a pixel DDPM."""
     return getattr(pipe, "vae", None) or getattr(pipe, "vqvae", None)
 
 

@@ -139,6 +139,9 @@ def encode_pairs(pipe, pairs: pd.DataFrame, size: int, cache: str | Path, encode
         with atomic_path(cache, suffix=".safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in data.items()}, str(tmp))
         return data
+    if not type(vae).__name__.startswith("AutoencoderKL"):
+        raise KDError(f"the teacher's autoencoder is a {type(vae).__name__}; distilling on latents needs a KL "
+                      "autoencoder (AutoencoderKL) with a posterior to encode with")
     scale = vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     means, stds = [], []

@@ -102,7 +102,7 @@ def load_autoencoder(source: str, device: torch.device) -> AutoencoderKL:
     pipeline's ``vae/`` (``vqvae/``) subfolder; safetensors only."""
     check_source(source, "ddpm_teacher.vae")
     path = local_path(source)
-    subs = [s for s in ("vae", "vqvae") if (Path(path) / s / "config.json").is_file()] or [None, "vae"]
+    subs = [s for s in ("vae", "vqvae") if (Path(path) / s / "config.json").is_file()] or [None, "vae", "vqvae"]
     error = ""
     for sub in subs:
         try:
@@ -115,7 +115,11 @@ def load_autoencoder(source: str, device: torch.device) -> AutoencoderKL:
         if config.get("shift_factor"):
             raise KDError(f"ddpm_teacher.vae {source!r} has a shift_factor, which LDMPipeline does not apply; "
                           "use an SD 1.x / SDXL-style VAE")
-        vae = AutoencoderKL.from_pretrained(path, subfolder=sub, use_safetensors=True)
+        try:
+            vae = AutoencoderKL.from_pretrained(path, subfolder=sub, use_safetensors=True)
+        except (OSError, ValueError) as exc:
+            raise KDError(f"ddpm_teacher.vae {source!r} cannot be loaded: {str(exc).splitlines()[0]} "
+                          "(weights are read from safetensors only)") from None
         return vae.to(device).eval().requires_grad_(False)
     raise KDError(f"ddpm_teacher.vae {source!r} cannot be loaded: {error} "
                   "(give an AutoencoderKL folder, a pipeline folder with vae/, or a hub id in the Hugging Face cache)")
@@ -212,8 +216,8 @@ def train_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Path, cfg
     steps_per_epoch = max(1, (n_train // max(1, min(train.batch_size, n_train))) // train.gradient_accumulation)
     train = replace(train, checkpoint_every=cfg.checkpoint_every_epochs * steps_per_epoch, monitor="loss",
                     monitor_mode="min", restore_best=True)
-    key = hashlib.sha256(json.dumps({"folder": str(folder), "n": n, "ddpm": asdict(cfg), "vae": vae,
-                                     "vae_weights": fingerprint(vae),
+    latent_key = {"vae": vae, "vae_weights": fingerprint(vae)} if vae else {}  # pixel runs keep their old keys
+    key = hashlib.sha256(json.dumps({"folder": str(folder), "n": n, "ddpm": asdict(cfg), **latent_key,
                                      "pixels": hashlib.sha256(images.numpy().tobytes()).hexdigest()},
                                     sort_keys=True).encode()).hexdigest()[:16]
     trainer = Trainer(unet, loss_fn, len(train_ids), run_dir, train, val_fn=val_fn, name="ddpm teacher", run_key=key)

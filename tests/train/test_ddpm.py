@@ -104,6 +104,11 @@ def test_latent_ddpm_trains_on_a_frozen_autoencoder(tmp_path):
     assert a.shape == (2, 16, 16, 3) and np.array_equal(a, b)  # seeded: reproducible
     with pytest.raises(KDError, match="cannot seed the step noise of 'ddpm'"):
         load_pipeline(str(tmp_path / "model"), torch.device("cpu"), torch.float32, scheduler="ddpm")
+    # a caller that seeds every step itself (the trajectory analysis) may use it
+    assert load_pipeline(str(tmp_path / "model"), torch.device("cpu"), torch.float32, scheduler="ddpm",
+                         seeded_steps=True).scheduler.config.clip_sample is False
+    with pytest.raises(KDError, match="samples in fp32 only"):
+        load_pipeline(str(tmp_path / "model"), torch.device("cpu"), torch.bfloat16)
     # a pipeline folder's vae/ is found
     pipe.save_pretrained(tmp_path / "pipe")
     (tmp_path / "pipe" / "vqvae").rename(tmp_path / "pipe" / "vae")

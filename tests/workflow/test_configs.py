@@ -89,6 +89,10 @@ BAD = {
     "ddpm vae itself": ("ddpm_teacher: {data: /tmp, vae: 'ddpm:teacher'}\n"
                         "models:\n  teacher: {source: 'ddpm:teacher'}\n  base_student: {source: 'toy:student'}\n",
                         "config key 'ddpm_teacher.vae' is the DDPM teacher itself"),
+    "ddpm latent dtype": ("ddpm_teacher: {data: /tmp, vae: /tmp}\n"
+                          "models:\n  teacher: {source: 'ddpm:teacher'}\n  base_student: {source: 'toy:student'}\n",
+                          "config key 'models.teacher.generation.dtype' is 'auto'; a latent DDPM teacher (LDMPipeline) "
+                          "samples in fp32 only"),
     "unknown key": ("prompts: {n_evals: 3}\n", "unknown config key 'prompts.n_evals'"),
     "wrong type": ("prompts: {n_eval: ten}\n", "config key 'prompts.n_eval' is 'ten', of the wrong type"),
     "out of range": ("models:\n  teacher: {source: 'toy:teacher', generation: {guidance_scale: 99}}\n"
