@@ -111,7 +111,9 @@ def format_size_study(df: pd.DataFrame) -> pd.DataFrame:
         "MSE to teacher": [_ci(m, lo, hi) if name != "teacher" else "0" for name, m, lo, hi in
                            zip(df["model"], df["mse_teacher"], df["mse_teacher_ci_low"], df["mse_teacher_ci_high"], strict=True)],
         "task MSE": df["mse_noise"].map(num), "final latent drift": df["trajectory_final"].map(num),
-        "ms / step": df["latency_per_step_ms"].map(num), "ms / image": df["latency_per_image_ms"].map(num),
+        "U-Net ms / step [95% CI]": [_ci(v, lo, hi, 4) if np.isfinite(v) else "n/a" for v, lo, hi in
+                                     zip(df["step_ms"], df["step_ms_ci_low"], df["step_ms_ci_high"], strict=True)],
+        "GFLOPs / step": df["gflops_per_step"].map(num), "ms / image": df["latency_per_image_ms"].map(num),
         "peak MiB": df["peak_memory_mib"].map(num),
         "FID [95% CI]": [_ci(v, lo, hi, 4) for v, lo, hi in zip(df["fid"], df["fid_ci_low"], df["fid_ci_high"], strict=True)],
         "frontier": np.where(df["on_frontier"], "yes", ""),
@@ -137,10 +139,12 @@ def size_headline(df: pd.DataFrame, meta: dict) -> list[str]:
     rho_e, p_e = meta.get("spearman_width_vs_mse_teacher", np.nan), meta.get("spearman_width_vs_mse_teacher_p", np.nan)
     rho_l, p_l = meta.get("spearman_width_vs_latency", np.nan), meta.get("spearman_width_vs_latency_p", np.nan)
     errors = ", ".join(f"x{r.factor:g} {r.mse_teacher:.3g}" for r in s.itertuples())
-    latency = ", ".join(f"x{r.factor:g} {r.latency_per_image_ms:.4g} ms" for r in s.itertuples())
+    col = meta.get("spearman_latency_column", "latency_per_image_ms")
+    what = "U-Net step latency (interleaved timing)" if col == "step_ms" else "latency per image"
+    latency = ", ".join(f"x{r.factor:g} {getattr(r, col):.4g} ms" for r in s.itertuples())
     return [f"**Model size** ({len(s)} width students): noise-prediction MSE to the teacher {errors} "
-            f"(Spearman rank correlation of width with error {rho_e:+.2f}, p = {p_e:.2g}); latency per image {latency} "
-            f"(Spearman width vs latency {rho_l:+.2f}, p = {p_l:.2g})."]
+            f"(Spearman rank correlation of width with error {rho_e:+.2f}, p = {p_e:.2g}); {what} {latency} "
+            f"(Spearman width vs latency {rho_l:+.2f}, p = {p_l:.2g}; {meta.get('spearman_p', 'p from scipy')})."]
 
 
 FORMATTERS = {"classifier_kd": format_classifier_kd, "size_study": format_size_study, "timestep_mse": format_timestep_mse, "summary": format_summary, "improvement": format_improvement, "distribution": format_distribution,

@@ -271,7 +271,8 @@ def size_analysis_input(wildcards):
 
 
 def size_summary_input(wildcards):
-    inputs = {"timestep": f"{OUT}/metrics/timestep_mse.parquet", "trajectory": f"{OUT}/metrics/trajectory.parquet"}
+    inputs = {"timestep": f"{OUT}/metrics/timestep_mse.parquet", "trajectory": f"{OUT}/metrics/trajectory.parquet",
+              "latency": f"{OUT}/metrics/size_latency.parquet"}
     if EFFICIENCY:
         inputs["efficiency"] = f"{OUT}/metrics/efficiency.parquet"
     if EXTRACTOR != "none":

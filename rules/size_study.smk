@@ -3,7 +3,8 @@
 # output-KD loss), each a model w<factor> sampled and evaluated like every other model (rule
 # generate, metrics, efficiency); then the size analyses, each a named target writing Parquet
 # and its figures: timestep_mse (size x timestep heatmap), trajectory (divergence and denoising
-# grid), size_summary (cost and quality against size, the efficiency frontier). All of it: the
+# grid), size_latency (interleaved U-Net step latency and FLOPs), size_summary (cost and quality
+# against size, the efficiency frontier). All of it: the
 # target size_study.
 
 
@@ -90,6 +91,34 @@ rule timestep_mse:
         "../envs/kd_core.yaml"
     script:
         "../workflow_scripts/timestep_mse.py"
+
+
+rule size_latency:
+    input:
+        unpack(size_analysis_input),
+    output:
+        f"{OUT}/metrics/size_latency.parquet",
+    params:
+        teacher=teacher_source,
+        students=size_student_dirs(),
+        factors=SIZE_FACTORS,
+        settings=SIZE["latency"],
+        guidance=config["models"]["teacher"]["generation"]["guidance_scale"],
+        bootstrap=METRICS["bootstrap"],
+        seed=config["seed"],
+        code=code_hash("kd_core.metrics.latency"),
+    log:
+        f"{OUT}/logs/size_latency.log",
+    benchmark:
+        f"{OUT}/benchmarks/size_latency.tsv"
+    threads: workflow.cores  # alone on the machine: nothing else runs while it times
+    resources:
+        mem_mb=16000,
+        gpu=1,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/size_latency.py"
 
 
 rule trajectory:

@@ -6,5 +6,5 @@ from kd_core.runlog import job
 with job(snakemake.log[0], snakemake.threads) as log:
     i = snakemake.input
     table = size_summary(i.timestep, i.trajectory, i.get("efficiency"), i.get("distribution"), snakemake.params.factors,
-                         snakemake.output[0])
+                         snakemake.output[0], latency=i.latency)
     log.info("\n%s\n%s", table.to_string(index=False), {k: round(v, 4) for k, v in table.attrs.items() if isinstance(v, float)})

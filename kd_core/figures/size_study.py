@@ -17,9 +17,9 @@ from kd_core.io import read_metadata
 
 
 def load_summary(path: str | os.PathLike) -> pd.DataFrame:
-    """The size-study summary table with its rank correlations (Parquet metadata) in ``attrs``."""
+    """The size-study summary table with its metadata (rank correlations, latency batches...) in ``attrs``."""
     df = pd.read_parquet(path)
-    df.attrs.update({k: v for k, v in read_metadata(path).items() if k.startswith("spearman")})
+    df.attrs.update({k: v for k, v in read_metadata(path).items() if k != "table"})
     return df
 
 
@@ -121,23 +121,31 @@ def denoising_grid(images: str | os.PathLike, out_png: str | os.PathLike, prompt
 
 
 def cost_plot(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> None:
-    """Latency per step, per image and peak memory against denoiser parameters and width."""
+    """U-Net step latency (interleaved, 95% CI) and FLOPs, latency per image and peak memory against
+    denoiser parameters."""
     df = _table(summary)
+    panels = [("step_ms", "U-Net step latency, interleaved (ms)"), ("gflops_per_step", "GFLOPs per step"),
+              ("latency_per_image_ms", "latency per image (ms)"), ("peak_memory_mib", "peak memory (MiB)")]
+    panels = [(c, label) for c, label in panels if c in df and df[c].notna().any()] or panels[2:]
     with style():
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-        for ax, col, label in ((axes[0], "latency_per_step_ms", "latency per step (ms)"),
-                               (axes[1], "latency_per_image_ms", "latency per image (ms)"),
-                               (axes[2], "peak_memory_mib", "peak memory (MiB)")):
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+        for ax, (col, label) in zip(axes[0], panels, strict=True):
             s = df[df["model"] != "teacher"].sort_values("factor")
-            ax.plot(s["params"] / 1e6, s[col], marker="o", color="#1f77b4", label="students")
+            if col == "step_ms":
+                ax.errorbar(s["params"] / 1e6, s[col], yerr=[s[col] - s["step_ms_ci_low"], s["step_ms_ci_high"] - s[col]],
+                            marker="o", color="#1f77b4", capsize=3, label="students")
+            else:
+                ax.plot(s["params"] / 1e6, s[col], marker="o", color="#1f77b4", label="students")
             for r in s.itertuples():
                 ax.annotate(f"x{r.factor:g}", (r.params / 1e6, getattr(r, col)), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
             t = df[df["model"] == "teacher"]
             ax.scatter(t["params"] / 1e6, t[col], color="#222222", marker="*", s=80, zorder=3, label="teacher")
             ax.set(xlabel="denoiser parameters (M)", ylabel=label)
-        axes[0].legend()
-        fig.suptitle(f"Cost against size (Spearman width vs latency: {df.attrs.get('spearman_width_vs_latency', np.nan):.2f})"
+        axes[0][0].legend()
+        rho = df.attrs.get("spearman_width_vs_latency", np.nan)
+        fig.suptitle(f"Cost against size (Spearman width vs latency: {rho:.2f}, p = "
+                     f"{df.attrs.get('spearman_width_vs_latency_p', np.nan):.2g})"
                      if "spearman_width_vs_latency" in df.attrs else "Cost against size", y=1.02)
         fig.tight_layout()
         save_figure(fig, out_png)

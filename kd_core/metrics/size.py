@@ -1,22 +1,26 @@
 """The model-size study's summary: one row per model (teacher and width students) joining size,
 error against the teacher, trajectory drift, cost and distribution quality, plus Spearman rank
-correlations of width with error and with latency (the study's two headline trends)."""
+correlations of width with error and with latency (the study's two headline trends); with as
+few students as a study has, the p-value is exact (every permutation of the ranks)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from kd_core.io import write_parquet
 
 SIZE_SCHEMA = pa.schema([
     ("model", pa.string()), ("factor", pa.float64()), ("params", pa.int64()), ("mse_teacher", pa.float64()),
     ("mse_teacher_ci_low", pa.float64()), ("mse_teacher_ci_high", pa.float64()), ("mse_noise", pa.float64()),
-    ("trajectory_final", pa.float64()), ("latency_per_step_ms", pa.float64()), ("latency_per_image_ms", pa.float64()),
+    ("trajectory_final", pa.float64()), ("step_ms", pa.float64()), ("step_ms_ci_low", pa.float64()),
+    ("step_ms_ci_high", pa.float64()), ("step_ms_batch", pa.float64()), ("gflops_per_step", pa.float64()),
+    ("latency_per_step_ms", pa.float64()), ("latency_per_image_ms", pa.float64()),
     ("peak_memory_mib", pa.float64()), ("fid", pa.float64()), ("fid_ci_low", pa.float64()), ("fid_ci_high", pa.float64()),
     ("kid", pa.float64()), ("fid_x_mparams", pa.float64()), ("fid_x_seconds", pa.float64()), ("on_frontier", pa.bool_()),
 ])
@@ -27,8 +31,13 @@ def _spearman(x, y) -> tuple[float, float]:
     keep = np.isfinite(x) & np.isfinite(y)
     if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
         return float("nan"), float("nan")
-    r = spearmanr(x[keep], y[keep])
-    return float(r.statistic), float(r.pvalue)
+    x, y = x[keep], y[keep]
+    rho = float(spearmanr(x, y).statistic)
+    if len(x) > 8:
+        return rho, float(spearmanr(x, y).pvalue)
+    rx, ry = rankdata(x), rankdata(y)  # exact two-sided p: every ordering of y's ranks against x's
+    null = np.array([np.corrcoef(rx, perm)[0, 1] for perm in itertools.permutations(ry)])
+    return rho, float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
 
 
 def pareto_front(cost: np.ndarray, error: np.ndarray) -> np.ndarray:
@@ -42,8 +51,12 @@ def pareto_front(cost: np.ndarray, error: np.ndarray) -> np.ndarray:
 
 
 def size_summary(timestep: str | Path, trajectory: str | Path, efficiency: str | Path | None, distribution: str | Path | None,
-                 factors: dict[str, float], out_path: str | Path | None = None, reference: str = "real") -> pd.DataFrame:
-    """Join the size study's tables (FID/KID against ``reference`` images, eval split)."""
+                 factors: dict[str, float], out_path: str | Path | None = None, reference: str = "real",
+                 latency: str | Path | None = None) -> pd.DataFrame:
+    """Join the size study's tables (FID/KID against ``reference`` images, eval split). ``step_ms``:
+    the interleaved U-Net step latency at the smallest batch (kd_core.metrics.latency; CI over
+    rounds), ``step_ms_batch`` at the largest; the efficiency table's whole-pipeline latencies and
+    memory beside them."""
     ts = pd.read_parquet(timestep)
     models = ["teacher", *sorted(factors, key=factors.get)]
     rows = []
@@ -65,6 +78,14 @@ def size_summary(timestep: str | Path, trajectory: str | Path, efficiency: str |
     for col, metric in (("latency_per_step_ms", "latency_per_step"), ("latency_per_image_ms", "latency_per_image"),
                         ("peak_memory_mib", "peak_memory")):
         out[col] = [float(eff.loc[m, metric]) if m in eff.index and metric in eff.columns else np.nan for m in out["model"]]
+    lat = pd.read_parquet(latency) if latency else pd.DataFrame(columns=["model", "batch_size", "step_ms", "ci_low",
+                                                                         "ci_high", "gflops"])
+    small = lat[lat["batch_size"] == lat["batch_size"].min()].set_index("model") if len(lat) else lat.set_index("model")
+    big = lat[lat["batch_size"] == lat["batch_size"].max()].set_index("model") if len(lat) else lat.set_index("model")
+    for col, frame, src in (("step_ms", small, "step_ms"), ("step_ms_ci_low", small, "ci_low"),
+                            ("step_ms_ci_high", small, "ci_high"), ("step_ms_batch", big, "step_ms"),
+                            ("gflops_per_step", small, "gflops")):
+        out[col] = [float(frame.loc[m, src]) if m in frame.index else np.nan for m in out["model"]]
     dist = pd.read_parquet(distribution) if distribution else pd.DataFrame(columns=["model", "reference", "split", "metric"])
     dist = dist[(dist["reference"] == reference) & (dist["split"] == "eval")]
     for metric in ("fid", "kid"):
@@ -79,9 +100,14 @@ def size_summary(timestep: str | Path, trajectory: str | Path, efficiency: str |
     out["on_frontier"] = pareto_front(out["latency_per_image_ms"].to_numpy(), out["fid"].to_numpy())
     students = out[out["model"] != "teacher"]
     rho_err = _spearman(students["factor"], students["mse_teacher"])
-    rho_lat = _spearman(students["factor"], students["latency_per_image_ms"])
+    timed = "step_ms" if students["step_ms"].notna().any() else "latency_per_image_ms"
+    rho_lat = _spearman(students["factor"], students[timed])
+    rho_big = _spearman(students["factor"], students["step_ms_batch"])
     meta = {"spearman_width_vs_mse_teacher": rho_err[0], "spearman_width_vs_mse_teacher_p": rho_err[1],
             "spearman_width_vs_latency": rho_lat[0], "spearman_width_vs_latency_p": rho_lat[1],
+            "spearman_latency_column": timed, "latency_batches": sorted(int(b) for b in lat["batch_size"].unique()),
+            "spearman_width_vs_latency_batch": rho_big[0], "spearman_width_vs_latency_batch_p": rho_big[1],
+            "spearman_p": "exact permutation p with up to 8 students, else the t approximation",
             "fid_reference": reference,
             "mse_teacher": "per image the mean over timestep buckets, then the mean and bootstrap 95% CI over images"}
     out = out[SIZE_SCHEMA.names]

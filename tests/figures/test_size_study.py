@@ -14,6 +14,7 @@ from kd_core.figures.size_study import (
     trajectory_plot,
 )
 from kd_core.io import write_parquet
+from kd_core.metrics.latency import LATENCY_SCHEMA
 from kd_core.metrics.size import SIZE_SCHEMA, pareto_front, size_summary
 from kd_core.metrics.timestep import TIMESTEP_SCHEMA
 from kd_core.metrics.trajectory import TRAJECTORY_SCHEMA
@@ -41,6 +42,11 @@ def tables(tmp_path):
     dist = [{"model": m, "reference": "real", "split": "eval", "metric": k, "value": v, "ci_low": v - 5, "ci_high": v + 5}
             for m, f in fid.items() for k, v in (("fid", f), ("kid", f / 10))]
     pd.DataFrame(dist).to_parquet(tmp_path / "dist.parquet")
+    # interleaved step latency: x0.25 is timed slower than x0.5 (overhead-bound), FLOPs grow with width
+    step = {"teacher": 9.0, "w0p25": 6.0, "w0p5": 5.0, "w1": 9.5}
+    lat = [(m, 1.0 if m == "teacher" else FACTORS[m], b, step[m] * b, step[m] * b - 1, step[m] * b + 1, PARAMS[m] / 100 * b,
+            PARAMS[m], 10, "cpu", "float32") for m in PARAMS for b in (1, 4)]
+    write_parquet(pd.DataFrame(lat, columns=LATENCY_SCHEMA.names), tmp_path / "lat.parquet", LATENCY_SCHEMA, "t")
 
 
 def test_pareto_front():
@@ -60,7 +66,18 @@ def test_size_summary_and_figures(tmp_path):
     assert out["on_frontier"].to_dict() == {"teacher": False, "w0p25": True, "w0p5": True, "w1": False}
     summary = load_summary(tmp_path / "size.parquet")
     assert summary.attrs["spearman_width_vs_mse_teacher"] == pytest.approx(-1.0)
-    assert summary.attrs["spearman_width_vs_latency"] == pytest.approx(1.0)
+    assert summary.attrs["spearman_width_vs_latency"] == pytest.approx(1.0)  # no latency table: per image
+    assert summary.attrs["spearman_width_vs_mse_teacher_p"] == pytest.approx(2 / 6)  # exact: 2 of 3! orderings
+    timed = size_summary(tmp_path / "ts.parquet", tmp_path / "tr.parquet", tmp_path / "eff.parquet", tmp_path / "dist.parquet",
+                         FACTORS, tmp_path / "size_t.parquet", latency=tmp_path / "lat.parquet").set_index("model")
+    assert timed.loc["w0p5", "step_ms"] == 5.0 and timed.loc["w0p5", "step_ms_batch"] == 20.0
+    assert timed.loc["w1", "gflops_per_step"] == 10.0 and timed.loc["w0p25", "step_ms_ci_low"] == 5.0
+    timed_meta = load_summary(tmp_path / "size_t.parquet").attrs
+    assert timed_meta["spearman_latency_column"] == "step_ms" and timed_meta["latency_batches"] == [1, 4]
+    assert timed_meta["spearman_width_vs_latency"] == pytest.approx(0.5)  # ranks 2, 1, 3 against 1, 2, 3
+    assert timed_meta["spearman_width_vs_latency_p"] == pytest.approx(1.0)  # every ordering of 3 has |rho| >= 0.5
+    cost_plot(load_summary(tmp_path / "size_t.parquet"), tmp_path / "cost_t.png")
+    assert (tmp_path / "cost_t.png").stat().st_size > 10_000
     heatmap(tmp_path / "ts.parquet", tmp_path / "heat.png")
     trajectory_plot(tmp_path / "tr.parquet", tmp_path / "traj.png")
     cost_plot(summary, tmp_path / "cost.png")

@@ -1,11 +1,13 @@
 """Timestep MSE and trajectory divergence of width students (random weights) against a tiny SD teacher."""
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors import safe_open
 
 from kd_core.errors import KDError
+from kd_core.metrics.latency import LATENCY_SCHEMA, LatencyConfig, denoiser_latency
 from kd_core.metrics.timestep import TIMESTEP_SCHEMA, TimestepConfig, bucket_edges, timestep_mse
 from kd_core.metrics.trajectory import (
     TRAJECTORY_SCHEMA,
@@ -79,3 +81,22 @@ def test_trajectories_and_denoising_images(tiny_sd15, students, images, tmp_path
         assert x.dtype == torch.uint8 and x.shape == (3, 3, 3, 64, 64)  # grid steps, prompts, RGB, H, W
         assert f.metadata()["steps"] == ",".join(map(str, grid_step_indices(4, 3)))
         assert torch.equal(f.get_tensor("same"), f.get_tensor("teacher"))
+
+
+def test_interleaved_step_latency_and_flops(tiny_sd15, students, tmp_path):
+    factors = {"w0p5": 0.5, "w1": 1.0, "same": 1.0}
+    table = denoiser_latency(str(tiny_sd15), students, factors, LatencyConfig(batch_sizes=(1, 3), rounds=4, warmup=1,
+                                                                              device="cpu", guidance_scale=2.0),
+                             tmp_path / "lat.parquet", n_boot=100)
+    assert pq.read_schema(tmp_path / "lat.parquet").names == LATENCY_SCHEMA.names
+    assert len(table) == 4 * 2 and (table["rounds"] == 4).all() and (table["step_ms"] > 0).all()
+    assert ((table["ci_low"] <= table["step_ms"]) & (table["step_ms"] <= table["ci_high"])).all()
+    g = table.pivot(index="model", columns="batch_size", values="gflops")
+    # FLOPs: the same architecture counts the same, width x0.5 fewer, three images three times one
+    assert g.loc["same", 1] == g.loc["teacher", 1] == g.loc["w1", 1] and g.loc["w0p5", 1] < g.loc["w1", 1] / 2
+    assert g.loc["teacher", 3] == pytest.approx(3 * g.loc["teacher", 1])
+    # guidance doubles the U-Net batch: the FLOPs of 2 latents per image
+    unguided = denoiser_latency(str(tiny_sd15), {}, {}, LatencyConfig(batch_sizes=(1,), rounds=2, warmup=0, device="cpu"),
+                                n_boot=10)
+    assert g.loc["teacher", 1] == pytest.approx(2 * unguided["gflops"].iloc[0])
+    assert table.set_index(["model", "batch_size"])["params"].loc[("w0p5", 1)] < table.set_index(["model", "batch_size"])["params"].loc[("w1", 1)]

@@ -54,7 +54,7 @@ def test_size_study_cifar10_config_dry_run(tmp_path):
     cfg.write_text(text.replace("data/cifar10", str(tmp_path / "cifar10")))
     jobs = planned_jobs(ROOT, "--configfile", str(cfg))
     assert jobs == {"prompts": 1, "train_ddpm": 1, "generate": 5, "train_width_student": 4, "timestep_mse": 1,
-                    "trajectory": 1, "size_summary": 1, "figure_size": 1, "pairwise": 4, "pairwise_gather": 1,
+                    "trajectory": 1, "size_latency": 1, "size_summary": 1, "figure_size": 1, "pairwise": 4, "pairwise_gather": 1,
                     "distribution": 1, "efficiency": 1, "summary": 1, "figure_metrics": 1, "figure_distribution": 1,
                     "figure_efficiency": 1, "figure_loss": 1, "comparison_models": 1, "paper": 1, "all": 1}
     out = run(ROOT, "-n", "--configfile", str(cfg), "--printshellcmds").stdout

@@ -58,7 +58,7 @@ def test_smoke_outputs_exist_and_match_schemas(smoke_repo):
     for rule in ("prompts", "world_data", "world_classifier", "toy_pretrain", "generate_teacher", "attribute_summary",
                  "train_lora", "pairwise_lora_student", "improvement", "distribution", "efficiency", "summary", "paper",
                  "figure_metrics", "comparison_grid_teacher", "train_block_kd_bk_small", "generate_bk_small",
-                 "train_width_student_w0p5", "timestep_mse", "trajectory", "size_summary", "figure_size",
+                 "train_width_student_w0p5", "timestep_mse", "trajectory", "size_latency", "size_summary", "figure_size",
                  "dmkd_prompts", "dmkd_generate_g2", "dmkd_teacher", "dmkd_student_g2_kd_s0", "dmkd_student_g2_kd_s1", "dmkd_summary", "figure_dmkd"):
         assert (out / "benchmarks" / f"{rule}.tsv").is_file() and (out / "logs" / f"{rule}.log").is_file()
 
@@ -105,6 +105,10 @@ def test_smoke_size_study(smoke_repo):
     assert list(size.index) == ["teacher", *WIDTH] and list(size["factor"]) == [1.0, 0.5, 1.0]
     assert size.loc["w1", "params"] == size.loc["teacher", "params"] > size.loc["w0p5", "params"]
     assert (size["latency_per_image_ms"] > 0).all() and size["fid"].notna().all()
+    lat = pd.read_parquet(out / "metrics" / "size_latency.parquet")
+    assert set(lat["model"]) == {"teacher", *WIDTH} and set(lat["batch_size"]) == {1, 2} and set(lat["rounds"]) == {3}
+    assert (size["step_ms"] > 0).all() and size.loc["w0p5", "gflops_per_step"] < size.loc["w1", "gflops_per_step"]
+    assert size.loc["w1", "gflops_per_step"] == size.loc["teacher", "gflops_per_step"]
     paper = (out / "paper" / "summary.md").read_text()
     assert "**Model size** (2 width students)" in paper and "](../figures/size_heatmap.png)" in paper
     assert planned_jobs(smoke_repo, "size_study", *SMOKE) == {}  # the named target: all done
@@ -177,7 +181,8 @@ def test_generation_parameter_reruns_generation_and_downstream_only(smoke_repo):
 
 
 # The model-size study's jobs after its students are retrained
-SIZE = {"train_width_student": 2, "timestep_mse": 1, "trajectory": 1, "size_summary": 1, "figure_size": 1}
+SIZE = {"train_width_student": 2, "timestep_mse": 1, "trajectory": 1, "size_latency": 1, "size_summary": 1,
+        "figure_size": 1}
 
 # DM-KD jobs downstream of new synthetic images: the students trained on them, the table, its figure
 DMKD_SYNTHETIC = {"dmkd_generate": 1, "dmkd_student": 8, "dmkd_summary": 1, "figure_dmkd": 1}

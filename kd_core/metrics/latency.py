@@ -1,0 +1,120 @@
+"""The model-size study's time analysis: the denoiser's latency per sampling step, every model timed
+interleaved, and its FLOPs per step.
+
+Models timed one after the other share nothing but the clock, and the clock drifts with the
+machine's state (a shared host, frequency scaling, caches): in the efficiency table of a default
+shapes run, the teacher and the width x1 student, the same architecture, measured first and last,
+differed by half. Here the teacher's and every student's U-Net are loaded at once and timed in
+rounds; each round runs one forward pass of every model, in a freshly shuffled order, on the same
+input, so drift falls on all models alike. The input is what a sampling step feeds the U-Net: a
+batch of latents (doubled for classifier-free guidance when the teacher samples with it), a
+mid-schedule timestep and prompt embeddings (none for an unconditional DDPM). Per model and batch
+size: the median over rounds with a bootstrap 95% CI, and the FLOPs of one forward pass
+(``torch.utils.flop_counter``), the device-independent cost that the latency should follow once
+the device is busy enough.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+
+from kd_core.io import write_parquet
+from kd_core.metrics.bootstrap import bootstrap_ci
+from kd_core.models.bk_sdm import count_parameters
+from kd_core.models.loading import (
+    is_conditional,
+    latent_scale,
+    load_pipeline,
+    load_unet,
+    model_default_size,
+)
+from kd_core.seeding import resolve_device, resolve_dtype
+
+LATENCY_SCHEMA = pa.schema([
+    ("model", pa.string()), ("factor", pa.float64()), ("batch_size", pa.int64()), ("step_ms", pa.float64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("gflops", pa.float64()), ("params", pa.int64()),
+    ("rounds", pa.int64()), ("device", pa.string()), ("dtype", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    batch_sizes: tuple[int, ...] = (1, 8)  # images per step (guidance doubles the U-Net's batch)
+    rounds: int = 30
+    warmup: int = 3
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bf16/fp16 on GPU, fp32 on CPU
+    guidance_scale: float = 1.0  # > 1 with a text-conditioned teacher: the U-Net sees the batch twice
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_inputs(pipe, batch: int, guidance_scale: float, device: torch.device, dtype: torch.dtype) -> dict:
+    """One sampling step's U-Net input for ``batch`` images of the teacher's default size."""
+    size = model_default_size(pipe) // latent_scale(pipe)
+    n = batch * (2 if guidance_scale > 1 and is_conditional(pipe) else 1)
+    gen = torch.Generator("cpu").manual_seed(0)
+    inputs = {"sample": torch.randn((n, pipe.unet.config.in_channels, size, size), generator=gen).to(device, dtype),
+              "timestep": torch.full((n,), pipe.scheduler.config.num_train_timesteps // 2, device=device)}
+    if is_conditional(pipe):
+        with torch.inference_mode():
+            emb = pipe.encode_prompt(["a photo"] * n, device=device, num_images_per_prompt=1,
+                                     do_classifier_free_guidance=False)[0]
+        inputs["encoder_hidden_states"] = emb.to(dtype)
+    return inputs
+
+
+def flops(unet: torch.nn.Module, inputs: dict) -> int:
+    """Floating-point operations of one forward pass (multiply-add = 2)."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        unet(**inputs)
+    return int(counter.get_total_flops())
+
+
+def denoiser_latency(teacher: str, students: dict[str, str], factors: dict[str, float], cfg: LatencyConfig,
+                     out_path: str | Path | None = None, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
+    """Step latency (interleaved rounds) and FLOPs of the teacher's and every student's U-Net."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    pipe = load_pipeline(teacher, device, dtype)
+    unets = {"teacher": pipe.unet.eval()} | {m: load_unet(p, device, dtype).eval() for m, p in students.items()}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for batch in cfg.batch_sizes:
+        inputs = step_inputs(pipe, batch, cfg.guidance_scale, device, dtype)
+        times: dict[str, list[float]] = {m: [] for m in unets}
+        names = list(unets)
+        with torch.inference_mode():
+            for r in tqdm(range(cfg.warmup + cfg.rounds), desc=f"step latency, batch {batch}", unit="round"):
+                for i in rng.permutation(len(names)):
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    unets[names[i]](**inputs)
+                    _sync(device)
+                    if r >= cfg.warmup:
+                        times[names[i]].append((time.perf_counter() - t0) * 1e3)
+        for m, unet in unets.items():
+            x = np.asarray(times[m])
+            lo, hi = bootstrap_ci(x, rng, n_boot, stat=np.median)
+            rows.append({"model": m, "factor": 1.0 if m == "teacher" else factors.get(m, float("nan")),
+                         "batch_size": batch, "step_ms": float(np.median(x)), "ci_low": lo, "ci_high": hi,
+                         "gflops": flops(unet, inputs) / 1e9, "params": count_parameters(unet), "rounds": len(x),
+                         "device": str(device), "dtype": str(dtype).removeprefix("torch.")})
+    table = pd.DataFrame(rows, columns=LATENCY_SCHEMA.names)
+    if out_path is not None:
+        write_parquet(table, out_path, LATENCY_SCHEMA, "metrics/size_latency",
+                      {"protocol": __doc__.split("\n\n")[1].replace("\n", " "), "teacher": teacher, "students": students,
+                       "threads": torch.get_num_threads(), "ci": "percentile bootstrap 95% of the median over rounds"})
+    return table
