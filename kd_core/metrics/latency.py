@@ -9,7 +9,9 @@ rounds; each round runs one forward pass of every model, in a freshly shuffled o
 input, so drift falls on all models alike. The input is what a sampling step feeds the U-Net: a
 batch of latents (doubled for classifier-free guidance when the teacher samples with it), a
 mid-schedule timestep and prompt embeddings (none for an unconditional DDPM). Per model and batch
-size: the median over rounds with a bootstrap 95% CI, and the FLOPs of one forward pass
+size: the median over rounds with a bootstrap 95% CI; the median over rounds of its time over
+the teacher's in the same round (paired, so a burst of load on the machine cancels) with its CI;
+and the FLOPs of one forward pass
 (``torch.utils.flop_counter``), the device-independent cost that the latency should follow once
 the device is busy enough.
 """
@@ -41,7 +43,8 @@ from kd_core.seeding import resolve_device, resolve_dtype
 
 LATENCY_SCHEMA = pa.schema([
     ("model", pa.string()), ("factor", pa.float64()), ("batch_size", pa.int64()), ("step_ms", pa.float64()),
-    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("gflops", pa.float64()), ("params", pa.int64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("ratio_teacher", pa.float64()),
+    ("ratio_ci_low", pa.float64()), ("ratio_ci_high", pa.float64()), ("gflops", pa.float64()), ("params", pa.int64()),
     ("rounds", pa.int64()), ("device", pa.string()), ("dtype", pa.string()),
 ])
 
@@ -107,9 +110,12 @@ def denoiser_latency(teacher: str, students: dict[str, str], factors: dict[str, 
                         times[names[i]].append((time.perf_counter() - t0) * 1e3)
         for m, unet in unets.items():
             x = np.asarray(times[m])
+            ratio = x / np.asarray(times["teacher"])  # round by round: both timed within one round
             lo, hi = bootstrap_ci(x, rng, n_boot, stat=np.median)
+            r_lo, r_hi = bootstrap_ci(ratio, rng, n_boot, stat=np.median)
             rows.append({"model": m, "factor": 1.0 if m == "teacher" else factors.get(m, float("nan")),
                          "batch_size": batch, "step_ms": float(np.median(x)), "ci_low": lo, "ci_high": hi,
+                         "ratio_teacher": float(np.median(ratio)), "ratio_ci_low": r_lo, "ratio_ci_high": r_hi,
                          "gflops": flops(unet, inputs) / 1e9, "params": count_parameters(unet), "rounds": len(x),
                          "device": str(device), "dtype": str(dtype).removeprefix("torch.")})
     table = pd.DataFrame(rows, columns=LATENCY_SCHEMA.names)

@@ -44,7 +44,8 @@ def tables(tmp_path):
     pd.DataFrame(dist).to_parquet(tmp_path / "dist.parquet")
     # interleaved step latency: x0.25 is timed slower than x0.5 (overhead-bound), FLOPs grow with width
     step = {"teacher": 9.0, "w0p25": 6.0, "w0p5": 5.0, "w1": 9.5}
-    lat = [(m, 1.0 if m == "teacher" else FACTORS[m], b, step[m] * b, step[m] * b - 1, step[m] * b + 1, PARAMS[m] / 100 * b,
+    lat = [(m, 1.0 if m == "teacher" else FACTORS[m], b, step[m] * b, step[m] * b - 1, step[m] * b + 1, step[m] / 9,
+            step[m] / 9 - 0.1, step[m] / 9 + 0.1, PARAMS[m] / 100 * b,
             PARAMS[m], 10, "cpu", "float32") for m in PARAMS for b in (1, 4)]
     write_parquet(pd.DataFrame(lat, columns=LATENCY_SCHEMA.names), tmp_path / "lat.parquet", LATENCY_SCHEMA, "t")
 

@@ -91,6 +91,8 @@ def test_interleaved_step_latency_and_flops(tiny_sd15, students, tmp_path):
     assert pq.read_schema(tmp_path / "lat.parquet").names == LATENCY_SCHEMA.names
     assert len(table) == 4 * 2 and (table["rounds"] == 4).all() and (table["step_ms"] > 0).all()
     assert ((table["ci_low"] <= table["step_ms"]) & (table["step_ms"] <= table["ci_high"])).all()
+    assert ((table["ratio_ci_low"] <= table["ratio_teacher"]) & (table["ratio_teacher"] <= table["ratio_ci_high"])).all()
+    assert (table.loc[table["model"] == "teacher", "ratio_teacher"] == 1.0).all()
     g = table.pivot(index="model", columns="batch_size", values="gflops")
     # FLOPs: the same architecture counts the same, width x0.5 fewer, three images three times one
     assert g.loc["same", 1] == g.loc["teacher", 1] == g.loc["w1", 1] and g.loc["w0p5", 1] < g.loc["w1", 1] / 2
