@@ -144,7 +144,18 @@ def size_headline(df: pd.DataFrame, meta: dict) -> list[str]:
     latency = ", ".join(f"x{r.factor:g} {getattr(r, col):.4g} ms" for r in s.itertuples())
     return [f"**Model size** ({len(s)} width students): noise-prediction MSE to the teacher {errors} "
             f"(Spearman rank correlation of width with error {rho_e:+.2f}, p = {p_e:.2g}); {what} {latency} "
-            f"(Spearman width vs latency {rho_l:+.2f}, p = {p_l:.2g}; {meta.get('spearman_p', 'p from scipy')})."]
+            f"(Spearman width vs latency {rho_l:+.2f}, p = {p_l:.2g}; {meta.get('spearman_p', 'p from scipy')})"
+            + _batch_latency(s, meta) + "."]
+
+
+def _batch_latency(s: pd.DataFrame, meta: dict) -> str:
+    """The step latency at the study's largest batch, where the device is busier than at one image."""
+    batches = meta.get("latency_batches") or []
+    if len(batches) < 2 or "step_ms_batch" not in s or s["step_ms_batch"].isna().all():
+        return ""
+    latency = ", ".join(f"x{r.factor:g} {r.step_ms_batch:.4g} ms" for r in s.itertuples())
+    return (f"; at {max(batches)} images per step {latency} (Spearman {meta.get('spearman_width_vs_latency_batch', np.nan):+.2f}, "
+            f"p = {meta.get('spearman_width_vs_latency_batch_p', np.nan):.2g})")
 
 
 FORMATTERS = {"classifier_kd": format_classifier_kd, "size_study": format_size_study, "timestep_mse": format_timestep_mse, "summary": format_summary, "improvement": format_improvement, "distribution": format_distribution,
