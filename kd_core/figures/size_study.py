@@ -132,8 +132,15 @@ def cost_plot(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathL
         for ax, (col, label) in zip(axes[0], panels, strict=True):
             s = df[df["model"] != "teacher"].sort_values("factor")
             if col == "step_ms":
+                batches = df.attrs.get("latency_batches") or []
                 ax.errorbar(s["params"] / 1e6, s[col], yerr=[s[col] - s["step_ms_ci_low"], s["step_ms_ci_high"] - s[col]],
-                            marker="o", color="#1f77b4", capsize=3, label="students")
+                            marker="o", color="#1f77b4", capsize=3,
+                            label=f"students, {min(batches)} image(s)" if batches else "students")
+                if len(batches) > 1 and s["step_ms_batch"].notna().any():
+                    ax.plot(s["params"] / 1e6, s["step_ms_batch"], marker="s", color="#2ca02c",
+                            label=f"students, {max(batches)} images")
+                    t = df[df["model"] == "teacher"]
+                    ax.scatter(t["params"] / 1e6, t["step_ms_batch"], color="#222222", marker="*", s=80, zorder=3)
             else:
                 ax.plot(s["params"] / 1e6, s[col], marker="o", color="#1f77b4", label="students")
             for r in s.itertuples():
@@ -142,7 +149,7 @@ def cost_plot(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathL
             t = df[df["model"] == "teacher"]
             ax.scatter(t["params"] / 1e6, t[col], color="#222222", marker="*", s=80, zorder=3, label="teacher")
             ax.set(xlabel="denoiser parameters (M)", ylabel=label)
-        axes[0][0].legend()
+        axes[0][0].legend(fontsize=7)
         rho = df.attrs.get("spearman_width_vs_latency", np.nan)
         fig.suptitle(f"Cost against size (Spearman width vs latency: {rho:.2f}, p = "
                      f"{df.attrs.get('spearman_width_vs_latency_p', np.nan):.2g})"
