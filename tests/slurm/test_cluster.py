@@ -234,7 +234,12 @@ def test_tables_equal_the_local_run(runs):
             timed = ~ta["metric"].str.startswith("params_")
             assert (ta["metric"] == tb["metric"]).all() and np.isfinite(tb.loc[timed, "value"]).all()
             ta.loc[timed, "value"] = tb.loc[timed, "value"] = 0.0
+        if rel == Path("metrics") / "size_latency.parquet":  # times are measurements; FLOPs and parameters are exact
+            timed = ["step_ms", "ci_low", "ci_high", "ratio_teacher", "ratio_ci_low", "ratio_ci_high"]
+            assert np.isfinite(tb[timed].to_numpy()).all() and (tb["step_ms"] > 0).all()
+            ta, tb = ta.drop(columns=timed), tb.drop(columns=timed)
         if rel == Path("metrics") / "size_study.parquet":  # the size study's cost columns come from efficiency
-            timed = ["latency_per_step_ms", "latency_per_image_ms", "peak_memory_mib", "fid_x_seconds", "on_frontier"]
+            timed = ["latency_per_step_ms", "latency_per_image_ms", "peak_memory_mib", "fid_x_seconds", "on_frontier",
+                     "step_ms", "step_ms_ci_low", "step_ms_ci_high", "step_ms_batch"]
             ta, tb = ta.drop(columns=timed), tb.drop(columns=timed)
         pd.testing.assert_frame_equal(ta, tb, obj=str(rel))
