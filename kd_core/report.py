@@ -111,7 +111,7 @@ def format_size_study(df: pd.DataFrame) -> pd.DataFrame:
         "MSE to teacher": [_ci(m, lo, hi) if name != "teacher" else "0" for name, m, lo, hi in
                            zip(df["model"], df["mse_teacher"], df["mse_teacher_ci_low"], df["mse_teacher_ci_high"], strict=True)],
         "task MSE": df["mse_noise"].map(num), "final latent drift": df["trajectory_final"].map(num),
-        "U-Net ms / step [95% CI]": [_ci(v, lo, hi, 4) if np.isfinite(v) else "n/a" for v, lo, hi in
+        "U-Net ms / step [95% CI]": [_ci(v, lo, hi, 4) for v, lo, hi in
                                      zip(df["step_ms"], df["step_ms_ci_low"], df["step_ms_ci_high"], strict=True)],
         "GFLOPs / step": df["gflops_per_step"].map(num), "ms / image": df["latency_per_image_ms"].map(num),
         "peak MiB": df["peak_memory_mib"].map(num),

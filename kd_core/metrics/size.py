@@ -32,9 +32,10 @@ def _spearman(x, y) -> tuple[float, float]:
     if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
         return float("nan"), float("nan")
     x, y = x[keep], y[keep]
-    rho = float(spearmanr(x, y).statistic)
+    r = spearmanr(x, y)
+    rho = float(r.statistic)
     if len(x) > 8:
-        return rho, float(spearmanr(x, y).pvalue)
+        return rho, float(r.pvalue)
     rx, ry = rankdata(x), rankdata(y)  # exact two-sided p: every ordering of y's ranks against x's
     null = np.array([np.corrcoef(rx, perm)[0, 1] for perm in itertools.permutations(ry)])
     return rho, float(np.mean(np.abs(null) >= abs(rho) - 1e-12))

@@ -154,11 +154,9 @@ def encode_pairs(pipe, pairs: pd.DataFrame, size: int, cache: str | Path, encode
     data = {"latent_mean": torch.cat(means), "latent_std": torch.cat(stds),
             "prompt_index": torch.tensor(pairs["prompt"].map({p: i for i, p in enumerate(prompts)}).to_numpy()),
             "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}
-    if not is_conditional(pipe):  # an unconditional latent DDPM: no text
-        pass
-    elif encode_text:
+    if encode_text and is_conditional(pipe):  # an unconditional latent DDPM has no text
         data.update(encode_text_batch(pipe, prompts))
-    else:
+    elif is_conditional(pipe):
         tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
                              return_tensors="pt")
         data["input_ids"] = tok.input_ids
