@@ -11,11 +11,12 @@ SNAKEMAKE_ARGS ?=
 
 EXPERIMENT := $(or $(shell sed -n 's/^experiment: *//p' $(CONFIG)),shapes)
 
-.PHONY: setup demo report test test-slurm lint dag clean help
+.PHONY: setup demo report profile test test-slurm lint dag clean help
 
 help:
 	@echo "make demo   - run the default experiment (config/config.yaml) with profiles/default, then its report"
 	@echo "make report - the Snakemake HTML report: results/<experiment>/report.html"
+	@echo "make profile - wall time, CPU time and peak memory per rule and per study of results/<experiment>"
 	@echo "make test   - run the test suite (pytest)"
 	@echo "make test-slurm - profiles/slurm on a single-node SLURM cluster started here (installs slurm-wlm, munge)"
 	@echo "make lint   - ruff and snakemake --lint"
@@ -38,6 +39,9 @@ demo: setup
 
 report: setup
 	$(BIN)/snakemake --configfile $(CONFIG) --report results/$(EXPERIMENT)/report.html
+
+profile: setup
+	$(BIN)/python bench/stages.py results/$(EXPERIMENT)
 
 test: setup
 	$(BIN)/python -m pytest -q

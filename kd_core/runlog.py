@@ -1,5 +1,10 @@
 """Running one workflow job: log file, thread count, and one-line errors for user mistakes.
 
+The job's threads (Snakemake's ``threads``) bound every thread pool the job may start: OpenMP,
+BLAS and torch's intra-op pool (set at once when torch is already imported, else through the
+environment it reads on import), and OpenCV's. This module does not import torch itself, so that a
+job that needs none (figures, tables, the paper) starts in about a second.
+
 Progress bars and messages go both to the terminal and to the job's log file. A
 :class:`~kd_core.errors.KDError` (bad input) ends the job with one line and no traceback; any
 other exception is a bug and keeps its traceback (in the log too).
@@ -18,9 +23,22 @@ from typing import TextIO
 
 from kd_core.devices import claim_devices
 from kd_core.errors import KDError
-from kd_core.seeding import set_threads
 
 LAUNCHED = "KD_LAUNCHED"  # set in the processes kd_core.launch starts
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def set_threads(threads: int | None) -> None:
+    """Use the threads Snakemake gave the job (``OMP_NUM_THREADS`` otherwise) in every thread pool."""
+    n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if n <= 0:
+        return
+    for var in _THREAD_VARS:
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(n)
 
 
 class _Tee:

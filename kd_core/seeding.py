@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -14,13 +13,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def set_threads(threads: int | None) -> None:
-    """Use the threads Snakemake gave the job (``OMP_NUM_THREADS`` otherwise)."""
-    n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if n > 0:
-        torch.set_num_threads(n)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -12,7 +12,8 @@ loop adds what a researcher expects of a long run:
 - bit-exact resumption on CPU: the batch order and every random draw are functions of
   (seed, step), so a run resumed from a checkpoint ends with the weights of an uninterrupted run;
 - early stopping on a validation metric (``monitor``, default the loss) with a patience, and/or
-  the best weights restored at the end (``restore_best``); ``val_fn`` keys ``test/<term>`` are
+  the best weights restored at the end (``restore_best``); equal values of a monitored metric
+  other than the loss (an accuracy that a small validation split saturates) go to the lower loss; ``val_fn`` keys ``test/<term>`` are
   logged under split ``test`` (tracked per evaluation, never used to choose weights);
 - an optional exponential moving average of the trained weights (``ema_decay``), checkpointed with
   them; when set, the run ends with the EMA weights;
@@ -206,7 +207,9 @@ class Trainer:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
 
-    def _evaluate(self, step: int, epoch: int, rows: list[dict]) -> float | None:
+    def _evaluate(self, step: int, epoch: int, rows: list[dict]) -> tuple[float, float] | None:
+        """(monitored value, validation loss), both to minimise: ties of the monitored value (an
+        accuracy on a small validation split reaches 1.0 early and stays there) go to the lower loss."""
         if self.val_fn is None:
             return None
         self.model.eval()
@@ -218,12 +221,13 @@ class Trainer:
         if self.cfg.monitor not in terms:
             raise KDError(f"{self.name}: the validation returns no {self.cfg.monitor!r} to monitor; it has {sorted(terms)}")
         value = float(terms[self.cfg.monitor])
-        return value if self.cfg.monitor_mode == "min" else -value
+        tie = float(terms["loss"]) if "loss" in terms and self.cfg.monitor != "loss" else 0.0
+        return (value if self.cfg.monitor_mode == "min" else -value), tie
 
     def fit(self) -> TrainResult:
         cfg, acc = self.cfg, self.accelerator
         rows: list[dict] = []
-        step, bad_evals, best_val, best_step, resumed = 0, 0, None, None, None
+        step, bad_evals, best_val, best_step, best_tie, resumed = 0, 0, None, None, 0.0, None
         self.best: dict[str, torch.Tensor] | None = None
         done = complete_checkpoints(self.ckpt_dir)
         if done and json.loads((done[-1] / "trainer.json").read_text()).get("run_key") != self.run_key:
@@ -235,6 +239,7 @@ class Trainer:
             acc.load_state(str(last))
             meta = json.loads((last / "trainer.json").read_text())
             step, bad_evals, best_val, best_step = meta["step"], meta["bad_evals"], meta["best_val"], meta["best_step"]
+            best_tie = meta.get("best_tie", 0.0)
             rows = pd.read_parquet(last / "loss_rows.parquet").to_dict("records")
             if (last / "best.safetensors").is_file():
                 self.best = load_file(str(last / "best.safetensors"))
@@ -290,9 +295,9 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{terms_sum['loss']:.4f}")
             if self.val_fn is not None and (step % eval_every == 0 or step == self.total):
-                val = self._evaluate(step, epoch, rows)
-                if best_val is None or val < best_val:
-                    best_val, best_step, bad_evals = val, step, 0
+                val, tie = self._evaluate(step, epoch, rows)
+                if best_val is None or (val, tie) < (best_val, best_tie):
+                    best_val, best_tie, best_step, bad_evals = val, tie, step, 0
                     keep = cfg.patience is not None or cfg.restore_best
                     self.best = trainable_state(acc.unwrap_model(self.model)) if keep else None
                 else:
@@ -303,7 +308,7 @@ class Trainer:
                                    f"(best {cfg.monitor} {self._signed(best_val):.5f} at step {best_step})", file=sys.stderr)
             finished = stopped or step >= self.total
             if step % cfg.checkpoint_every == 0 or finished:
-                self._checkpoint(step, {"run_key": self.run_key, "step": step, "bad_evals": bad_evals, "best_val": best_val, "best_step": best_step,
+                self._checkpoint(step, {"run_key": self.run_key, "step": step, "bad_evals": bad_evals, "best_val": best_val, "best_tie": best_tie, "best_step": best_step,
                                         "finished": finished, "stopped_early": stopped, "config": asdict(cfg)}, rows)
         bar.close()
         return self._finish(step, stopped, best_step, best_val, resumed, rows)
