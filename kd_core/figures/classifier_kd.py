@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib import ticker
 
 from kd_core.errors import KDError
-from kd_core.figures.style import plt, save_figure, style
+from kd_core.figures.style import Figure, plt, save_figure, style
 
 OBJECTIVE = {"kd": ("KD (teacher soft labels)", "#1f77b4"), "ce": ("hard labels", "#d62728")}
 
@@ -20,7 +20,7 @@ def _errorbar(ax, x, df: pd.DataFrame, colour: str, label: str) -> None:
                 marker="o", ms=4, capsize=3, lw=1.2, label=label)
 
 
-def accuracy_figure(table: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> None:
+def accuracy_figure(table: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> Figure:
     """Panels: every run's real-test accuracy (bars: mean over seeds, 95% CI; dots: each seed);
     against guidance; against set size."""
     df = table if isinstance(table, pd.DataFrame) else pd.read_parquet(table)
@@ -71,10 +71,10 @@ def accuracy_figure(table: pd.DataFrame | str | os.PathLike, out_png: str | os.P
             ax.set_ylabel("real-test accuracy")
             ax.set_title("Accuracy against " + ("guidance" if name == "guidance" else "synthetic-set size"))
             ax.legend(loc="lower right")
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
-def curves_figure(runs: dict[str, str | os.PathLike], out_png: str | os.PathLike) -> None:
+def curves_figure(runs: dict[str, str | os.PathLike], out_png: str | os.PathLike) -> Figure:
     """Per run: training loss (epoch means) and validation / real-test accuracy per epoch."""
     if not runs:
         raise KDError("no DM-KD runs to plot")
@@ -95,4 +95,4 @@ def curves_figure(runs: dict[str, str | os.PathLike], out_png: str | os.PathLike
         handles, labels = ax_acc.get_legend_handles_labels()
         keep = [k for k, lab in enumerate(labels) if lab.endswith("(real test)")]
         ax_acc.legend([handles[k] for k in keep], [labels[k].removesuffix(" (real test)") for k in keep], fontsize=6, ncol=2)
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)

@@ -14,7 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from kd_core.errors import KDError
-from kd_core.figures.style import model_order, plt, save_figure, style
+from kd_core.figures.style import Figure, model_order, plt, save_figure, style
 from kd_core.io import atomic_path, load_rgb
 
 
@@ -35,7 +35,7 @@ def _common_prompts(manifests: dict[str, str | os.PathLike], split: str, n: int)
 
 
 def side_by_side(manifests: dict[str, str | os.PathLike], out_png: str | os.PathLike, n: int = 8,
-                 split: str = "eval") -> None:
+                 split: str = "eval") -> Figure:
     """Rows: the first ``n`` shared prompts; columns: the models (teacher, base student, tuned...)."""
     models = model_order(manifests)
     tables, keys = _common_prompts(manifests, split, n)
@@ -56,11 +56,11 @@ def side_by_side(manifests: dict[str, str | os.PathLike], out_png: str | os.Path
             text.text(0, 0.5, "\n".join(textwrap.wrap(tables[models[0]].loc[key, "prompt"], 28)), va="center", fontsize=7)
         fig.suptitle(f"Same prompt and seed per row ({split} prompts)")
         fig.tight_layout()
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
 def difference_maps(manifests: dict[str, str | os.PathLike], out_png: str | os.PathLike, reference: str = "teacher",
-                    n: int = 8, split: str = "eval") -> None:
+                    n: int = 8, split: str = "eval") -> Figure:
     """Per prompt: the reference image, then |student - reference| (mean over RGB) for each student."""
     if reference not in manifests:
         raise KDError(f"difference maps need the reference model {reference!r}")
@@ -86,7 +86,7 @@ def difference_maps(manifests: dict[str, str | os.PathLike], out_png: str | os.P
             axes[0, j].set_title(name, fontsize=8)
         fig.colorbar(im, ax=axes, shrink=0.6, label="absolute difference")
         fig.suptitle(f"Difference maps against the {reference} ({split} prompts)")
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
 def prompt_filler_grid(manifest: str | os.PathLike, out_png: str | os.PathLike, blocks: int = 16,
@@ -133,7 +133,6 @@ def prompt_filler_grid(manifest: str | os.PathLike, out_png: str | os.PathLike, 
 
 
 def compare_models(manifests: dict[str, str | os.PathLike], side_png: str | os.PathLike, diff_png: str | os.PathLike,
-                   n: int = 8, reference: str = "teacher", split: str = "eval") -> None:
+                   n: int = 8, reference: str = "teacher", split: str = "eval") -> tuple[Figure, Figure]:
     """Side-by-side images and difference maps of the same ``n`` prompts."""
-    side_by_side(manifests, side_png, n, split)
-    difference_maps(manifests, diff_png, reference, n, split)
+    return side_by_side(manifests, side_png, n, split), difference_maps(manifests, diff_png, reference, n, split)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from kd_core.errors import KDError
-from kd_core.figures.style import model_colours, model_order, plt, save_figure, style
+from kd_core.figures.style import Figure, model_colours, model_order, plt, save_figure, style
 from kd_core.metrics.directions import HIGHER_IS_BETTER
 
 LABELS = {
@@ -48,7 +48,7 @@ def _grid(n: int, cols: int = 4, size: tuple[float, float] = (2.6, 2.2)):
     return fig, list(axes.flat[:n])
 
 
-def metric_bars(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike, split: str = "eval") -> None:
+def metric_bars(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike, split: str = "eval") -> Figure:
     """One panel per metric: the mean of each model with its bootstrap 95% CI."""
     summary = _table(summary)
     df = summary[summary["split"] == split]
@@ -72,7 +72,7 @@ def metric_bars(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.Pat
             ax.grid(axis="x", visible=False)
         fig.suptitle(f"Per-image metrics ({split} prompts): mean and bootstrap 95% CI", y=1.0)
         fig.tight_layout()
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
 def normalised_scores(summary: pd.DataFrame, split: str = "eval") -> pd.DataFrame:
@@ -99,7 +99,7 @@ def normalised_scores(summary: pd.DataFrame, split: str = "eval") -> pd.DataFram
     return pd.DataFrame(keep).fillna(0).loc[model_order(wide.index)]
 
 
-def radar(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike, split: str = "eval") -> None:
+def radar(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike, split: str = "eval") -> Figure:
     """Radar chart of the metrics relative to the best model on each axis (see normalised_scores)."""
     scores = normalised_scores(_table(summary), split)
     metrics = list(scores.columns)
@@ -117,10 +117,10 @@ def radar(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike,
         ax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "", "", ""])
         ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1))
         ax.set_title("Metric means relative to the best model on each axis (= 1)", pad=20)
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
-def distributions(per_image: pd.DataFrame, out_png: str | os.PathLike, split: str = "eval") -> None:
+def distributions(per_image: pd.DataFrame, out_png: str | os.PathLike, split: str = "eval") -> Figure:
     """Box plots of every per-image metric, one panel per metric."""
     df = per_image[(per_image["split"] == split) & np.isfinite(per_image["value"])]
     metrics = sorted(m for m in df["metric"].unique() if not m.startswith("accuracy_"))
@@ -142,10 +142,10 @@ def distributions(per_image: pd.DataFrame, out_png: str | os.PathLike, split: st
             ax.set_title(_label(metric))
         fig.suptitle(f"Distributions over images ({split} prompts)", y=1.0)
         fig.tight_layout()
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
-def distribution_bars(table: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> None:
+def distribution_bars(table: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> Figure:
     """FID and KID per model and reference set, with their bootstrap 95% CIs."""
     table = _table(table)
     if table.empty:
@@ -167,10 +167,10 @@ def distribution_bars(table: pd.DataFrame | str | os.PathLike, out_png: str | os
         extractor = table["extractor"].iloc[0]
         fig.suptitle(f"Distribution metrics, {extractor} features ({int(table['feature_dim'].iloc[0])}-d)", y=1.0)
         fig.tight_layout()
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
-def attribute_bars(accuracy: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike, split: str = "eval") -> None:
+def attribute_bars(accuracy: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike, split: str = "eval") -> Figure:
     """Per-attribute accuracy of each model (shapes-world classifier), with bootstrap 95% CIs."""
     accuracy = _table(accuracy)
     df = accuracy[accuracy["split"] == split]
@@ -190,10 +190,10 @@ def attribute_bars(accuracy: pd.DataFrame | str | os.PathLike, out_png: str | os
         ax.set_ylabel("accuracy")
         ax.legend(ncol=len(models), loc="lower center", bbox_to_anchor=(0.5, 1.0))
         ax.set_title(f"Attribute accuracy read by the classifier ({split} prompts)", pad=24)
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
-def loss_curves(runs: dict[str, str | os.PathLike], out_png: str | os.PathLike, smooth: int = 25) -> None:
+def loss_curves(runs: dict[str, str | os.PathLike], out_png: str | os.PathLike, smooth: int = 25) -> Figure:
     """Every loss term of every training run: raw values faint, a running mean on top; the
     learning rate (term ``lr``) on a second axis. Panels per run (and per model within a run)."""
     panels = []
@@ -232,11 +232,11 @@ def loss_curves(runs: dict[str, str | os.PathLike], out_png: str | os.PathLike, 
             ax.set_title(title)
             ax.legend(fontsize=6)
         fig.tight_layout()
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
 def efficiency_plot(efficiency: pd.DataFrame | str | os.PathLike, summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike,
-                    quality: str | None = None, split: str = "eval") -> None:
+                    quality: str | None = None, split: str = "eval") -> Figure:
     """Quality against latency per image and against denoiser parameters, one point per model.
 
     ``quality``: a metric of the summary table (default ``accuracy_all`` when present, else SSIM
@@ -267,14 +267,13 @@ def efficiency_plot(efficiency: pd.DataFrame | str | os.PathLike, summary: pd.Da
         fig.suptitle(f"Quality against cost ({device}, {int(efficiency['steps'].iloc[0])} steps, "
                      f"{int(efficiency['resolution'].iloc[0])} px)", y=1.02)
         fig.tight_layout()
-        save_figure(fig, out_png)
-
+        return save_figure(fig, out_png)
 
 
 def metric_figures(summary: str | os.PathLike, per_image: pd.DataFrame, bars_png: str | os.PathLike,
-                   radar_png: str | os.PathLike, distributions_png: str | os.PathLike, split: str = "eval") -> None:
+                   radar_png: str | os.PathLike, distributions_png: str | os.PathLike,
+                   split: str = "eval") -> tuple[Figure, Figure, Figure]:
     """The three views of the per-image metrics: bars with CIs, radar, distributions."""
     summary = _table(summary)
-    metric_bars(summary, bars_png, split)
-    radar(summary, radar_png, split)
-    distributions(per_image, distributions_png, split)
+    return (metric_bars(summary, bars_png, split), radar(summary, radar_png, split),
+            distributions(per_image, distributions_png, split))

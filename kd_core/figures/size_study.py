@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from kd_core.errors import KDError
 from kd_core.figures.plots import _table
-from kd_core.figures.style import plt, save_figure, style
+from kd_core.figures.style import Figure, plt, save_figure, style
 from kd_core.io import read_metadata
 
 
@@ -33,7 +33,7 @@ def _colours(models: list[str]) -> dict[str, tuple]:
     return {m: cmap(0.1 + 0.8 * i / max(1, len(models) - 1)) for i, m in enumerate(models)}
 
 
-def heatmap(timestep: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> None:
+def heatmap(timestep: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> Figure:
     """Left: MSE to the teacher per student (rows, by width) and timestep bucket (columns), numbers in
     the cells. Right: task MSE (to the true noise) per bucket for the teacher and every student."""
     df = _table(timestep)
@@ -67,10 +67,10 @@ def heatmap(timestep: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLi
         ax2.set(yscale="log", xlabel="timestep bucket", ylabel="MSE to the true noise", title="Task error per timestep")
         ax2.legend(fontsize=7)
         fig.tight_layout()
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
-def trajectory_plot(trajectory: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> None:
+def trajectory_plot(trajectory: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> Figure:
     """Distance of each student's latents (left) and predicted x0 (right) to the teacher's, per step (95% CI)."""
     df = _table(trajectory)
     students = _by_width(df)
@@ -88,10 +88,10 @@ def trajectory_plot(trajectory: pd.DataFrame | str | os.PathLike, out_png: str |
             ax.set(xlabel="sampling step", ylabel="MSE to the teacher", yscale="log", title=title)
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
-def denoising_grid(images: str | os.PathLike, out_png: str | os.PathLike, prompts: int = 2) -> None:
+def denoising_grid(images: str | os.PathLike, out_png: str | os.PathLike, prompts: int = 2) -> Figure:
     """Rows: teacher then students by width; columns: predicted x0 at the grid steps, for the first prompts."""
     with safe_open(images, "pt") as f:
         meta = f.metadata()
@@ -117,10 +117,10 @@ def denoising_grid(images: str | os.PathLike, out_png: str | os.PathLike, prompt
                         ax.set_ylabel(m, fontsize=8)
         fig.suptitle("Predicted x0 along the sampling path: " + " | ".join(names[:n_p]), fontsize=9)
         fig.tight_layout()
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
-def cost_plot(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> None:
+def cost_plot(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> Figure:
     """U-Net step latency (interleaved, 95% CI) and FLOPs, latency per image and peak memory against
     denoiser parameters."""
     df = _table(summary)
@@ -155,10 +155,10 @@ def cost_plot(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathL
                      f"{df.attrs.get('spearman_width_vs_latency_p', np.nan):.2g})"
                      if "spearman_width_vs_latency" in df.attrs else "Cost against size", y=1.02)
         fig.tight_layout()
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
 
 
-def quality_plot(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> None:
+def quality_plot(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> Figure:
     """FID (95% CI) and MSE to the teacher against parameters; FID against latency with the efficiency frontier."""
     df = _table(summary)
     s = df[df["model"] != "teacher"].sort_values("factor")
@@ -190,4 +190,4 @@ def quality_plot(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.Pa
         ax.set(xlabel="latency per image (ms)", ylabel="FID to real images", title="Quality against cost")
         ax.legend()
         fig.tight_layout()
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from kd_core.io import atomic_path  # noqa: E402
 
@@ -34,13 +35,15 @@ def model_order(models) -> list[str]:
     return [m for m in ("teacher", "base_student") if m in models] + [m for m in models if m not in FIXED]
 
 
-def save_figure(fig, png: str | os.PathLike, pdf: str | os.PathLike | None = None) -> None:
-    """Save ``fig`` as PNG and PDF (PDF beside the PNG unless given), each written atomically."""
+def save_figure(fig: Figure, png: str | os.PathLike, pdf: str | os.PathLike | None = None) -> Figure:
+    """Save ``fig`` as PNG and PDF (PDF beside the PNG unless given), each written atomically; returns
+    the closed figure, whose axes and artists still tell what was drawn."""
     pdf = pdf or Path(png).with_suffix(".pdf")
     for path, fmt, meta in ((png, "png", {"Software": None}), (pdf, "pdf", {"CreationDate": None, "Producer": None})):
         with atomic_path(path, suffix=f".{fmt}") as tmp:
             fig.savefig(tmp, format=fmt, metadata=meta)
     plt.close(fig)
+    return fig
 
 
 def style():

@@ -42,12 +42,21 @@ def test_grid_needs_enough_images(tmp_path):
 def test_side_by_side_and_difference_maps(tmp_path):
     manifests = {"teacher": _model(tmp_path / "teacher"), "base_student": _model(tmp_path / "base", offset=30),
                  "lora_student": _model(tmp_path / "lora", offset=10)}
-    compare_models(manifests, tmp_path / "side.png", tmp_path / "diff.png", n=3)
+    side, diff = compare_models(manifests, tmp_path / "side.png", tmp_path / "diff.png", n=3)
     for name in ("side", "diff"):
         for ext in ("png", "pdf"):
             assert (tmp_path / f"{name}.{ext}").stat().st_size > 1000
-    w, h = Image.open(tmp_path / "side.png").size
-    assert h > 2 * 100 and w > h / 3  # three rows of images and a prompt column
+    # side by side: 3 rows x (3 models + a prompt column); teacher first, each row one prompt and seed
+    axes = side.axes
+    assert len(axes) == 3 * 4 and [a.get_title() for a in axes[:3]] == ["teacher", "base_student", "lora_student"]
+    first = [a.get_images()[0].get_array()[0, 0, 0] for a in axes[:3]]
+    assert first == [0, 30, 10]  # row 0 is eval image 0 of each model
+    assert [t.get_text() for t in axes[3].texts] == ["a eval prompt number 0"]
+    # difference maps: the reference, then |student - teacher| per student, with its mean absolute error
+    maps = [a for a in diff.axes if a.get_images()][: 3]
+    assert [a.get_title() for a in maps] == ["teacher", "|base_student\n- teacher|", "|lora_student\n- teacher|"]
+    assert np.allclose(maps[1].get_images()[0].get_array(), 30 / 255) and maps[1].get_xlabel() == f"MAE {30 / 255:.3f}"
+    assert np.allclose(maps[2].get_images()[0].get_array(), 10 / 255)
 
 
 def test_comparisons_need_shared_prompts(tmp_path):

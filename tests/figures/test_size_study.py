@@ -77,16 +77,42 @@ def test_size_summary_and_figures(tmp_path):
     assert timed_meta["spearman_latency_column"] == "step_ms" and timed_meta["latency_batches"] == [1, 4]
     assert timed_meta["spearman_width_vs_latency"] == pytest.approx(0.5)  # ranks 2, 1, 3 against 1, 2, 3
     assert timed_meta["spearman_width_vs_latency_p"] == pytest.approx(1.0)  # every ordering of 3 has |rho| >= 0.5
-    cost_plot(load_summary(tmp_path / "size_t.parquet"), tmp_path / "cost_t.png")
+    cost_t = cost_plot(load_summary(tmp_path / "size_t.parquet"), tmp_path / "cost_t.png")
     assert (tmp_path / "cost_t.png").stat().st_size > 10_000
-    heatmap(tmp_path / "ts.parquet", tmp_path / "heat.png")
-    trajectory_plot(tmp_path / "tr.parquet", tmp_path / "traj.png")
+    # interleaved step latency at 1 and 4 images, then GFLOPs, latency per image, memory, each against parameters
+    assert [a.get_ylabel() for a in cost_t.axes] == ["U-Net step latency, interleaved (ms)", "GFLOPs per step",
+                                                     "latency per image (ms)", "peak memory (MiB)"]
+    step_axis = cost_t.axes[0]
+    students = timed.drop("teacher").sort_values("factor")
+    (one_image,) = [c for c in step_axis.containers if c.get_label() == "students, 1 image(s)"]
+    assert list(one_image.lines[0].get_ydata()) == list(students["step_ms"])
+    assert [line.get_label() for line in step_axis.get_lines() if line.get_label() == "students, 4 images"] == ["students, 4 images"]
+    heat = heatmap(tmp_path / "ts.parquet", tmp_path / "heat.png")
+    # left: students (rows, by width) x buckets (columns), the MSE written in each cell; right: task MSE per model
+    grid = heat.axes[0]
+    ts = pd.read_parquet(tmp_path / "ts.parquet").query("bucket >= 0 and target == 'teacher' and model != 'teacher'")
+    assert [t.get_text() for t in grid.get_yticklabels()] == ["w0p25 (x0.25)", "w0p5 (x0.5)", "w1 (x1)"]
+    assert sorted(float(t.get_text()) for t in grid.texts) == pytest.approx(sorted(float(f"{v:.3g}") for v in ts["mse"]))
+    assert [line.get_label() for line in heat.axes[1].get_lines()] == ["teacher", "w0p25", "w0p5", "w1"]
+    traj = trajectory_plot(tmp_path / "tr.parquet", tmp_path / "traj.png")
+    assert [a.get_title() for a in traj.axes] == ["Latent distance to the teacher's path", "Predicted-x0 distance to the teacher's"]
+    assert [line.get_label() for line in traj.axes[0].get_lines()] == ["w0p25 (x0.25)", "w0p5 (x0.5)", "w1 (x1)"]
     cost_plot(summary, tmp_path / "cost.png")
-    quality_plot(summary, tmp_path / "quality.png")
+    quality = quality_plot(summary, tmp_path / "quality.png")
+    size_ax, error_ax, cost_ax = quality.axes
+    assert {c.get_label() for c in size_ax.containers} == {"students", "teacher"}
+    assert list(error_ax.containers[0].lines[0].get_ydata()) == list(out.drop("teacher").sort_values("factor")["mse_teacher"])
+    (front,) = [line for line in cost_ax.get_lines() if line.get_label() == "efficiency frontier"]
+    assert len(front.get_xdata()) == int(out["on_frontier"].sum()) == 2
     x0 = {m: torch.randint(0, 255, (3, 2, 3, 16, 16), dtype=torch.uint8) for m in ("teacher", *FACTORS)}
     save_file(x0, tmp_path / "x0.safetensors", metadata={"models": ",".join(x0), "steps": "0,5,9",
                                                          "timesteps": "999,500,1", "prompts": "a\nb"})
-    denoising_grid(tmp_path / "x0.safetensors", tmp_path / "grid.png")
+    grid_fig = denoising_grid(tmp_path / "x0.safetensors", tmp_path / "grid.png")
+    # rows: teacher then students; columns: 3 grid steps x 2 prompts; each cell that model's x0 at that step
+    assert len(grid_fig.axes) == 4 * 6 and [grid_fig.axes[6 * i].get_ylabel() for i in range(4)] == list(x0)
+    assert [a.get_title() for a in grid_fig.axes[:3]] == ["step 0\n(t=999)", "step 5\n(t=500)", "step 9\n(t=1)"]
+    cell = grid_fig.axes[6 * 2 + 3 + 1].get_images()[0].get_array()  # row w0p5, prompt 1, step 5
+    assert np.array_equal(np.asarray(cell), x0["w0p5"][1, 1].permute(1, 2, 0).numpy())
     for name in ("heat", "traj", "cost", "quality", "grid"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000 and (tmp_path / f"{name}.pdf").is_file()
 

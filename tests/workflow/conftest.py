@@ -35,6 +35,15 @@ def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return proc
 
 
+def edited_config(repo: Path, name: str, old: str, new: str) -> Path:
+    """config/smoke.yaml with ``old`` (which must occur exactly once) replaced by ``new``, as config/<name>."""
+    cfg = (repo / "config" / "smoke.yaml").read_text()
+    assert cfg.count(old) == 1, f"config/smoke.yaml no longer has {old!r} once: update the test"
+    out = repo / "config" / name
+    out.write_text(cfg.replace(old, new))
+    return out
+
+
 def planned_jobs(repo: Path, *args: str) -> dict[str, int]:
     """Rule -> job count of a dry run ({} when nothing is to be done)."""
     out = run(repo, "-n", *args)

@@ -22,10 +22,8 @@ def _adapter(repo):
 def test_sigkill_during_lora_training_resumes_to_the_same_adapter(smoke_repo, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(smoke_repo, repo, ignore=shutil.ignore_patterns("locks"))
-    cfg = (repo / "config" / "smoke.yaml").read_text()
-    long = repo / "config" / "smoke_long.yaml"
-    long.write_text(cfg.replace("train: {max_steps: 3, batch_size: 2, lr: 1.0e-3, checkpoint_every: 2, device: cpu}",
-                                "train: {max_steps: 400, batch_size: 2, lr: 1.0e-3, checkpoint_every: 10, device: cpu}"))
+    long = edited_config(repo, "smoke_long.yaml", "rank: 4\n  alpha: 8\n  val_fraction: 0.2\n  train: {max_steps: 3, batch_size: 2, lr: 1.0e-3, checkpoint_every: 2}",
+                         "rank: 4\n  alpha: 8\n  val_fraction: 0.2\n  train: {max_steps: 400, batch_size: 2, lr: 1.0e-3, checkpoint_every: 10}")
     ckpts = repo / "results" / "smoke" / "train" / "lora" / "checkpoints"
     shutil.rmtree(ckpts)
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "2"}

@@ -170,10 +170,9 @@ IMAGES = {**STATS, "attribute_summary": 1, "figure_attributes": 1, "distribution
 
 
 def test_generation_parameter_reruns_generation_and_downstream_only(smoke_repo):
-    cfg = (smoke_repo / "config" / "smoke.yaml").read_text()
-    changed = smoke_repo / "config" / "smoke_steps.yaml"
-    changed.write_text(cfg.replace("generation: {steps: 3, guidance_scale: 4.0, scheduler: ddim, batch_size: 4, device: cpu}\n  base_student",
-                                   "generation: {steps: 4, guidance_scale: 4.0, scheduler: ddim, batch_size: 4, device: cpu}\n  base_student"))
+    changed = edited_config(smoke_repo, "smoke_steps.yaml",
+                            "generation: {steps: 3, guidance_scale: 4.0, scheduler: ddim, batch_size: 4}\n  base_student",
+                            "generation: {steps: 4, guidance_scale: 4.0, scheduler: ddim, batch_size: 4}\n  base_student")
     # the teacher's images change, so do the LoRA and block-distilled students trained on them; the base student's do not
     assert planned_jobs(smoke_repo, "--configfile", str(changed)) == {
         **IMAGES, "generate": 6, "attribute_accuracy": 6, "comparison_grid": 2, "pairwise": 6, "train_lora": 1,
