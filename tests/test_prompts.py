@@ -76,7 +76,11 @@ def test_written_tables_carry_schema_and_provenance(tmp_path):
 
 
 def test_every_grammar_word_is_one_token():
-    words = iter_words(["shapes", "dogs", "artistic"])
+    words = sorted(set(iter_words(["shapes", "dogs", "artistic"])))
+    assert len(words) > 30 and {"circle", "square", "background"} <= set(words)
     tok = build_clip_tokenizer(words, 16)
-    assert all(len(tok.tokenize(w)) == 1 for w in words)
-    assert len(tok.tokenize("zebra")) >= 1  # unknown words still tokenize
+    assert all(tok.tokenize(w) == [w + "</w>"] for w in words)
+    ids = [tok.convert_tokens_to_ids(w + "</w>") for w in words]
+    assert len(set(ids)) == len(words) and tok.unk_token_id not in ids  # one distinct token per word
+    pieces = tok.tokenize("zebra")  # an unknown word still tokenizes, into pieces that spell it
+    assert len(pieces) > 1 and "".join(pieces) == "zebra</w>"

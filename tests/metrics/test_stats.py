@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from kd_core.metrics.stats import paired_improvement
 
@@ -38,7 +39,11 @@ def test_summary_has_cis_and_skips_non_finite(tmp_path):
     out = summarize(long, tmp_path / "s.parquet", n_boot=500)
     assert list(pd.read_parquet(tmp_path / "s.parquet").columns) == SUMMARY_SCHEMA.names
     row = out.set_index(["model", "metric"]).loc[("base_student", "ssim")]
-    assert row["n"] + row["n_nonfinite"] == 60 and row["n_nonfinite"] in (0, 1)
+    assert row["n"] == 59 and row["n_nonfinite"] == 1  # the planted inf (base_student ssim, p0) is left out
+    finite = long.query("model == 'base_student' and metric == 'ssim'")["value"].iloc[1:]
+    assert row["mean"] == pytest.approx(finite.mean()) and row["ci_low"] < row["mean"] < row["ci_high"]
+    other = out.set_index(["model", "metric"]).loc[("lora_student", "ssim")]
+    assert other["n"] == 60 and other["n_nonfinite"] == 0
     assert (out["ci_low"] <= out["mean"]).all() and (out["mean"] <= out["ci_high"]).all()
     assert not out.set_index(["model", "metric"]).loc[("base_student", "mse"), "higher_is_better"]
 
