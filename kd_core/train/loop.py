@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -105,6 +106,18 @@ def _lr_lambda(kind: str, warmup: int, total: int, milestones: tuple[float, ...]
     return f
 
 
+def _accelerator(mixed_precision: str, cpu: bool) -> Accelerator:
+    """accelerate keeps one state per process: a later run in the same process (a notebook, a test
+    suite) with another precision gets a fresh one; the distributed set-up (PartialState) is kept."""
+    try:
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    except ValueError as exc:
+        if "already been initialized" not in str(exc):
+            raise
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
 def _step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2**63 - 1)
 
@@ -148,7 +161,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         cpu = cfg.device == "cpu" or not torch.cuda.is_available()
         mixed = cfg.mixed_precision or "no"  # YAML reads a bare `no` as false
-        self.accelerator = Accelerator(mixed_precision=mixed if not cpu or mixed == "bf16" else "no", cpu=cpu)
+        self.accelerator = _accelerator(mixed if not cpu or mixed == "bf16" else "no", cpu)
         self.steps_per_epoch = max(1, (n_examples // max(1, min(cfg.batch_size, n_examples))) // cfg.gradient_accumulation)
         self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.params = [p for p in model.parameters() if p.requires_grad]

@@ -3,7 +3,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pandas as pd
 import pytest
@@ -162,10 +161,14 @@ SCRIPT = textwrap.dedent("""
     from kd_core.train.loop import Trainer, TrainConfig
     model = make_model()
     base = loss_fn_for(model)
-    def slow(idx, gen):
-        time.sleep(float(sys.argv[2]))
+    calls = [0]
+    def blocking(idx, gen):
+        calls[0] += 1
+        if sys.argv[2] == "block" and calls[0] == 5:  # step 5: the step-3 checkpoint is complete
+            print("in step 5", flush=True)
+            time.sleep(3600)  # until killed
         return base(idx, gen)
-    Trainer(model, slow, len(X), sys.argv[1], CFG).fit()
+    Trainer(model, blocking, len(X), sys.argv[1], CFG).fit()
     torch.save([p.detach() for p in model.parameters()], sys.argv[1] + "/final.pt")
 """)
 
@@ -174,19 +177,110 @@ def test_sigkill_mid_run_then_rerun_resumes(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT.format(tests=os.path.dirname(os.path.dirname(__file__))))
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(script), str(run_dir), "0.2"], stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not complete_checkpoints(run_dir / "checkpoints"):
-        time.sleep(0.05)
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir), "block"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline() == "in step 5\n"  # waits for the event, not for a time
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = complete_checkpoints(run_dir / "checkpoints")[-1].name
-    assert killed_at in ("step-00000003", "step-00000006") and not (run_dir / "final.pt").exists()
-    subprocess.run([sys.executable, str(script), str(run_dir), "0"], check=True, stderr=subprocess.DEVNULL)
-    subprocess.run([sys.executable, str(script), str(tmp_path / "ref"), "0"], check=True, stderr=subprocess.DEVNULL)
+    assert [p.name for p in complete_checkpoints(run_dir / "checkpoints")] == ["step-00000003"]
+    assert not (run_dir / "final.pt").exists()
+    rerun = subprocess.run([sys.executable, str(script), str(run_dir), "run"], check=True, stderr=subprocess.PIPE, text=True)
+    assert f"resuming from {run_dir / 'checkpoints' / 'step-00000003'} (step 3 of 12)" in rerun.stderr
+    loss = pd.read_parquet(run_dir / "loss.parquet")
+    assert list(loss.query("term == 'loss'")["step"]) == list(range(1, 13))  # steps 1-3 from the checkpoint, 4-12 rerun
+    subprocess.run([sys.executable, str(script), str(tmp_path / "ref"), "run"], check=True, stderr=subprocess.DEVNULL)
     for a, b in zip(torch.load(run_dir / "final.pt", weights_only=True),
                     torch.load(tmp_path / "ref" / "final.pt", weights_only=True), strict=True):
         assert torch.equal(a, b)
+
+
+def _linear_run(tmp_path, **overrides):
+    """One or more SGD steps of a linear model on a noise-free MSE (no dropout, no momentum, constant lr)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    seen = []
+
+    def loss_fn(idx, gen):
+        seen.append(idx.clone())
+        out = model(X[idx]).squeeze(-1)
+        if torch.is_autocast_enabled("cpu"):
+            seen.append(torch.get_autocast_dtype("cpu"))
+        task = ((out.float() - Y[idx]) ** 2).mean()
+        return {"loss": task, "task_mse": task}
+
+    cfg = TrainConfig(**{**CFG.__dict__, "max_steps": 1, "batch_size": 4, "lr": 0.1, "optimizer": "sgd", "momentum": 0.0,
+                         "weight_decay": 0.0, "lr_scheduler": "constant", "warmup_steps": 0, "max_grad_norm": None,
+                         **overrides})
+    result = Trainer(model, loss_fn, len(X), tmp_path, cfg).fit()
+    return model, w0, seen, result
+
+
+def _grad(w0, idx):
+    model = torch.nn.Linear(8, 1)
+    with torch.no_grad():
+        for p, v in zip(model.parameters(), w0, strict=True):
+            p.copy_(v)
+    ((model(X[idx]).squeeze(-1) - Y[idx]) ** 2).mean().backward()
+    return [p.grad for p in model.parameters()]
+
+
+def test_gradient_accumulation_averages_the_micro_batches(tmp_path):
+    model, w0, seen, _ = _linear_run(tmp_path, gradient_accumulation=3)
+    micro = [i for i in seen if isinstance(i, torch.Tensor)]
+    assert [m.tolist() for m in micro] == [batch_indices(64, 4, CFG.seed, k)[0].tolist() for k in range(3)]
+    grads = [_grad(w0, idx) for idx in micro]
+    for p, p0, *g in zip(model.parameters(), w0, *grads, strict=True):
+        assert torch.allclose(p, p0 - 0.1 * (g[0] + g[1] + g[2]) / 3, atol=1e-6)  # one step on the mean gradient
+    trainer = Trainer(torch.nn.Linear(8, 1), lambda i, g: {}, 64, tmp_path / "x", TrainConfig(batch_size=4, gradient_accumulation=3))
+    assert trainer.steps_per_epoch == 64 // 4 // 3
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    clipped, w0, seen, _ = _linear_run(tmp_path / "c", max_grad_norm=1e-3)
+    free, _, _, _ = _linear_run(tmp_path / "f")
+    step = torch.cat([(p - p0).flatten() for p, p0 in zip(clipped.parameters(), w0, strict=True)])
+    assert step.norm().item() == pytest.approx(0.1 * 1e-3, rel=1e-4)  # lr x the clipped gradient norm
+    full = torch.cat([(p - p0).flatten() for p, p0 in zip(free.parameters(), w0, strict=True)])
+    assert full.norm().item() > 100 * step.norm().item()
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path):
+    model, w0, seen, result = _linear_run(tmp_path, mixed_precision="bf16", max_steps=20)
+    assert seen.count(torch.bfloat16) == 20  # every forward ran under bf16 autocast
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+    loss = result.losses.query("term == 'loss'")["value"]
+    assert loss.iloc[-3:].mean() < 0.5 * loss.iloc[:3].mean()
+
+
+def test_inf_loss_stops_with_one_line(tmp_path):
+    model = make_model()
+
+    def loss_fn(idx, gen):
+        task = ((model(X[idx]).squeeze(-1) - Y[idx]) ** 2).mean()
+        return {"loss": task * float("inf")}
+
+    with pytest.raises(KDError) as info:
+        Trainer(model, loss_fn, len(X), tmp_path, CFG).fit()
+    assert "loss became inf at step 0" in str(info.value) and "no checkpoint was written yet" in str(info.value)
+    assert "\n" not in str(info.value) and not (tmp_path / "loss.parquet").exists()
+
+
+def test_equal_accuracy_goes_to_the_lower_validation_loss(tmp_path):
+    """An accuracy that a small validation split saturates early picks, among its ties, the lowest loss."""
+    model = make_model()
+    evals = iter([(0.5, 1.0), (1.0, 0.9), (1.0, 0.4), (1.0, 0.6)])
+    snapshots = []
+
+    def val_fn():
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+        acc, loss = next(evals)
+        return {"loss": loss, "accuracy": acc}
+
+    cfg = TrainConfig(**{**CFG.__dict__, "eval_every": 3, "monitor": "accuracy", "monitor_mode": "max", "restore_best": True})
+    result = Trainer(model, loss_fn_for(model), len(X), tmp_path, cfg, val_fn=val_fn).fit()
+    assert result.best_step == 9 and result.best_val == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), snapshots[2], strict=True))
 
 
 def test_ema_weights_end_the_run_and_resume_exactly(tmp_path):
