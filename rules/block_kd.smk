@@ -19,7 +19,7 @@ rule train_block_kd:
         f"{OUT}/logs/train_block_kd_{{bk}}.log",
     benchmark:
         f"{OUT}/benchmarks/train_block_kd_{{bk}}.tsv"
-    threads: 8
+    threads: MODEL_THREADS
     resources:
         mem_mb=32000,
         gpu=1,

@@ -40,7 +40,7 @@ rule dmkd_generate:
         f"{OUT}/logs/dmkd_generate_{{dmkd_set}}.log",
     benchmark:
         f"{OUT}/benchmarks/dmkd_generate_{{dmkd_set}}.tsv"
-    threads: 8
+    threads: MODEL_THREADS
     resources:
         mem_mb=8000,
         gpu=1,
@@ -67,7 +67,7 @@ rule dmkd_teacher:
         f"{OUT}/logs/dmkd_teacher.log",
     benchmark:
         f"{OUT}/benchmarks/dmkd_teacher.tsv"
-    threads: 8
+    threads: MODEL_THREADS
     resources:
         mem_mb=16000,
         gpu=1,
@@ -95,7 +95,7 @@ rule dmkd_student:
         f"{OUT}/logs/dmkd_student_{{dmkd_run}}.log",
     benchmark:
         f"{OUT}/benchmarks/dmkd_student_{{dmkd_run}}.tsv"
-    threads: 8
+    threads: MODEL_THREADS
     resources:
         mem_mb=16000,
         gpu=1,

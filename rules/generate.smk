@@ -17,7 +17,7 @@ if len(IMAGE_SHARDS) == 1:
             f"{OUT}/logs/generate_{{model}}.log",
         benchmark:
             f"{OUT}/benchmarks/generate_{{model}}.tsv"
-        threads: 8
+        threads: MODEL_THREADS
         resources:
             mem_mb=8000,
             gpu=1,
@@ -44,7 +44,7 @@ else:
             f"{OUT}/logs/generate_{{model}}_{{shard}}.log",
         benchmark:
             f"{OUT}/benchmarks/generate_{{model}}_{{shard}}.tsv"
-        threads: 8
+        threads: MODEL_THREADS
         resources:
             mem_mb=8000,
             gpu=1,

@@ -18,7 +18,7 @@ rule train_lora:
         f"{OUT}/logs/train_lora.log",
     benchmark:
         f"{OUT}/benchmarks/train_lora.tsv"
-    threads: 8
+    threads: MODEL_THREADS
     resources:
         mem_mb=16000,
         gpu=1,

@@ -15,7 +15,7 @@ rule attribute_accuracy:
         f"{OUT}/logs/attribute_accuracy_{{model}}.log",
     benchmark:
         f"{OUT}/benchmarks/attribute_accuracy_{{model}}.tsv"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=2000,
     conda:
@@ -150,7 +150,7 @@ rule distribution:
         f"{OUT}/logs/distribution.log",
     benchmark:
         f"{OUT}/benchmarks/distribution.tsv"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=8000,
         gpu=1,
@@ -174,7 +174,7 @@ rule alignment:
         f"{OUT}/logs/alignment_{{model}}.log",
     benchmark:
         f"{OUT}/benchmarks/alignment_{{model}}.tsv"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=8000,
         gpu=1,

@@ -29,7 +29,7 @@ rule train_ddpm:
         f"{OUT}/logs/train_ddpm.log",
     benchmark:
         f"{OUT}/benchmarks/train_ddpm.tsv"
-    threads: 8
+    threads: MODEL_THREADS
     resources:
         mem_mb=32000,
         gpu=1,
@@ -56,7 +56,7 @@ rule train_width_student:
         f"{OUT}/logs/train_width_student_{{ws}}.log",
     benchmark:
         f"{OUT}/benchmarks/train_width_student_{{ws}}.tsv"
-    threads: 8
+    threads: MODEL_THREADS
     resources:
         mem_mb=32000,
         gpu=1,
@@ -83,7 +83,7 @@ rule timestep_mse:
         f"{OUT}/logs/timestep_mse.log",
     benchmark:
         f"{OUT}/benchmarks/timestep_mse.tsv"
-    threads: 8
+    threads: MODEL_THREADS
     resources:
         mem_mb=16000,
         gpu=1,
@@ -139,7 +139,7 @@ rule trajectory:
         f"{OUT}/logs/trajectory.log",
     benchmark:
         f"{OUT}/benchmarks/trajectory.tsv"
-    threads: 8
+    threads: MODEL_THREADS
     resources:
         mem_mb=16000,
         gpu=1,

@@ -39,7 +39,7 @@ rule world_classifier:
         f"{OUT}/logs/world_classifier.log",
     benchmark:
         f"{OUT}/benchmarks/world_classifier.tsv"
-    threads: 8
+    threads: MODEL_THREADS
     resources:
         mem_mb=4000,
     conda:
@@ -64,7 +64,7 @@ rule toy_pretrain:
         f"{OUT}/logs/toy_pretrain.log",
     benchmark:
         f"{OUT}/benchmarks/toy_pretrain.tsv"
-    threads: 8
+    threads: MODEL_THREADS
     resources:
         mem_mb=6000,
     conda:

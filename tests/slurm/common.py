@@ -11,6 +11,21 @@ PROFILE = ROOT / "profiles" / "slurm"
 SITE_VARS = ("KD_SLURM_PARTITION", "KD_SLURM_GPU_PARTITION", "KD_SLURM_ACCOUNT", "KD_SLURM_GPU_MODEL", "KD_SLURM_SITE")
 
 
+def rules_matching(pattern: str, rules_dir: Path = ROOT / "rules") -> set[str]:
+    """Rules whose block in rules/*.smk has a line matching ``pattern``."""
+    found = set()
+    for smk in sorted(rules_dir.glob("*.smk")):
+        # a rule's block runs from its `rule NAME:` line to the next rule or checkpoint
+        blocks = re.split(r"^\s*(?:rule|checkpoint)\s+(?=\w+:)", smk.read_text(), flags=re.M)[1:]
+        found |= {block.split(":", 1)[0] for block in blocks if re.search(pattern, block, flags=re.M)}
+    return found
+
+
+def model_thread_rules() -> set[str]:
+    """Rules whose threads are MODEL_THREADS (rules/common.smk: fewer on a local CPU-only run than on a cluster)."""
+    return rules_matching(r"^\s*threads:\s*MODEL_THREADS")
+
+
 def gpu_rules(rules_dir: Path = ROOT / "rules") -> set[str]:
     """Rules whose own resources ask for a GPU (``gpu=1`` in rules/*.smk)."""
     found = set()

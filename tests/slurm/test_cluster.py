@@ -35,7 +35,7 @@ import pytest
 from PIL import Image
 
 from ..workflow.conftest import copy_repo
-from .common import SITE_VARS, gpu_rules, printed_jobs, without_job_logs
+from .common import SITE_VARS, gpu_rules, model_thread_rules, printed_jobs, without_job_logs
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("KD_SLURM_TEST") != "1" or not os.environ.get("SLURM_CONF"),
@@ -119,7 +119,9 @@ def runs(tmp_path_factory):
                KD_SLURM_GPU_MODEL=GPU_MODEL, KD_SLURM_SITE=os.devnull)
     start = time.time()
     # the local run skips what is not compared (figures, the paper): minutes on a 2-core machine
-    local_cmd = [*snakemake, "--cores", "2", *SMOKE, "--omit-from", *NOT_COMPARED]
+    # and the model jobs with 2 threads too: a local CPU-only run would give them half the cores
+    local_cmd = [*snakemake, "--cores", "2", *SMOKE, "--omit-from", *NOT_COMPARED,
+                 "--set-threads", *sorted(f"{r}=2" for r in model_thread_rules())]
     procs = {"slurm": _start(cmd, slurm, env), "local": _start(local_cmd, local, _env(local))}
     cancelled: dict = {}
     watcher = threading.Thread(target=_cancel_when_started, args=(slurm, procs["slurm"][0], cancelled), daemon=True)

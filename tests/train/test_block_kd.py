@@ -81,8 +81,8 @@ def test_sigkill_then_rerun_resumes_to_the_same_student(tiny_sd15, teacher_image
     script.write_text(SCRIPT)
     args = [sys.executable, str(script), str(tiny_sd15), str(teacher_images)]
     proc = subprocess.Popen([*args, str(tmp_path / "a"), "0.5"], stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not complete_checkpoints(tmp_path / "a" / "run" / "checkpoints"):
+    while not complete_checkpoints(tmp_path / "a" / "run" / "checkpoints"):  # the event: its first checkpoint
+        assert proc.poll() is None, "training ended before its first checkpoint"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -21,7 +21,7 @@ from kd_core.metrics.stats import IMPROVEMENT_SCHEMA, SUMMARY_SCHEMA
 from kd_core.metrics.timestep import TIMESTEP_SCHEMA
 from kd_core.prompts import PROMPT_SCHEMA
 
-from .conftest import planned_jobs, run
+from .conftest import edited_config, planned_jobs, run
 
 SMOKE = ("--configfile", "config/smoke.yaml")
 BK = ("bk_small", "bk_small_nofeat")  # block-distilled students of config/smoke.yaml (the second without feature KD)
