@@ -17,7 +17,7 @@ help:
 	@echo "make demo   - run the default experiment (config/config.yaml) with profiles/default, then its report"
 	@echo "make report - the Snakemake HTML report: results/<experiment>/report.html"
 	@echo "make profile - wall time, CPU time and peak memory per rule and per study of results/<experiment>"
-	@echo "make test   - run the test suite (pytest)"
+	@echo "make test   - the test suite without its slow tier (TIERS=all: every test, as CI)"
 	@echo "make test-slurm - profiles/slurm on a single-node SLURM cluster started here (installs slurm-wlm, munge)"
 	@echo "make lint   - ruff and snakemake --lint"
 	@echo "make dag    - print the rule graph (mermaid)"
@@ -43,8 +43,11 @@ report: setup
 profile: setup
 	$(BIN)/python bench/stages.py results/$(EXPERIMENT)
 
+# make test: every tier but `slow` (minutes each, rarely broken); make test TIERS=all: all of them
+# in one session (one shared smoke run), as .ci/run does. The ten slowest tests are printed.
+TIERS ?= not-slow
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10 $(if $(filter all,$(TIERS)),,-m "not slow")
 
 test-slurm: setup
 	PYTHON=$(BIN)/python scripts/slurm/test.sh

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -15,11 +16,14 @@ from kd_core.train.loop import complete_checkpoints
 
 from .conftest import SNAKEMAKE, edited_config, run
 
+pytestmark = pytest.mark.workflow  # runs Snakemake end to end
+
 
 def _adapter(repo):
     return load_file(repo / "results" / "smoke" / "models" / "lora_student" / "pytorch_lora_weights.safetensors")
 
 
+@pytest.mark.slow
 def test_sigkill_during_lora_training_resumes_to_the_same_adapter(smoke_repo, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(smoke_repo, repo, ignore=shutil.ignore_patterns("locks"))

@@ -23,6 +23,8 @@ from kd_core.prompts import PROMPT_SCHEMA
 
 from .conftest import edited_config, planned_jobs, run
 
+pytestmark = pytest.mark.workflow  # runs Snakemake end to end
+
 SMOKE = ("--configfile", "config/smoke.yaml")
 BK = ("bk_small", "bk_small_nofeat")  # block-distilled students of config/smoke.yaml (the second without feature KD)
 WIDTH = ("w0p5", "w1")  # width students of the model-size study (factors 0.5, 1.0)
@@ -223,6 +225,7 @@ def test_editing_a_module_reruns_only_its_rules(smoke_repo):
     assert planned_jobs(smoke_repo, *SMOKE) == {}
 
 
+@pytest.mark.slow
 def test_same_config_gives_identical_prompts_and_images(smoke_repo):
     """Prompts and images made again from scratch are identical (CPU, same config and seed)."""
     out = smoke_repo / "results" / "smoke"
@@ -240,6 +243,7 @@ def test_same_config_gives_identical_prompts_and_images(smoke_repo):
         assert np.array_equal(pixels, np.asarray(Image.open(out / "images" / model / f))), (model, f)
 
 
+@pytest.mark.slow
 def test_sharded_generation_and_metrics_equal_the_unsharded_run(smoke_repo, tmp_path):
     """shards.images = 3 and shards.metrics = 2: scatter/gather jobs whose gathered manifest, images
     and pairwise table equal the 1-shard run's; changing the shard count remakes no existing image."""

@@ -3,13 +3,17 @@
 import json
 
 import pandas as pd
+import pytest
 from diffusers import DiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
 from .conftest import copy_repo, planned_jobs, run
 
+pytestmark = pytest.mark.workflow  # runs Snakemake end to end
 
+
+@pytest.mark.slow
 def test_tiny_config_runs_sdxl_and_sd_pipelines(tmp_path):
     repo = copy_repo(tmp_path)
     run(repo, "--configfile", "config/tiny.yaml")
