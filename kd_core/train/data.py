@@ -136,9 +136,7 @@ def encode_pairs(pipe, pairs: pd.DataFrame, size: int, cache: str | Path, encode
         x = torch.stack([_to_tensor(p, size) for p in tqdm(pairs["image"], desc="read images", mininterval=2)])
         data = {"latent_mean": x, "latent_std": torch.zeros_like(x), "prompt_index": torch.zeros(len(x), dtype=torch.long),
                 "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}
-        with atomic_path(cache, suffix=".safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in data.items()}, str(tmp))
-        return data
+        return _stored(data, cache)
     if not type(vae).__name__.startswith("AutoencoderKL"):
         raise KDError(f"the teacher's autoencoder is a {type(vae).__name__}; distilling on latents needs a KL "
                       "autoencoder (AutoencoderKL) with a posterior to encode with")
@@ -160,9 +158,16 @@ def encode_pairs(pipe, pairs: pd.DataFrame, size: int, cache: str | Path, encode
         tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
                              return_tensors="pt")
         data["input_ids"] = tok.input_ids
+    return _stored(data, cache)
+
+
+def _stored(data: dict[str, torch.Tensor], cache: Path) -> dict[str, torch.Tensor]:
+    """Write ``data`` to ``cache`` atomically and return what the file holds: a run that encodes and a
+    resumed run that reads the cache then compute on the very same tensors (views and layouts of the
+    freshly encoded ones round differently in the last bit)."""
     with atomic_path(cache, suffix=".safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in data.items()}, str(tmp))
-    return data
+    return load_file(str(cache))
 
 
 def encode_text_batch(pipe, prompts: list[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
