@@ -23,12 +23,14 @@ OUT = f"results/{config['experiment']}"
 
 def _model_threads():
     """Threads of a job that trains, samples or embeds with a model: 8 where GPUs are (data loading,
-    PNG encoding) and on a cluster; on a local CPU-only machine half its cores, so that two such jobs
-    run side by side. Small models use a second thread poorly: two 1-thread toy-teacher training steps
-    side by side do 1.85x the work of one 2-thread step on 2 cores (bench: 6.95 vs 3.76 it/s)."""
+    PNG encoding) or no core count is given (a cluster run); on a CPU-only machine half its cores, so
+    that two such jobs run side by side. Small models use a second thread poorly: two 1-thread
+    toy-teacher training steps side by side do 1.85x the work of one 2-thread step on 2 cores
+    (6.95 vs 3.76 it/s). A cluster job evaluates this again on its node, with the cores it was given:
+    never more than it asked for."""
     cores = workflow.global_resources.get("_cores")
     cores = getattr(cores, "value", cores)
-    if workflow.remote_exec or not workflow.local_exec or visible_devices() or not isinstance(cores, int):
+    if visible_devices() or not isinstance(cores, int):
         return 8
     return max(1, cores // 2)
 

@@ -112,16 +112,17 @@ def runs(tmp_path_factory):
     # config.yaml says. The other flags are for the test only: squeue for job states (no
     # accounting here), a status check 2 s after a job ends (default 40 s), and the logs of
     # successful SLURM jobs kept for the checks below.
-    cmd = [*snakemake, "--profile", "profiles/slurm", "--workflow-profile", "none", "--cores", "2", *SMOKE,
+    # --set-threads: the model jobs with 2 threads in both runs, on the login node and on the compute
+    # node alike (rules/common.smk gives them half the cores of a CPU-only machine otherwise)
+    threads = ["--set-threads", *sorted(f"{r}=2" for r in model_thread_rules())]
+    cmd = [*snakemake, "--profile", "profiles/slurm", "--workflow-profile", "none", "--cores", "2", *threads, *SMOKE,
            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
            "--slurm-keep-successful-logs"]
     env = _env(slurm, KD_SLURM_PARTITION=CPU_PARTITION, KD_SLURM_GPU_PARTITION=GPU_PARTITION,
                KD_SLURM_GPU_MODEL=GPU_MODEL, KD_SLURM_SITE=os.devnull)
     start = time.time()
     # the local run skips what is not compared (figures, the paper): minutes on a 2-core machine
-    # and the model jobs with 2 threads too: a local CPU-only run would give them half the cores
-    local_cmd = [*snakemake, "--cores", "2", *SMOKE, "--omit-from", *NOT_COMPARED,
-                 "--set-threads", *sorted(f"{r}=2" for r in model_thread_rules())]
+    local_cmd = [*snakemake, "--cores", "2", *threads, *SMOKE, "--omit-from", *NOT_COMPARED]
     procs = {"slurm": _start(cmd, slurm, env), "local": _start(local_cmd, local, _env(local))}
     cancelled: dict = {}
     watcher = threading.Thread(target=_cancel_when_started, args=(slurm, procs["slurm"][0], cancelled), daemon=True)
