@@ -13,7 +13,8 @@ loop adds what a researcher expects of a long run:
   (seed, step), so a run resumed from a checkpoint ends with the weights of an uninterrupted run;
 - early stopping on a validation metric (``monitor``, default the loss) with a patience, and/or
   the best weights restored at the end (``restore_best``); equal values of a monitored metric
-  other than the loss (an accuracy that a small validation split saturates) go to the lower loss; ``val_fn`` keys ``test/<term>`` are
+  other than the loss (an accuracy that a small validation split saturates) go to the lower
+  loss; ``val_fn`` keys ``test/<term>`` are
   logged under split ``test`` (tracked per evaluation, never used to choose weights);
 - an optional exponential moving average of the trained weights (``ema_decay``), checkpointed with
   them; when set, the run ends with the EMA weights;
