@@ -240,8 +240,9 @@ def efficiency_models(wildcards):
 
 def loss_tables(wildcards):
     tables = {}
-    if WORLD and any(config["models"][m]["source"].startswith("toy:") for m in config["models"]):
-        tables["toy pretraining"] = f"{OUT}/train/toy/loss.parquet"
+    toy = {config["models"][m]["source"][4:] for m in config["models"] if config["models"][m]["source"].startswith("toy:")}
+    if WORLD and toy:
+        tables.update({f"toy {part}": f"{OUT}/train/toy/{part}.parquet" for part in ("vae", "teacher", "student") if part in {"vae", *toy}})
     if LORA:
         tables["LoRA"] = f"{OUT}/train/lora/loss.parquet"
     tables.update({f"BK-SDM {m}": f"{OUT}/train/{m}/loss.parquet" for m in BK_MODELS})

@@ -48,29 +48,58 @@ rule world_classifier:
         "../workflow_scripts/world_classifier.py"
 
 
-rule toy_pretrain:
+# The toy models in two steps: the VAE, text encoder and the train split's encodings, then the
+# teacher and base-student U-Nets on them, side by side. The teacher is on the critical path of
+# every study: it goes first.
+rule toy_base:
     input:
         table=rules.world_data.output.table,
     output:
-        teacher=directory(f"{OUT}/models/toy_teacher"),
-        student=directory(f"{OUT}/models/toy_student"),
-        loss=f"{OUT}/train/toy/loss.parquet",
+        model=directory(f"{OUT}/models/toy_base"),
+        loss=f"{OUT}/train/toy/vae.parquet",
     params:
         toy=config["world"]["toy"],
         grammars=[config["prompts"]["grammar"], config["prompts"]["filler_grammar"]],
         seed=config["seed"],
         code=code_hash("kd_core.world.toy"),
     log:
-        f"{OUT}/logs/toy_pretrain.log",
+        f"{OUT}/logs/toy_base.log",
     benchmark:
-        f"{OUT}/benchmarks/toy_pretrain.tsv"
+        f"{OUT}/benchmarks/toy_base.tsv"
+    priority: 2
     threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=4000,
     conda:
         "../envs/kd_core.yaml"
     script:
-        "../workflow_scripts/toy_pretrain.py"
+        "../workflow_scripts/toy_base.py"
+
+
+rule toy_unet:
+    input:
+        base=rules.toy_base.output.model,
+    output:
+        model=directory(f"{OUT}/models/toy_{{role}}"),
+        loss=f"{OUT}/train/toy/{{role}}.parquet",
+    params:
+        unet=lambda wildcards: config["world"]["toy"][wildcards.role],
+        seed=config["seed"],
+        code=code_hash("kd_core.world.toy"),
+    log:
+        f"{OUT}/logs/toy_unet_{{role}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/toy_unet_{{role}}.tsv"
+    wildcard_constraints:
+        role="teacher|student",
+    priority: 1
+    threads: MODEL_THREADS
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/toy_unet.py"
 
 
 rule tiny_model:

@@ -199,7 +199,7 @@ def loss_curves(runs: dict[str, str | os.PathLike], out_png: str | os.PathLike, 
     panels = []
     for run, path in runs.items():
         df = pd.read_parquet(path)
-        if "model" in df.columns:
+        if "model" in df.columns and df["model"].nunique() > 1:
             panels += [(f"{run}: {m}", g) for m, g in df.groupby("model", sort=False)]
         else:
             panels.append((run, df))

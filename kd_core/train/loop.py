@@ -169,9 +169,10 @@ class Trainer:
         if not self.params:
             raise KDError(f"{name}: the model has no trainable parameters")
         if cfg.optimizer == "sgd":
-            opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
         elif cfg.optimizer == "adamw":
-            opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            # fused: one kernel for all parameters (the default per-parameter loop is ~10% of a toy step on a CPU)
+            opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         else:
             raise KDError(f"{name}: unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
         if cfg.monitor_mode not in ("min", "max"):
@@ -298,10 +299,11 @@ class Trainer:
             if self.ema is not None:
                 with torch.no_grad():
                     live = acc.unwrap_model(self.model).state_dict(keep_vars=True)
-                    for name, avg in self.ema.items():
-                        if isinstance(live[name], torch.nn.Parameter):
-                            avg.lerp_(live[name].detach(), 1.0 - cfg.ema_decay)
-                        else:  # buffers (running statistics) follow the model
+                    params = [n for n in self.ema if isinstance(live[n], torch.nn.Parameter)]
+                    torch._foreach_lerp_([self.ema[n] for n in params], [live[n].detach() for n in params],
+                                         1.0 - cfg.ema_decay)
+                    for name, avg in self.ema.items():  # buffers (running statistics) follow the model
+                        if not isinstance(live[name], torch.nn.Parameter):
                             avg.copy_(live[name])
             step += 1
             rows += [{"step": step, "epoch": epoch, "split": "train", "term": k, "value": v} for k, v in terms_sum.items()]

@@ -99,7 +99,7 @@ def train_classifier(data_table: str | Path, out_dir: str | Path, cfg: Classifie
     classes = {a: sorted(df[a].unique().tolist()) for a in attributes}
     y = _targets(df, classes)
     model = AttributeClassifier(classes, image_size, cfg.width)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4, fused=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.15)
     model.train()
     for _ in tqdm(range(cfg.steps), desc="train classifier", mininterval=2):

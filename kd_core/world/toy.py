@@ -1,9 +1,10 @@
 """Toy text-to-image models of the shapes world, in the standard diffusers / transformers classes.
 
-One call trains, on the rendered "real" dataset, an ``AutoencoderKL``; writes a word-level
-``CLIPTokenizer`` over the grammar and a frozen, randomly initialised ``CLIPTextModel``; and trains
-a teacher ``UNet2DConditionModel`` and a weaker base student (fewer channels, fewer steps). Both
-are saved as ``StableDiffusionPipeline`` folders that ``DiffusionPipeline.from_pretrained`` loads.
+``pretrain_toy_base`` trains, on the rendered "real" dataset, an ``AutoencoderKL``, and writes a
+word-level ``CLIPTokenizer`` over the grammar and a frozen, randomly initialised ``CLIPTextModel``
+with the train split's encodings; ``pretrain_toy_unet`` then trains on them a teacher
+``UNet2DConditionModel`` or a weaker base student (fewer channels, fewer steps), each saved as a
+``StableDiffusionPipeline`` folder that ``DiffusionPipeline.from_pretrained`` loads.
 
 What makes this work on a 2-core CPU in minutes (see DESIGN.md, "the naive way misses"):
 - the VAE is trained with an MSE loss (an L1 loss loses the colours) in which shape pixels (those
@@ -39,9 +40,11 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from kd_core.errors import KDError
 from kd_core.io import atomic_dir, write_parquet
 from kd_core.models.tokenizer import build_clip_tokenizer
 from kd_core.prompts import iter_words
@@ -145,7 +148,7 @@ def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: float = 0.05) 
 
 def train_vae(x: torch.Tensor, cfg: VAEConfig, gen: torch.Generator, log: list[dict]) -> AutoencoderKL:
     vae = build_vae(cfg, x.shape[-1]).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, fused=True)
     sched = warmup_cosine(opt, cfg.steps)
     for step in tqdm(range(cfg.steps), desc="toy VAE", mininterval=2):
         xb = x[torch.randint(len(x), (cfg.batch_size,), generator=gen)]
@@ -175,9 +178,10 @@ def train_unet(name: str, latents: tuple[torch.Tensor, torch.Tensor], cond: torc
     noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULE.items() if k != "set_alpha_to_one"})
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-2)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-2, fused=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     empty = cond[-1]
+    params, ema_params = list(unet.parameters()), list(ema.parameters())
     for step in tqdm(range(cfg.steps), desc=f"toy {name} U-Net", mininterval=2):
         idx = torch.randint(len(mean), (cfg.batch_size,), generator=gen)
         z0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
@@ -197,8 +201,7 @@ def train_unet(name: str, latents: tuple[torch.Tensor, torch.Tensor], cond: torc
         sched.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                pe.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
         if step % 20 == 0 or step == cfg.steps - 1:
             _log(log, name, step, task_mse=per_sample.mean().item(), min_snr_weighted=loss.item())
     return ema
@@ -220,37 +223,74 @@ def save_pipeline(out_dir: str | Path, **components) -> None:
 
 
 LOSS_SCHEMA = pa.schema([("model", pa.string()), ("step", pa.int64()), ("term", pa.string()), ("value", pa.float64())])
+#: What the toy U-Nets train on, beside the shared components in the base folder.
+ENCODINGS = "train_encodings.safetensors"
+ROLES = ("teacher", "student")
 
 
-def pretrain_toy_models(data_table: str | Path, teacher_dir: str | Path, student_dir: str | Path,
-                        loss_path: str | Path, cfg: ToyConfig) -> dict[str, float]:
-    """Train VAE, teacher and student on the real train split and save both pipelines."""
+def pretrain_toy_base(data_table: str | Path, out_dir: str | Path, loss_path: str | Path, cfg: ToyConfig) -> float:
+    """Train the VAE on the real train split; write it with the tokenizer, the frozen text encoder and
+    the scheduler (each in its diffusers / transformers folder) and the train split's encodings (the
+    scaled latent posteriors and the prompt embeddings) that both U-Nets train on. Returns seconds."""
     gen = seed_everything(cfg.seed)
     df, x = load_split(data_table, "train")
     log: list[dict] = []
-    times: dict[str, float] = {}
     t0 = time.perf_counter()
     vae = train_vae(x, cfg.vae, gen, log)
-    times["vae_s"] = time.perf_counter() - t0
     with torch.no_grad():
         dist = [vae.encode(x[i : i + 256]).latent_dist for i in range(0, len(x), 256)]
         mean, std = torch.cat([d.mean for d in dist]), torch.cat([d.std for d in dist])
     scale = float(1.0 / mean.std())
     vae.register_to_config(scaling_factor=scale)
-    latents = (mean * scale, std * scale)
 
     tokenizer = build_clip_tokenizer(iter_words(list(cfg.grammars)), cfg.text.max_length)
     text_encoder = build_text_encoder(cfg.text, len(tokenizer), cfg.seed)
     prompts = sorted(df["prompt"].unique())
-    cond = encode_prompts(tokenizer, text_encoder, prompts + [""])
-    prompt_index = torch.tensor(df["prompt"].map({p: i for i, p in enumerate(prompts)}).to_numpy())
-
-    scheduler = DDIMScheduler(**SCHEDULE)
-    for name, ucfg, out in (("teacher", cfg.teacher, teacher_dir), ("student", cfg.student, student_dir)):
-        t0 = time.perf_counter()
-        unet = train_unet(name, latents, cond, prompt_index, ucfg, gen, log)
-        times[f"{name}_s"] = time.perf_counter() - t0
-        save_pipeline(out, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+    encodings = {
+        "latent_mean": mean * scale, "latent_std": std * scale,
+        "prompt_embeds": encode_prompts(tokenizer, text_encoder, prompts + [""]),  # the last: the empty prompt
+        "prompt_index": torch.tensor(df["prompt"].map({p: i for i, p in enumerate(prompts)}).to_numpy()),
+    }
+    seconds = time.perf_counter() - t0
+    with atomic_dir(out_dir) as tmp:
+        for name, part in (("vae", vae), ("text_encoder", text_encoder), ("tokenizer", tokenizer),
+                           ("scheduler", DDIMScheduler(**SCHEDULE))):
+            part.save_pretrained(tmp / name)
+        save_file({k: v.contiguous() for k, v in encodings.items()}, tmp / ENCODINGS)
     write_parquet(pd.DataFrame(log), loss_path, LOSS_SCHEMA, "world/toy_loss",
-                  {"config": asdict(cfg), "scaling_factor": scale, "wall_time_s": times})
+                  {"config": asdict(cfg.vae), "scaling_factor": scale, "wall_time_s": seconds})
+    return seconds
+
+
+def pretrain_toy_unet(base_dir: str | Path, role: str, out_dir: str | Path, loss_path: str | Path,
+                      cfg: ToyConfig) -> float:
+    """Train the ``role`` U-Net (``teacher`` or ``student``) on the base folder's encodings and save
+    it with the base components as a ``StableDiffusionPipeline`` folder. Returns seconds."""
+    if role not in ROLES:
+        raise KDError(f"toy U-Net role {role!r}; choose one of {', '.join(ROLES)}")
+    base = Path(base_dir)
+    enc = load_file(base / ENCODINGS)
+    gen = seed_everything(cfg.seed + 1 + ROLES.index(role))  # the two U-Nets draw independent batches
+    log: list[dict] = []
+    t0 = time.perf_counter()
+    unet = train_unet(role, (enc["latent_mean"], enc["latent_std"]), enc["prompt_embeds"], enc["prompt_index"],
+                      getattr(cfg, role), gen, log)
+    seconds = time.perf_counter() - t0
+    save_pipeline(out_dir, vae=AutoencoderKL.from_pretrained(base / "vae"),
+                  text_encoder=CLIPTextModel.from_pretrained(base / "text_encoder"),
+                  tokenizer=CLIPTokenizer.from_pretrained(base / "tokenizer"), unet=unet,
+                  scheduler=DDIMScheduler.from_pretrained(base / "scheduler"))
+    write_parquet(pd.DataFrame(log), loss_path, LOSS_SCHEMA, "world/toy_loss",
+                  {"config": asdict(getattr(cfg, role)), "wall_time_s": seconds})
+    return seconds
+
+
+def pretrain_toy_models(data_table: str | Path, base_dir: str | Path, teacher_dir: str | Path,
+                        student_dir: str | Path, loss_dir: str | Path, cfg: ToyConfig) -> dict[str, float]:
+    """The three steps in one call (the workflow runs them as three jobs, the U-Nets side by side):
+    the base folder, then the teacher and the student. Loss tables ``<loss_dir>/{vae,teacher,student}.parquet``."""
+    loss_dir = Path(loss_dir)
+    times = {"vae_s": pretrain_toy_base(data_table, base_dir, loss_dir / "vae.parquet", cfg)}
+    for role, out in (("teacher", teacher_dir), ("student", student_dir)):
+        times[f"{role}_s"] = pretrain_toy_unet(base_dir, role, out, loss_dir / f"{role}.parquet", cfg)
     return times

@@ -1,16 +1,21 @@
 import json
 
+import pytest
 import torch
 from diffusers import DiffusionPipeline
+from safetensors.torch import load_file
 
-from kd_core.world.dataset import WorldDataConfig, make_real_dataset
+from kd_core.errors import KDError
+from kd_core.world.dataset import WorldDataConfig, load_split, make_real_dataset
 from kd_core.world.toy import (
+    ENCODINGS,
     SCHEDULE,
     TextEncoderConfig,
     ToyConfig,
     UNetConfig,
     VAEConfig,
     pretrain_toy_models,
+    pretrain_toy_unet,
 )
 
 
@@ -25,7 +30,7 @@ def test_pretrain_saves_loadable_pipelines(tmp_path):
     cfg = ToyConfig(vae=VAEConfig(channels=(8, 16, 16), steps=3, batch_size=4), text=TextEncoderConfig(hidden_size=16, layers=1, heads=2),
                     teacher=UNetConfig(channels=(16, 32), steps=3, batch_size=4),
                     student=UNetConfig(channels=(8, 16), steps=3, batch_size=4))
-    times = pretrain_toy_models(table, tmp_path / "teacher", tmp_path / "student", tmp_path / "loss.parquet", cfg)
+    times = pretrain_toy_models(table, tmp_path / "base", tmp_path / "teacher", tmp_path / "student", tmp_path / "loss", cfg)
     assert set(times) == {"vae_s", "teacher_s", "student_s"}
     for name, width in (("teacher", 16), ("student", 8)):
         sched = json.loads((tmp_path / name / "scheduler" / "scheduler_config.json").read_text())
@@ -44,5 +49,18 @@ def test_pretrain_saves_loadable_pipelines(tmp_path):
     assert torch.equal(t.text_encoder.get_input_embeddings().weight,
                        s.text_encoder.get_input_embeddings().weight)
     import pandas as pd
-    loss = pd.read_parquet(tmp_path / "loss.parquet")
-    assert {"vae", "teacher", "student"} == set(loss["model"]) and loss["value"].notna().all()
+    for part in ("vae", "teacher", "student"):
+        loss = pd.read_parquet(tmp_path / "loss" / f"{part}.parquet")
+        assert set(loss["model"]) == {part} and len(loss) and loss["value"].notna().all()
+    # both U-Nets trained on the base folder's encodings, which match the saved VAE
+    enc = load_file(tmp_path / "base" / ENCODINGS)
+    assert enc["latent_mean"].shape == (64, 4, 8, 8) and enc["prompt_index"].max() < len(enc["prompt_embeds"]) - 1
+    with torch.no_grad():
+        x = load_split(table, "train")[1][:4]
+        mean = t.vae.encode(x).latent_dist.mean * t.vae.config.scaling_factor
+    torch.testing.assert_close(mean, enc["latent_mean"][:4], atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_toy_role_is_one_line_error(tmp_path):
+    with pytest.raises(KDError, match="toy U-Net role 'teachr'; choose one of teacher, student"):
+        pretrain_toy_unet(tmp_path, "teachr", tmp_path / "out", tmp_path / "loss.parquet", ToyConfig())
