@@ -67,10 +67,13 @@ def test_loss_curves_every_run_and_term(tmp_path):
     toy = pd.DataFrame({"model": ["vae"] * 50 + ["teacher"] * 50, "step": np.r_[steps[:50], steps[:50]],
                         "term": "task_mse", "value": 1 / np.r_[steps[:50], steps[:50]]})
     toy.to_parquet(tmp_path / "toy.parquet")
-    fig = plots.loss_curves({"LoRA": tmp_path / "lora.parquet", "toy": tmp_path / "toy.parquet"}, tmp_path / "loss.png")
+    toy[toy["model"] == "vae"].to_parquet(tmp_path / "vae.parquet")
+    fig = plots.loss_curves({"LoRA": tmp_path / "lora.parquet", "toy": tmp_path / "toy.parquet",
+                             "toy VAE": tmp_path / "vae.parquet"}, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "loss.pdf").is_file()
     panels = {a.get_title(): a for a in fig.axes if a.get_title()}
-    assert list(panels) == ["LoRA", "toy: vae", "toy: teacher"]  # a panel per run, and per model within a run
+    # a panel per run, and per model within a run of several models
+    assert list(panels) == ["LoRA", "toy: vae", "toy: teacher", "toy VAE"]
     labelled = [line.get_label() for line in panels["LoRA"].get_lines() if not line.get_label().startswith("_")]
     assert labelled == ["train loss", "train task_mse"]  # every term but lr, which has its own axis
     lr_axis = [a for a in fig.axes if a.get_ylabel() == "lr"]

@@ -91,8 +91,10 @@ def test_teacher_learns_saves_and_a_kd_student_follows_it(tmp_path):
     assert (logits_of(teacher, test.images, 32).argmax(-1) == test.labels).float().mean() == pytest.approx(pred["correct"].mean())
     loss = pd.read_parquet(tmp_path / "t" / "train" / "loss.parquet")
     assert {("val", "accuracy"), ("test", "accuracy"), ("val", "loss"), ("train", "task_ce")} <= set(zip(loss["split"], loss["term"], strict=True))
-    # the student sees only its own images; labels are ignored by a pure KD objective
-    shuffled = LabelledImages(train.images, train.labels[torch.randperm(len(train))], SHAPES)
+    # the student sees only its own images; labels are ignored by a pure KD objective (a seeded
+    # permutation: the validation accuracy that picks the best epoch still reads these labels)
+    shuffled = LabelledImages(train.images, train.labels[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))],
+                              SHAPES)
     kd = train_classifier(shuffled, test, tmp_path / "s" / "model", tmp_path / "s" / "train", tmp_path / "s" / "pred.parquet",
                           config("kd", epochs=30, temperature=4.0), teacher=teacher, name="student")
     hard = train_classifier(shuffled, test, tmp_path / "h" / "model", tmp_path / "h" / "train", tmp_path / "h" / "pred.parquet",
