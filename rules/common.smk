@@ -240,9 +240,10 @@ def efficiency_models(wildcards):
 
 def loss_tables(wildcards):
     tables = {}
-    toy = {config["models"][m]["source"][4:] for m in config["models"] if config["models"][m]["source"].startswith("toy:")}
+    sources = {m["source"] for m in config["models"].values()}
+    toy = [role for role in ("teacher", "student") if f"toy:{role}" in sources]  # the toy U-Nets in use
     if WORLD and toy:
-        tables.update({f"toy {part}": f"{OUT}/train/toy/{part}.parquet" for part in ("vae", "teacher", "student") if part in {"vae", *toy}})
+        tables.update({f"toy {part}": f"{OUT}/train/toy/{part}.parquet" for part in ("vae", *toy)})
     if LORA:
         tables["LoRA"] = f"{OUT}/train/lora/loss.parquet"
     tables.update({f"BK-SDM {m}": f"{OUT}/train/{m}/loss.parquet" for m in BK_MODELS})

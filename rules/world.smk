@@ -58,7 +58,7 @@ rule toy_base:
         model=directory(f"{OUT}/models/toy_base"),
         loss=f"{OUT}/train/toy/vae.parquet",
     params:
-        toy=config["world"]["toy"],
+        toy={k: config["world"]["toy"][k] for k in ("vae", "text")},  # not the U-Nets': toy_unet's params
         grammars=[config["prompts"]["grammar"], config["prompts"]["filler_grammar"]],
         seed=config["seed"],
         code=code_hash("kd_core.world.toy"),
