@@ -11,7 +11,7 @@ SNAKEMAKE_ARGS ?=
 
 EXPERIMENT := $(or $(shell sed -n 's/^experiment: *//p' $(CONFIG)),shapes)
 
-.PHONY: setup demo report profile test test-slurm lint dag clean help
+.PHONY: setup demo report profile test test-slurm ci lint dag clean help
 
 help:
 	@echo "make demo   - run the default experiment (config/config.yaml) with profiles/default, then its report"
@@ -19,6 +19,7 @@ help:
 	@echo "make profile - wall time, CPU time and peak memory per rule and per study of results/<experiment>"
 	@echo "make test   - the test suite without its slow tier (TIERS=all: every test, as CI)"
 	@echo "make test-slurm - profiles/slurm on a single-node SLURM cluster started here (installs slurm-wlm, munge)"
+	@echo "make ci     - as .ci/run: every test tier and the SLURM tests in one session (one shared smoke run)"
 	@echo "make lint   - ruff and snakemake --lint"
 	@echo "make dag    - print the rule graph (mermaid)"
 	@echo "variables: CONFIG=path/to/config.yaml  SNAKEMAKE_ARGS='--cores 4'  PYTHON=python3.11"
@@ -51,6 +52,11 @@ test: setup
 
 test-slurm: setup
 	PYTHON=$(BIN)/python scripts/slurm/test.sh
+
+# every tier and the SLURM cluster tests in one pytest session: the smoke run is made once and
+# serves both the workflow tests and the SLURM run's comparison
+ci: setup
+	PYTHON=$(BIN)/python scripts/slurm/test.sh --durations=10 tests
 
 lint: setup
 	$(BIN)/ruff check .

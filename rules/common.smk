@@ -21,6 +21,14 @@ config.update(_validated)
 OUT = f"results/{config['experiment']}"
 
 
+def _cpu_only_cores():
+    """The core count of a local run on a machine without GPUs, else None (GPUs, or a cluster run
+    with no core count given: a cluster job evaluates this again on its node)."""
+    cores = workflow.global_resources.get("_cores")
+    cores = getattr(cores, "value", cores)
+    return None if visible_devices() or not isinstance(cores, int) else cores
+
+
 def _model_threads():
     """Threads of a job that trains, samples or embeds with a model: 8 where GPUs are (data loading,
     PNG encoding) or no core count is given (a cluster run); on a CPU-only machine half its cores, so
@@ -28,14 +36,15 @@ def _model_threads():
     toy-teacher training steps side by side do 1.85x the work of one 2-thread step on 2 cores
     (6.95 vs 3.76 it/s). A cluster job evaluates this again on its node, with the cores it was given:
     never more than it asked for."""
-    cores = workflow.global_resources.get("_cores")
-    cores = getattr(cores, "value", cores)
-    if visible_devices() or not isinstance(cores, int):
-        return 8
-    return max(1, cores // 2)
+    cores = _cpu_only_cores()
+    return 8 if cores is None else max(1, cores // 2)
 
 
 MODEL_THREADS = _model_threads()
+# toy_base: every core of a CPU-only machine. It is the first model job and nothing runs beside it
+# (both toy U-Nets wait for it), and the VAE's 32 px convolutions use a second thread well (1.4x
+# at 2 threads, where the toy U-Nets gain nothing).
+BASE_THREADS = _cpu_only_cores() or MODEL_THREADS
 LORA = config["lora"]["enabled"]
 BK = config["block_kd"]
 BK_MODELS = (BK["levels"] + ([f"{lv}_nofeat" for lv in BK["levels"]] if BK["ablate_features"] else [])) if BK["enabled"] else []

@@ -67,7 +67,7 @@ rule toy_base:
     benchmark:
         f"{OUT}/benchmarks/toy_base.tsv"
     priority: 2
-    threads: MODEL_THREADS
+    threads: BASE_THREADS
     resources:
         mem_mb=4000,
     conda:

@@ -20,6 +20,17 @@ def root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smoke_repo(tmp_path_factory) -> Path:
+    """A completed run of config/smoke.yaml in a repository copy, shared by the workflow tests and
+    the SLURM tests (whose cluster run must equal it): one smoke run per test session."""
+    from .workflow.conftest import copy_repo, run
+
+    repo = copy_repo(tmp_path_factory.mktemp("smoke"))
+    run(repo, "--configfile", "config/smoke.yaml")
+    return repo
+
+
+@pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
     from kd_core.models.tiny import build_tiny_sd
 

@@ -1,7 +1,6 @@
 """profiles/slurm on a real single-node SLURM cluster (make test-slurm; skipped in the plain test run).
 
-config/smoke.yaml runs twice, at the same time, each in its own repository copy: locally (as the
-workflow tests run it, figures and paper left out) and with ``--profile profiles/slurm`` against
+config/smoke.yaml runs with ``--profile profiles/slurm``, in its own repository copy, against
 the test cluster that scripts/slurm/test.sh starts (scripts/slurm/start_cluster.sh: fake GPUs as
 GRES, squeue for job states). While the SLURM run goes, the teacher's generate job (a GPU job
 everything downstream needs) is cancelled with scancel once its script has started; the
@@ -13,7 +12,8 @@ to the GPU partition with a GPU of the site's model, CPU rules to the CPU partit
 the paper ran on the host, and the outputs equal the local run's: prompts, image manifests and
 pixels, metric and training-loss tables exactly, bar a model-folder fingerprint (file mtimes) and
 timings. Nothing is lost to the cancellation: the cancelled job's images and all that depends on
-them equal the local run's too.
+them equal the local run's too. The local run is the test session's smoke run (``smoke_repo``,
+shared with the workflow tests): .ci/run runs this module in the same session as the whole suite.
 
 Needs KD_SLURM_TEST=1, and SLURM_CONF and PATH naming the cluster (scripts/slurm/test.sh sets them).
 """
@@ -47,9 +47,6 @@ CANCEL_COMMENT = "rule_generate_wildcards_teacher"  # the plugin's sbatch --comm
 CANCEL_LOG = OUT / "logs" / "generate_teacher.log"  # written once the job's script runs
 GPU_PARTITION, CPU_PARTITION, GPU_MODEL = "gpu", "cpu", "kdfake"  # as in scripts/slurm/start_cluster.sh
 RUN_TIMEOUT = 45 * 60
-NOT_COMPARED = ("figure_metrics", "figure_distribution", "figure_attributes", "figure_loss", "figure_efficiency",
-                "comparison_models", "comparison_grid", "figure_dmkd", "paper")
-
 
 def _env(repo: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SITE_VARS}
@@ -84,7 +81,7 @@ def _cancel_when_started(repo: Path, proc: subprocess.Popen, cancelled: dict) ->
 
 
 def _start(cmd: list[str], repo: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
-    out = repo.parent / f"{repo.name}.out"  # a file, not a pipe: nobody reads while both runs go
+    out = repo.parent / f"{repo.name}.out"  # a file, not a pipe: nobody reads it while the run goes
     with open(out, "w") as fh:
         return subprocess.Popen(cmd, cwd=repo, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True), out
 
@@ -100,54 +97,43 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The local and the SLURM run of config/smoke.yaml, side by side (both must succeed)."""
-    local, slurm = (tmp_path_factory.mktemp(name) / "repo" for name in ("local", "slurm"))
-    for repo in (local, slurm):
-        repo.mkdir()
-        copy_repo(repo)
-    snakemake = [sys.executable, "-m", "snakemake"]
-    # --cores 2 in both runs: Snakemake caps every job's threads (torch threads) at --cores, SLURM
-    # jobs included (and, inside a job, at the node's CPUs), so both compute with 2 threads. --workflow-profile none: as profiles/slurm/
-    # config.yaml says. The other flags are for the test only: squeue for job states (no
-    # accounting here), a status check 2 s after a job ends (default 40 s), and the logs of
-    # successful SLURM jobs kept for the checks below.
-    # --set-threads: the model jobs with 2 threads in both runs, on the login node and on the compute
-    # node alike (rules/common.smk gives them half the cores of a CPU-only machine otherwise)
-    threads = ["--set-threads", *sorted(f"{r}=2" for r in model_thread_rules())]
-    cmd = [*snakemake, "--profile", "profiles/slurm", "--workflow-profile", "none", "--cores", "2", *threads, *SMOKE,
-           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+def runs(smoke_repo, tmp_path_factory):
+    """The SLURM run of config/smoke.yaml, beside the test session's local smoke run (``smoke_repo``)."""
+    slurm = tmp_path_factory.mktemp("slurm") / "repo"
+    slurm.mkdir()
+    copy_repo(slurm)
+    # --cores 2: Snakemake caps every job's threads (torch threads) at --cores, SLURM jobs included
+    # (and, inside a job, at the node's CPUs). --workflow-profile none: as profiles/slurm/config.yaml
+    # says. The other flags are for the test only: squeue for job states (no accounting here), a
+    # status check 2 s after a job ends and every 2 s after that (defaults 40 s and 10 s), and the
+    # logs of successful SLURM jobs kept for the checks below.
+    # --set-threads: the model jobs with 1 thread, as in the local smoke run (rules/common.smk gives
+    # them half the cores of a CPU-only machine there, and 8 on a cluster node, capped at --cores),
+    # and toy_base with 2 (the local run gives it every core)
+    threads = ["--set-threads", *sorted(f"{r}=1" for r in model_thread_rules()), "toy_base=2"]
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--workflow-profile", "none",
+           "--cores", "2", *threads, *SMOKE, "--slurm-status-command", "squeue",
+           "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
            "--slurm-keep-successful-logs"]
     env = _env(slurm, KD_SLURM_PARTITION=CPU_PARTITION, KD_SLURM_GPU_PARTITION=GPU_PARTITION,
                KD_SLURM_GPU_MODEL=GPU_MODEL, KD_SLURM_SITE=os.devnull)
     start = time.time()
-    # the local run skips what is not compared (figures, the paper): minutes on a 2-core machine
-    local_cmd = [*snakemake, "--cores", "2", *threads, *SMOKE, "--omit-from", *NOT_COMPARED]
-    procs = {"slurm": _start(cmd, slurm, env), "local": _start(local_cmd, local, _env(local))}
+    proc, out = _start(cmd, slurm, env)
     cancelled: dict = {}
-    watcher = threading.Thread(target=_cancel_when_started, args=(slurm, procs["slurm"][0], cancelled), daemon=True)
+    watcher = threading.Thread(target=_cancel_when_started, args=(slurm, proc, cancelled), daemon=True)
     watcher.start()
-    took = {}
     try:
-        while len(took) < len(procs):
-            for name, (proc, _) in procs.items():
-                if name not in took and proc.poll() is not None:
-                    took[name] = round(time.time() - start)
-            if time.time() - start > RUN_TIMEOUT:
-                late = [name for name in procs if name not in took]
-                raise AssertionError(f"{late} still running after {RUN_TIMEOUT} s:\n"
-                                     + "\n".join(procs[name][1].read_text()[-3000:] for name in late))
-            time.sleep(2)
+        proc.wait(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the SLURM run still running after {RUN_TIMEOUT} s:\n{out.read_text()[-3000:]}") from None
     finally:
-        for proc, _ in procs.values():
-            _stop(proc)
+        _stop(proc)
     watcher.join(timeout=5)
-    print(f"wall time (s): {took}; cancelled: {cancelled}")
-    for name, (proc, out) in procs.items():
-        assert proc.returncode == 0, f"the {name} run failed:\n{out.read_text()[-8000:]}"
+    print(f"wall time of the SLURM run: {round(time.time() - start)} s; cancelled: {cancelled}")
+    assert proc.returncode == 0, f"the SLURM run failed:\n{out.read_text()[-8000:]}"
     logs = sorted((slurm / ".snakemake" / "log").glob("*.snakemake.log"))
     assert logs, "no Snakemake log"
-    return {"local": local, "slurm": slurm, "log": without_job_logs(logs[-1].read_text()), "cancelled": cancelled,
+    return {"local": smoke_repo, "slurm": slurm, "log": without_job_logs(logs[-1].read_text()), "cancelled": cancelled,
             "jobs": _scontrol_jobs()}
 
 

@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -55,11 +53,3 @@ def planned_jobs(repo: Path, *args: str) -> dict[str, int]:
         if m and m.group(1) != "total":
             counts[m.group(1)] = int(m.group(2))
     return counts
-
-
-@pytest.fixture(scope="session")
-def smoke_repo(tmp_path_factory) -> Path:
-    """A completed run of config/smoke.yaml in a repository copy (shared by the workflow tests)."""
-    repo = copy_repo(tmp_path_factory.mktemp("smoke"))
-    run(repo, "--configfile", "config/smoke.yaml")
-    return repo
