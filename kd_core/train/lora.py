@@ -30,7 +30,7 @@ from kd_core.io import atomic_dir, write_json
 from kd_core.models.loading import load_pipeline, model_default_size
 from kd_core.seeding import resolve_device
 from kd_core.sources import fingerprint
-from kd_core.train.data import DataConfig, encode_pairs, load_pairs
+from kd_core.train.data import DataConfig, encode_pairs, encode_text_batch, load_pairs
 from kd_core.train.loop import TrainConfig, Trainer, TrainResult
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -49,6 +49,9 @@ class LoRAConfig:
     resolution: int | None = None  # None: the student's native size
     val_fraction: float = 0.1
     snr_gamma: float | None = None  # Min-SNR-gamma weighting of the task loss; None: plain MSE
+    # training captions replaced by the empty prompt (diffusers' --proportion_empty_prompts), so that
+    # the unconditional prediction classifier-free guidance subtracts is tuned with the conditional one
+    proportion_empty_prompts: float = 0.0
     kohya: bool = False
 
 
@@ -118,6 +121,7 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     alphas = sched.alphas_cumprod
     xl = "pooled_embeds" in cache or getattr(pipe, "text_encoder_2", None) is not None
+    empty = encode_text_batch(pipe, [""]) if cfg.proportion_empty_prompts > 0 and not cfg.text_encoder else {}
 
     n = len(pairs)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(train.seed))
@@ -125,28 +129,37 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
     val_ids, train_ids = order[:n_val], order[n_val:]
     mean, std, pidx = cache["latent_mean"], cache["latent_std"], cache["prompt_index"]
 
-    def conditioning(ids: torch.Tensor) -> dict:
+    def conditioning(ids: torch.Tensor, drop: torch.Tensor | None = None) -> dict:
+        """The U-Net's text conditioning of ``ids``; rows where ``drop`` is set get the empty prompt's."""
         pi = pidx[ids]
         if cfg.text_encoder:
-            enc = pipe.encode_prompt([prompts[i] for i in pi.tolist()], device=device, num_images_per_prompt=1,
-                                     do_classifier_free_guidance=False)
+            captions = [prompts[i] for i in pi.tolist()]
+            if drop is not None:
+                captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+            enc = pipe.encode_prompt(captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
             emb, pooled = enc[0], (enc[2] if xl else None)
         else:
-            emb = cache["prompt_embeds"][pi].to(device)
-            pooled = cache["pooled_embeds"][pi].to(device) if xl else None
+            emb = cache["prompt_embeds"][pi]
+            pooled = cache["pooled_embeds"][pi] if xl else None
+            if drop is not None:
+                emb = torch.where(drop[:, None, None], empty["prompt_embeds"].expand_as(emb), emb)
+                if xl:
+                    pooled = torch.where(drop[:, None], empty["pooled_embeds"].expand_as(pooled), pooled)
+            emb, pooled = emb.to(device), (pooled.to(device) if xl else None)
         kw: dict = {"encoder_hidden_states": emb}
         if xl:
             time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=emb.dtype, device=device).repeat(len(ids), 1)
             kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
         return kw
 
-    def task_loss(ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def task_loss(ids: torch.Tensor, gen: torch.Generator, p_empty: float = 0.0) -> dict[str, torch.Tensor]:
         z0 = mean[ids] + std[ids] * torch.randn(mean[ids].shape, generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(ids),), generator=gen)
+        drop = torch.rand(len(ids), generator=gen) < p_empty if p_empty > 0 else None
         noisy = sched.add_noise(z0, noise, t)
         target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
-        pred = pipe.unet(noisy.to(device), t.to(device), **conditioning(ids)).sample.float()
+        pred = pipe.unet(noisy.to(device), t.to(device), **conditioning(ids, drop)).sample.float()
         per = F.mse_loss(pred, target.to(device), reduction="none").mean(dim=(1, 2, 3))
         if cfg.snr_gamma is not None:
             snr = (alphas[t] / (1 - alphas[t])).to(device)
@@ -166,7 +179,8 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
                                      # contents, not only names: retrained models or remade images restart the run
                                      "weights": fingerprint(student), "data_key": bytes(cache["key"].tolist()).decode()},
                                     sort_keys=True).encode()).hexdigest()[:16]
-    trainer = Trainer(model, lambda idx, gen: task_loss(train_ids[idx], gen), len(train_ids), run_dir, train,
+    trainer = Trainer(model, lambda idx, gen: task_loss(train_ids[idx], gen, cfg.proportion_empty_prompts),
+                      len(train_ids), run_dir, train,
                       val_fn=val_fn if n_val else None, name="lora", run_key=key)
     result = trainer.fit()
     save_lora(pipe, modules, adapter_dir, cfg.kohya,

@@ -76,6 +76,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a minute; the loop's own SIGKILL test (tests/train/test_loop.py) stays in make test
 def test_sigkill_then_rerun_resumes_to_the_same_student(tiny_sd15, teacher_images, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)

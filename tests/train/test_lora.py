@@ -89,3 +89,42 @@ def test_caption_folder_and_its_errors(tmp_path, teacher_images):
         load_pairs(DataConfig(str(folder)))
     with pytest.raises(KDError, match="has no metadata.jsonl"):
         load_pairs(DataConfig(str(tmp_path)))
+
+
+@pytest.mark.parametrize(("student", "p"), [("tiny_sd", 1.0), ("tiny_sdxl", 1.0), ("tiny_sd", 0.0)])
+def test_proportion_empty_prompts_trains_on_the_empty_prompt(request, tmp_path, teacher_images, monkeypatch, student, p):
+    """p = 1: every training step conditions on the empty prompt (SDXL: its pooled embedding too);
+    validation always on the captions; p = 0: never the empty prompt."""
+    import kd_core.train.lora as lora
+    from kd_core.train.data import encode_text_batch
+
+    seen, pipes = [], []
+    real_load = lora.load_pipeline
+
+    def load(*args, **kwargs):
+        pipe = real_load(*args, **kwargs)
+        pipe.unet.register_forward_pre_hook(
+            lambda m, a, kw: seen.append((torch.is_grad_enabled(), kw["encoder_hidden_states"].clone(),
+                                          kw.get("added_cond_kwargs", {}).get("text_embeds"))), with_kwargs=True)
+        pipes.append(pipe)
+        return pipe
+
+    monkeypatch.setattr(lora, "load_pipeline", load)
+    cfg = LoRAConfig(**{**LORA.__dict__, "proportion_empty_prompts": p})
+    train_lora(str(request.getfixturevalue(student)), DataConfig(str(teacher_images)), tmp_path / "adapter",
+               tmp_path / "run", cfg, TRAIN)
+    empty = encode_text_batch(pipes[0], [""])
+    train = [s for s in seen if s[0]]
+    val = [s for s in seen if not s[0]]
+    assert len(train) == TRAIN.max_steps and val
+
+    def is_empty(emb, pooled):
+        same = torch.allclose(emb, empty["prompt_embeds"].expand_as(emb))
+        if "pooled_embeds" in empty:
+            assert pooled is not None
+            assert torch.allclose(pooled, empty["pooled_embeds"].expand_as(pooled)) == same
+        return same
+
+    dropped = [is_empty(e, pl) for _, e, pl in train]
+    assert dropped == [p == 1.0] * TRAIN.max_steps
+    assert not any(is_empty(e, pl) for _, e, pl in val)
