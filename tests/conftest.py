@@ -14,27 +14,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """With the SLURM test cluster (make test-slurm, make ci): start the cluster run of the smoke
-    config now, in the background, and run its tests last, so that the rest of the suite runs while
-    the cluster works."""
-    from .slurm import test_cluster
-
-    cluster = [item for item in items if item.nodeid.startswith("tests/slurm/test_cluster.py")]
-    if not cluster or not test_cluster.enabled():
-        return
-    items[:] = [item for item in items if item not in cluster] + cluster
-    config.kd_slurm_run = test_cluster.start_slurm_run(config._tmp_path_factory.mktemp("slurm"))
-
-
-def pytest_unconfigure(config):
-    run = getattr(config, "kd_slurm_run", None)
-    if run is not None:  # the session ended (or was interrupted) before the SLURM tests waited for it
-        from .slurm import test_cluster
-
-        test_cluster.stop_slurm_run(run)
-
-
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

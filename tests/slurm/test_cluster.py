@@ -96,67 +96,45 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def enabled() -> bool:
-    return os.environ.get("KD_SLURM_TEST") == "1" and bool(os.environ.get("SLURM_CONF"))
-
-
-def start_slurm_run(base: Path) -> dict:
-    """Start the SLURM run of config/smoke.yaml in a repository copy under ``base``, and the watcher
-    that cancels the teacher's generate job once; returns what :func:`finish_slurm_run` waits on.
-    tests/conftest.py starts it when the session collects these tests, so that the rest of the
-    suite runs while the cluster works (its jobs mostly start up and wait for status checks)."""
-    slurm = base / "repo"
-    slurm.mkdir(parents=True)
+@pytest.fixture(scope="module")
+def runs(smoke_repo, tmp_path_factory):
+    """The SLURM run of config/smoke.yaml, beside the test session's local smoke run (``smoke_repo``)."""
+    slurm = tmp_path_factory.mktemp("slurm") / "repo"
+    slurm.mkdir()
     copy_repo(slurm)
     # --cores 2: Snakemake caps every job's threads (torch threads) at --cores, SLURM jobs included
     # (and, inside a job, at the node's CPUs). --workflow-profile none: as profiles/slurm/config.yaml
     # says. The other flags are for the test only: squeue for job states (no accounting here), a
-    # first status check 2 s after a submission (default 40 s), and the logs of successful SLURM
-    # jobs kept for the checks below.
+    # status check 2 s after a job ends and every 2 s after that (defaults 40 s and 10 s), and the
+    # logs of successful SLURM jobs kept for the checks below.
     # --set-threads: the model jobs with 1 thread, as in the local smoke run (rules/common.smk gives
     # them half the cores of a CPU-only machine there, and 8 on a cluster node, capped at --cores),
     # and toy_base with 2 (the local run gives it every core)
     threads = ["--set-threads", *sorted(f"{r}=1" for r in model_thread_rules()), "toy_base=2"]
     cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--workflow-profile", "none",
            "--cores", "2", *threads, *SMOKE, "--slurm-status-command", "squeue",
-           "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs"]
+           "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+           "--slurm-keep-successful-logs"]
     env = _env(slurm, KD_SLURM_PARTITION=CPU_PARTITION, KD_SLURM_GPU_PARTITION=GPU_PARTITION,
                KD_SLURM_GPU_MODEL=GPU_MODEL, KD_SLURM_SITE=os.devnull)
+    start = time.time()
     proc, out = _start(cmd, slurm, env)
     cancelled: dict = {}
     watcher = threading.Thread(target=_cancel_when_started, args=(slurm, proc, cancelled), daemon=True)
     watcher.start()
-    return {"repo": slurm, "proc": proc, "out": out, "cancelled": cancelled, "watcher": watcher, "start": time.time()}
-
-
-def stop_slurm_run(run: dict) -> None:
-    """Interrupt a SLURM run that is still going (Snakemake cancels its SLURM jobs)."""
-    _stop(run["proc"])
-
-
-def finish_slurm_run(run: dict) -> dict:
-    proc, out = run["proc"], run["out"]
     try:
-        proc.wait(timeout=max(1, RUN_TIMEOUT - (time.time() - run["start"])))
+        proc.wait(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"the SLURM run still running after {RUN_TIMEOUT} s:\n{out.read_text()[-3000:]}") from None
     finally:
         _stop(proc)
-    run["watcher"].join(timeout=5)
-    print(f"wall time of the SLURM run: {round(time.time() - run['start'])} s; cancelled: {run['cancelled']}")
+    watcher.join(timeout=5)
+    print(f"wall time of the SLURM run: {round(time.time() - start)} s; cancelled: {cancelled}")
     assert proc.returncode == 0, f"the SLURM run failed:\n{out.read_text()[-8000:]}"
-    logs = sorted((run["repo"] / ".snakemake" / "log").glob("*.snakemake.log"))
+    logs = sorted((slurm / ".snakemake" / "log").glob("*.snakemake.log"))
     assert logs, "no Snakemake log"
-    return {"slurm": run["repo"], "log": without_job_logs(logs[-1].read_text()), "cancelled": run["cancelled"],
+    return {"local": smoke_repo, "slurm": slurm, "log": without_job_logs(logs[-1].read_text()), "cancelled": cancelled,
             "jobs": _scontrol_jobs()}
-
-
-@pytest.fixture(scope="module")
-def runs(request, smoke_repo, tmp_path_factory):
-    """The SLURM run of config/smoke.yaml (started with the session, else now), beside the test
-    session's local smoke run (``smoke_repo``)."""
-    run = getattr(request.config, "kd_slurm_run", None) or start_slurm_run(tmp_path_factory.mktemp("slurm"))
-    return {"local": smoke_repo, **finish_slurm_run(run)}
 
 
 def _submissions(log: str) -> dict[int, list[str]]:
