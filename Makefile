@@ -11,15 +11,14 @@ SNAKEMAKE_ARGS ?=
 
 EXPERIMENT := $(or $(shell sed -n 's/^experiment: *//p' $(CONFIG)),shapes)
 
-.PHONY: setup demo report profile test test-slurm ci lint dag clean help
+.PHONY: setup demo report profile test test-slurm lint dag clean help
 
 help:
 	@echo "make demo   - run the default experiment (config/config.yaml) with profiles/default, then its report"
 	@echo "make report - the Snakemake HTML report: results/<experiment>/report.html"
 	@echo "make profile - wall time, CPU time and peak memory per rule and per study of results/<experiment>"
-	@echo "make test   - the test suite without its slow tier (TIERS=all: every test, as CI)"
+	@echo "make test   - the test suite without its slow tier (TIERS=all: every test; SLURM=1: with the SLURM cluster tests, as CI)"
 	@echo "make test-slurm - profiles/slurm on a single-node SLURM cluster started here (installs slurm-wlm, munge)"
-	@echo "make ci     - as .ci/run: every test tier and the SLURM tests in one session (one shared smoke run)"
 	@echo "make lint   - ruff and snakemake --lint"
 	@echo "make dag    - print the rule graph (mermaid)"
 	@echo "variables: CONFIG=path/to/config.yaml  SNAKEMAKE_ARGS='--cores 4'  PYTHON=python3.11"
@@ -47,16 +46,14 @@ profile: setup
 # make test: every tier but `slow` (minutes each, rarely broken); make test TIERS=all: all of them
 # in one session (one shared smoke run), as .ci/run does. The ten slowest tests are printed.
 TIERS ?= not-slow
+# SLURM=1: the same session on the SLURM test cluster (scripts/slurm/test.sh starts it), the cluster
+# tests included; they share the smoke run with the workflow tests (.ci/run: TIERS=all SLURM=1)
 test: setup
-	$(BIN)/python -m pytest -q --durations=10 $(if $(filter all,$(TIERS)),,-m "not slow")
+	$(if $(SLURM),PYTHON=$(BIN)/python scripts/slurm/test.sh,$(BIN)/python -m pytest) -q --durations=10 $(if $(filter all,$(TIERS)),,-m "not slow")
 
 test-slurm: setup
 	PYTHON=$(BIN)/python scripts/slurm/test.sh
 
-# every tier and the SLURM cluster tests in one pytest session: the smoke run is made once and
-# serves both the workflow tests and the SLURM run's comparison
-ci: setup
-	PYTHON=$(BIN)/python scripts/slurm/test.sh --durations=10 tests
 
 lint: setup
 	$(BIN)/ruff check .
