@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
@@ -83,8 +83,11 @@ def add_lora(pipe, cfg: LoRAConfig) -> dict[str, torch.nn.Module]:
 def save_lora(pipe, modules: dict[str, torch.nn.Module], out_dir: str | Path, kohya: bool = False,
               metadata: dict | None = None) -> None:
     """Write the adapter atomically: diffusers ``save_lora_weights`` (+ kohya file) + ``lora_config.json``."""
-    layers = {f"{name}_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(m))
-              for name, m in modules.items()}
+    # peft's key format (``lora_A`` / ``lora_B``), which ``load_lora_weights`` reads as it is. Not
+    # ``convert_state_dict_to_diffusers``: it renames only the attention projections (``to_q.lora.down``),
+    # and diffusers then takes the mixed dict for peft's format and drops every renamed key, so an
+    # adapter on attention and convolution layers reloaded without its attention part
+    layers = {f"{name}_lora_layers": get_peft_model_state_dict(m) for name, m in modules.items()}
     # rank and alpha travel with the weights; without them a loader assumes alpha = rank
     layers |= {f"{name}_lora_adapter_metadata": m.peft_config["default"].to_dict() for name, m in modules.items()}
     with atomic_dir(out_dir) as tmp:

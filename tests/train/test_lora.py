@@ -10,7 +10,7 @@ from kd_core.generate import GenerationConfig, generate_images
 from kd_core.prompts import PromptConfig, synthesize_prompts
 from kd_core.train.data import DataConfig, load_pairs
 from kd_core.train.loop import TrainConfig
-from kd_core.train.lora import KOHYA_FILE, LoRAConfig, train_lora
+from kd_core.train.lora import KOHYA_FILE, UNET_TARGETS, LoRAConfig, train_lora
 
 TRAIN = TrainConfig(max_steps=3, batch_size=2, lr=5e-2, lr_scheduler="constant", checkpoint_every=2, device="cpu")
 LORA = LoRAConfig(rank=4, alpha=8, dropout=0.1, resolution=64, val_fraction=0.25)
@@ -29,16 +29,23 @@ def _sample(pipe, seed=0):
                 generator=torch.Generator().manual_seed(seed), output_type="np").images
 
 
-@pytest.mark.parametrize("student", ["tiny_sd", "tiny_sdxl"])
-def test_lora_trains_saves_and_reloads(request, tmp_path, teacher_images, student):
+# tiny_sd: every layer kind config/config.yaml targets (diffusers' key conversion once lost the
+# attention half of such an adapter on reload); tiny_sdxl: the default attention targets
+EVERY_LAYER = UNET_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "conv_shortcut",
+                              "time_emb_proj")
+
+
+@pytest.mark.parametrize(("student", "targets"), [("tiny_sd", EVERY_LAYER), ("tiny_sdxl", UNET_TARGETS)])
+def test_lora_trains_saves_and_reloads(request, tmp_path, teacher_images, student, targets):
     source = str(request.getfixturevalue(student))
+    cfg = LoRAConfig(**{**LORA.__dict__, "unet_targets": targets})
     result = train_lora(source, DataConfig(str(teacher_images)), tmp_path / "adapter", tmp_path / "run",
-                        LoRAConfig(**{**LORA.__dict__, "kohya": True}), TRAIN)
+                        LoRAConfig(**{**cfg.__dict__, "kohya": True}), TRAIN)
     assert result.steps == 3
     files = sorted(p.name for p in (tmp_path / "adapter").iterdir())
     assert files == [KOHYA_FILE, "lora_config.json", "pytorch_lora_weights.safetensors"]
     weights = load_file(tmp_path / "adapter" / "pytorch_lora_weights.safetensors")
-    assert any(".to_q.lora.down.weight" in k for k in weights) and all(k.startswith("unet.") for k in weights)
+    assert any(".to_q.lora_A.weight" in k for k in weights) and all(k.startswith("unet.") for k in weights)
     assert any(k.startswith("lora_unet_") for k in load_file(tmp_path / "adapter" / KOHYA_FILE))
     loss = pd.read_parquet(tmp_path / "run" / "loss.parquet")
     assert {"loss", "task_mse", "lr"} <= set(loss["term"]) and (loss["split"] == "val").any()
@@ -48,6 +55,10 @@ def test_lora_trains_saves_and_reloads(request, tmp_path, teacher_images, studen
 
     tuned = load_pipeline(source, torch.device("cpu"), torch.float32, lora=str(tmp_path / "adapter"))
     assert not any(m.training for m in tuned.unet.modules())  # no LoRA dropout while sampling
+    present = {t for t in targets for n, _ in base.unet.named_modules() if n.endswith("." + t)}
+    adapted = {t for t in targets for n, m in tuned.unet.named_modules()
+               if n.endswith("." + t) and len(getattr(m, "lora_A", ()))}
+    assert present == set(targets) and adapted == present  # every target layer's adapter came back
     a, b = _sample(base), _sample(tuned)
     assert np.abs(a - b).max() > 1e-3  # the adapter changes the images
     assert np.array_equal(b, _sample(tuned))  # and sampling is deterministic
@@ -56,7 +67,7 @@ def test_lora_trains_saves_and_reloads(request, tmp_path, teacher_images, studen
     from kd_core.train.lora import add_lora
 
     mem = DiffusionPipeline.from_pretrained(source)
-    modules = torch.nn.ModuleDict(add_lora(mem, LoRAConfig(**{**LORA.__dict__})))
+    modules = torch.nn.ModuleDict(add_lora(mem, cfg))
     ckpt = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1] / "trainable.safetensors"
     missing, unexpected = modules.load_state_dict(load_file(ckpt), strict=False)
     assert not unexpected
