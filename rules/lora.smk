@@ -18,6 +18,9 @@ rule train_lora:
         f"{OUT}/logs/train_lora.log",
     benchmark:
         f"{OUT}/benchmarks/train_lora.tsv"
+    # the longest job that waits for the teacher's images, and the LoRA student's metrics wait for
+    # it: first in line when they are there
+    priority: 1
     threads: MODEL_THREADS
     resources:
         mem_mb=16000,

@@ -17,7 +17,6 @@ stored features, and a percentile bootstrap over the model's images gives the 95
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,6 @@ import pyarrow as pa
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm.auto import tqdm
 
 from kd_core.errors import ConfigError, KDError
@@ -147,22 +145,62 @@ class _Stored(nn.Module):
         return x
 
 
+class KID:
+    """KID (Binkowski et al. 2018) of one model's features against a reference's: the unbiased MMD^2
+    with the kernel (x.y / d + coef)^degree, averaged over random subsets of each set.
+
+    torchmetrics' ``KernelInceptionDistance``, with the same subsets (drawn from torch's global
+    generator in the same order) and the same value to float rounding, but the kernel matrices of
+    the whole sets are computed once (up to ``MAX_PRECOMPUTED`` features a set) and every subset,
+    and every bootstrap resample of the model's features (``rows``), is a gather from them: the
+    bootstrap's hundreds of KIDs then cost little more than one.
+    """
+
+    MAX_PRECOMPUTED = 4096
+
+    def __init__(self, model_feats: torch.Tensor, ref_feats: torch.Tensor, degree: int = 3, coef: float = 1.0):
+        self.x, self.r = model_feats, ref_feats
+        self.gamma, self.degree, self.coef = 1.0 / ref_feats.shape[1], degree, coef
+        self.full = max(len(model_feats), len(ref_feats)) <= self.MAX_PRECOMPUTED
+        if self.full:
+            self.k_rr, self.k_xx, self.k_rx = (self.kernel(a, b) for a, b in
+                                               ((ref_feats, ref_feats), (model_feats, model_feats), (ref_feats, model_feats)))
+
+    def kernel(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a @ b.transpose(-1, -2) * self.gamma + self.coef) ** self.degree
+
+    def __call__(self, subset_size: int = 1000, subsets: int = 100, rows: torch.Tensor | None = None) -> float:
+        """Mean KID over ``subsets``; ``rows``: the model features to use (a bootstrap resample), else all."""
+        rows = torch.arange(len(self.x)) if rows is None else rows
+        size = min(subset_size, len(rows), len(self.r))
+        ri, xi = zip(*[(torch.randperm(len(self.r))[:size], rows[torch.randperm(len(rows))[:size]])
+                       for _ in range(subsets)], strict=True)
+        ri, xi = torch.stack(ri), torch.stack(xi)  # (subsets, size)
+        if self.full:  # torch.take with flat indices: 4x faster here than k[i[:, :, None], j[:, None, :]]
+            def block(k: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+                return torch.take(k, i[:, :, None] * k.shape[1] + j[:, None, :])
+
+            k_rr, k_xx, k_rx = block(self.k_rr, ri, ri), block(self.k_xx, xi, xi), block(self.k_rx, ri, xi)
+        else:
+            r, x = self.r[ri], self.x[xi]
+            k_rr, k_xx, k_rx = self.kernel(r, r), self.kernel(x, x), self.kernel(r, x)
+        off_diag = (k_rr.sum((1, 2)) - k_rr.diagonal(dim1=1, dim2=2).sum(1)
+                    + k_xx.sum((1, 2)) - k_xx.diagonal(dim1=1, dim2=2).sum(1))
+        mmd = off_diag / (size * (size - 1)) - 2 * k_rx.sum((1, 2)) / size**2
+        return float(mmd.mean())
+
+
 def fid_kid(model_feats: torch.Tensor, ref_feats: torch.Tensor, subset_size: int = 1000,
-            subsets: int = 100, seed: int = 0) -> dict[str, float]:
-    """FID and KID (mean over subsets) of two feature sets, computed by torchmetrics."""
-    d = model_feats.shape[1]
-    fid = FrechetInceptionDistance(feature=_Stored(d), reset_real_features=False)
+            subsets: int = 100, seed: int = 0, rows: torch.Tensor | None = None, kid: KID | None = None) -> dict[str, float]:
+    """FID (computed by torchmetrics) and KID (:class:`KID`, mean over subsets) of two feature sets;
+    ``rows``: a resample of the model's features (indices), ``kid``: the pair's :class:`KID`, if made."""
+    x = model_feats if rows is None else model_feats[rows]
+    fid = FrechetInceptionDistance(feature=_Stored(x.shape[1]), reset_real_features=False)
     fid.update(ref_feats, real=True)
-    fid.update(model_feats, real=False)
-    size = min(subset_size, len(model_feats), len(ref_feats))
-    with warnings.catch_warnings():  # "will save all extracted features": they are stored already
-        warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=_Stored(d), subsets=subsets, subset_size=size,
-                                      reset_real_features=False)
-    kid.update(ref_feats, real=True)
-    kid.update(model_feats, real=False)
-    torch.manual_seed(seed)  # KID draws its subsets from torch's global generator
-    return {"fid": float(fid.compute()), "kid": float(kid.compute()[0])}
+    fid.update(x, real=False)
+    torch.manual_seed(seed)  # KID draws its subsets from torch's global generator, as torchmetrics' does
+    kid = kid or KID(model_feats, ref_feats)
+    return {"fid": float(fid.compute()), "kid": kid(subset_size, subsets, rows)}
 
 
 def _bias_corrected_ci(point: float, boots: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -195,8 +233,10 @@ def distribution_metrics(model_sets: dict[str, list[str | Path]], references: di
             if model == ref:
                 continue
             x, r = feats[model], feats[ref]
-            point = fid_kid(x, r, cfg.kid_subset_size, cfg.kid_subsets, cfg.seed)
-            boots = [fid_kid(x[rng.integers(0, len(x), len(x))], r, cfg.kid_subset_size, cfg.kid_subsets, cfg.seed + b + 1)
+            kid = KID(x, r)
+            point = fid_kid(x, r, cfg.kid_subset_size, cfg.kid_subsets, cfg.seed, kid=kid)
+            boots = [fid_kid(x, r, cfg.kid_subset_size, cfg.kid_subsets, cfg.seed + b + 1,
+                             torch.from_numpy(rng.integers(0, len(x), len(x))), kid)
                      for b in range(cfg.bootstrap)]
             for metric, value in point.items():
                 lo, hi = _bias_corrected_ci(value, np.array([b[metric] for b in boots]))

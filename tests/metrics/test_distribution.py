@@ -8,6 +8,7 @@ from scipy import linalg
 from kd_core.errors import ConfigError, KDError
 from kd_core.metrics.distribution import (
     DISTRIBUTION_SCHEMA,
+    KID,
     CLIPFeatures,
     FeatureConfig,
     build_extractor,
@@ -39,6 +40,32 @@ def test_fid_kid_match_a_direct_computation_and_grow_with_a_shift():
     assert b["fid"] > 5 * a["fid"] and b["kid"] > 5 * abs(a["kid"])
     assert b["fid"] == pytest.approx(8.0, rel=0.15)  # mean shift of 1 in 8 dimensions
     assert fid_kid(torch.from_numpy(ref), torch.from_numpy(ref), 100, 20)["fid"] == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize(("n_model", "n_ref", "subset_size", "precomputed"),
+                         [(64, 1024, 1000, True), (300, 200, 50, True), (300, 200, 50, False)])
+def test_kid_equals_torchmetrics_on_the_same_subsets(monkeypatch, n_model, n_ref, subset_size, precomputed):
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from kd_core.metrics.distribution import _Stored
+
+    g = torch.Generator().manual_seed(1)
+    x, r = torch.randn(n_model, 16, generator=g, dtype=torch.float64), torch.randn(n_ref, 16, generator=g, dtype=torch.float64) + 0.3
+    rows = torch.randint(0, n_model, (n_model,), generator=g)  # a bootstrap resample of the model's features
+    monkeypatch.setattr(KID, "MAX_PRECOMPUTED", 4096 if precomputed else 100)
+    kid = KID(x, r)
+    assert kid.full == precomputed
+    size = min(subset_size, n_model, n_ref)
+    for sample in (None, rows):
+        with pytest.warns(UserWarning):  # torchmetrics: "will save all extracted features"
+            ref = KernelInceptionDistance(feature=_Stored(16), subsets=30, subset_size=size)
+        ref.update(r, real=True)
+        ref.update(x if sample is None else x[sample], real=False)
+        torch.manual_seed(7)
+        expected = float(ref.compute()[0])
+        torch.manual_seed(7)
+        assert kid(subset_size, 30, sample) == pytest.approx(expected, rel=1e-9)
+        assert expected > 1e-3  # the sets differ: a value the comparison can get wrong
 
 
 class _Mean(torch.nn.Module):
