@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import sys
 import traceback
 from collections.abc import Iterator
@@ -93,11 +94,25 @@ def job(log_path: str | Path | None, threads: int | None = None, name: str = "kd
             traceback.print_exc(file=fh)
         raise
     finally:
+        if fh is not None:  # the job's own resources, for bench/stages.py (Snakemake's benchmark
+            fh.write(resources_line() + "\n")  # samples CPU time only every 30 s after the first 15)
         if handler is not None:
             logger.removeHandler(handler)
         sys.stderr = old
         if fh is not None:
             fh.close()
+
+
+#: The last line of a job's log: its CPU time (user + system, child processes included) and peak
+#: resident memory, as ``getrusage`` reports them when the job ends.
+RESOURCES = "job resources:"
+
+
+def resources_line() -> str:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    rss_mb = max(own.ru_maxrss, children.ru_maxrss) / 1024  # KiB on Linux
+    return f"{RESOURCES} cpu_s={cpu:.2f} max_rss_mb={rss_mb:.1f}"
 
 
 def _open_log(log_path: str | Path) -> TextIO:
