@@ -94,6 +94,7 @@ def job(log_path: str | Path | None, threads: int | None = None, name: str = "kd
             traceback.print_exc(file=fh)
         raise
     finally:
+        _leave_process_group()
         if fh is not None:  # the job's own resources, for bench/stages.py (Snakemake's benchmark
             fh.write(resources_line() + "\n")  # samples CPU time only every 30 s after the first 15)
         if handler is not None:
@@ -101,6 +102,15 @@ def job(log_path: str | Path | None, threads: int | None = None, name: str = "kd
         sys.stderr = old
         if fh is not None:
             fh.close()
+
+
+def _leave_process_group() -> None:
+    """Destroy torch.distributed's process group, if the job made one, before the interpreter exits:
+    left to exit, gloo's threads were seen to abort a rank now and then ("terminate called without an
+    active exception", exit -6), failing a job whose work was done."""
+    dist = getattr(sys.modules.get("torch"), "distributed", None)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 #: The last line of a job's log: its CPU time (user + system, child processes included) and peak
