@@ -37,15 +37,13 @@ def rule_studies(rules_dir: Path = ROOT / "rules") -> dict[str, str]:
     return out
 
 
-_RESOURCES = re.compile(r"^job resources: cpu_s=([\d.]+) max_rss_mb=([\d.]+)$", re.MULTILINE)
+_RESOURCES = re.compile(r"^job resources: cpu_s=([\d.]+) ", re.MULTILINE)
 
 
-def job_resources(log: Path) -> tuple[float, float] | None:
-    """(cpu_s, max_rss_mb) from the last ``job resources:`` line kd_core's job wrapper wrote to ``log``."""
-    if not log.is_file():
-        return None
-    found = _RESOURCES.findall(log.read_text(errors="replace"))
-    return (float(found[-1][0]), float(found[-1][1])) if found else None
+def job_cpu_s(log: Path) -> float | None:
+    """CPU seconds from the last ``job resources:`` line kd_core's job wrapper wrote to ``log``."""
+    found = _RESOURCES.findall(log.read_text(errors="replace")) if log.is_file() else []
+    return float(found[-1]) if found else None
 
 
 def job_table(run_dir: Path, studies: dict[str, str]) -> pd.DataFrame:
@@ -60,9 +58,9 @@ def job_table(run_dir: Path, studies: dict[str, str]) -> pd.DataFrame:
         job = tsv.stem
         rule = next((r for r in by_length if job == r or job.startswith(r + "_")), job)
         rss = pd.to_numeric(last.get("max_rss"), errors="coerce")
-        own = job_resources(run_dir / "logs" / f"{job}.log")
+        cpu = job_cpu_s(run_dir / "logs" / f"{job}.log")
         rows.append({"job": job, "rule": rule, "study": studies.get(rule, "?"), "wall_s": float(last["s"]),
-                     "cpu_s": own[0] if own else float(pd.to_numeric(last.get("cpu_time"), errors="coerce")),
+                     "cpu_s": cpu if cpu is not None else float(pd.to_numeric(last.get("cpu_time"), errors="coerce")),
                      "max_rss_mb": float(rss) if pd.notna(rss) else float("nan")})
     return pd.DataFrame(rows, columns=["job", "rule", "study", "wall_s", "cpu_s", "max_rss_mb"])
 
