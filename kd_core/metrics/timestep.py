@@ -6,8 +6,8 @@ one timestep is drawn uniformly inside the bucket and one Gaussian noise, both f
 seeded by (seed, image, bucket), so teacher and every student see exactly the same noised latent
 ``z_t``. The table holds, per model and bucket, the mean over images of
 MSE(student prediction, teacher prediction) (``target = teacher``: how far the student is from
-what it was distilled to match) and of MSE(prediction, true noise) (``target = noise``: the task
-error, also for the teacher), with percentile-bootstrap 95% CIs over images. Rows with
+what it was distilled to match) and of MSE(prediction, training target) (``target = noise``: the task
+error, also for the teacher; the target is the noise for epsilon prediction, v or z0 for the others), with percentile-bootstrap 95% CIs over images. Rows with
 ``bucket = -1`` cover every bucket at once: per image the mean over buckets, then its mean and CI.
 """
 
@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from kd_core.errors import KDError
@@ -31,6 +30,7 @@ from kd_core.models.bk_sdm import count_parameters
 from kd_core.models.loading import load_pipeline, load_unet, model_default_size
 from kd_core.seeding import resolve_device
 from kd_core.train.data import DataConfig, encode_pairs, load_pairs
+from kd_core.train.diffusion import Diffusion
 
 TIMESTEP_SCHEMA = pa.schema([
     ("model", pa.string()), ("factor", pa.float64()), ("params", pa.int64()), ("bucket", pa.int64()),
@@ -70,18 +70,19 @@ def timestep_mse(teacher: str, students: dict[str, str], factors: dict[str, floa
         cache = encode_pairs(pipe, pairs, model_default_size(pipe), Path(tmp) / "cache.safetensors")
     z0 = cache["latent_mean"]
     emb = cache["prompt_embeds"][cache["prompt_index"]] if "prompt_embeds" in cache else None  # None: an unconditional DDPM
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    buckets = bucket_edges(sched.config.num_train_timesteps, cfg.buckets)
+    diffusion = Diffusion(pipe.scheduler.config)
+    buckets = bucket_edges(diffusion.num_train_timesteps, cfg.buckets)
     unets = {"teacher": pipe.unet.eval()} | {name: load_unet(path, device).eval() for name, path in students.items()}
     n = len(z0)
     preds: dict[str, list[torch.Tensor]] = {m: [] for m in unets}
-    noises = []
+    targets = []
     for b, (lo, hi) in enumerate(tqdm(buckets, desc="timestep MSE", unit="bucket")):
         gens = [torch.Generator().manual_seed(seed * 1_000_003 + i * 1009 + b) for i in range(n)]
         t = torch.tensor([int(torch.randint(lo, hi, (1,), generator=g)) for g in gens])
         noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens])
-        noisy = sched.add_noise(z0, noise, t)
-        noises.append(noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t))
+        noised = diffusion.noised(z0, noise, t)
+        noisy = noised.noisy
+        targets.append(noised.target)  # the training target: the noise itself for epsilon prediction
         for name, unet in unets.items():
             out = []
             for i in range(0, n, cfg.batch_size):
@@ -96,7 +97,7 @@ def timestep_mse(teacher: str, students: dict[str, str], factors: dict[str, floa
         for target in ("noise", "teacher") if name != "teacher" else ("noise",):
             per_bucket = []
             for b in range(len(buckets)):
-                ref = noises[b] if target == "noise" else preds["teacher"][b]
+                ref = targets[b] if target == "noise" else preds["teacher"][b]
                 per_bucket.append(((preds[name][b] - ref) ** 2).mean(dim=(1, 2, 3)).numpy())
             # bucket -1: every bucket at once, the mean over buckets per image (so its CI is over images too)
             for b, err in [*enumerate(per_bucket), (-1, np.mean(per_bucket, axis=0))]:
@@ -109,5 +110,5 @@ def timestep_mse(teacher: str, students: dict[str, str], factors: dict[str, floa
     if out_path is not None:
         write_parquet(table, out_path, TIMESTEP_SCHEMA, "metrics/timestep_mse",
                       {"teacher": teacher, "students": students, "images": n, "buckets": cfg.buckets, "seed": seed,
-                       "prediction_type": sched.config.prediction_type, "ci": "percentile bootstrap 95% over images"})
+                       "prediction_type": diffusion.prediction_type, "ci": "percentile bootstrap 95% over images"})
     return table

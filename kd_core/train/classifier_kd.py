@@ -34,7 +34,7 @@ from transformers import AutoModelForImageClassification, ResNetConfig, ResNetFo
 
 from kd_core.errors import KDError
 from kd_core.io import atomic_dir, write_parquet
-from kd_core.train.loop import TrainConfig, Trainer
+from kd_core.train.loop import Batch, TrainConfig, Trainer
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet statistics (transformers ResNet's processor)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -204,12 +204,13 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
     else:
         val_targets = val.labels
 
-    def loss_fn(idx: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def loss_fn(model: torch.nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
         device = next(model.parameters()).device
-        x = preprocess(train.images[idx], size, gen, cfg.augment_pad, cfg.augment_flip, cfg.augment_blur,
-                       cfg.augment_noise).to(device)
+        # augmentations drawn for the whole batch, so that the draws of an image do not depend on the process count
+        x = batch.shard(preprocess(train.images[batch.indices], size, gen, cfg.augment_pad, cfg.augment_flip,
+                                   cfg.augment_blur, cfg.augment_noise)).to(device)
         logits = model(pixel_values=x).logits
-        ce = F.cross_entropy(logits.float(), train.labels[idx].to(device))
+        ce = F.cross_entropy(logits.float(), train.labels[batch.local].to(device))
         if cfg.objective == "ce":
             return {"loss": ce, "task_ce": ce}
         with torch.no_grad():
@@ -219,7 +220,7 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
         return {"loss": loss, "output_kd": kd, "task_ce": ce, "output_kd_weighted": cfg.kd_weight * kd,
                 "task_ce_weighted": cfg.hard_weight * ce}
 
-    def val_fn() -> dict[str, float]:
+    def val_fn(model: torch.nn.Module) -> dict[str, float]:
         v_logits = logits_of(model, val.images, size)
         t_logits = logits_of(model, test_data.images, size)
         return {"loss": float(F.cross_entropy(v_logits, val_targets)),
@@ -231,7 +232,7 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
     if teacher is not None:
         teacher.to(trainer.accelerator.device)
     result = trainer.fit()
-    model = trainer.accelerator.unwrap_model(trainer.model).cpu()
+    model = trainer.unwrapped.cpu()
     if not trainer.accelerator.is_main_process:
         return pd.DataFrame()
     with atomic_dir(model_dir) as tmp:

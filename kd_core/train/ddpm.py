@@ -19,14 +19,12 @@ grid of samples from the best model.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -45,7 +43,17 @@ from kd_core.models.bk_sdm import count_parameters
 from kd_core.seeding import resolve_device
 from kd_core.sources import check_source, fingerprint, local_path
 from kd_core.train.classifier_kd import LabelledImages, split_validation
-from kd_core.train.loop import TrainConfig, Trainer, TrainResult
+from kd_core.train.diffusion import Diffusion, Noised, sample_posterior
+from kd_core.train.loop import (
+    VAL_SEED,
+    Batch,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    chunked_mean,
+    run_key,
+    steps_per_epoch,
+)
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,7 @@ def train_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Path, cfg
     unet = unet.to(device)
     sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                           clip_sample=autoencoder is None)  # x0 in [-1, 1] holds for pixels, not for latents
-    model: dict[str, torch.nn.Module] = {"unet": unet}
+    diffusion = Diffusion(sched.config)
 
     def x0_of(ids: torch.Tensor, mirror: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
         """Clean inputs of images ``ids`` (``mirror``: which to flip; None: none)."""
@@ -190,40 +198,32 @@ def train_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Path, cfg
         if mirror is not None:
             m = mirror.view(-1, 1, 1, 1)
             mean, std = torch.where(m, latents[True][0][ids], mean), torch.where(m, latents[True][1][ids], std)
-        return mean + std * torch.randn(mean.shape, generator=gen)
+        return sample_posterior(mean, std, gen)
 
-    def terms(x0: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, cfg.num_train_timesteps, (len(x0),), generator=gen)
-        pred = model["unet"](sched.add_noise(x0, noise, t).to(device), t.to(device)).sample
-        task = F.mse_loss(pred.float(), noise.to(device))
+    def terms(model: torch.nn.Module, noised: Noised) -> dict[str, torch.Tensor]:
+        task, _ = diffusion.loss(model(noised.noisy.to(device), noised.t.to(device)).sample, noised)
         return {"loss": task, "task": task}
 
-    def loss_fn(idx: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        mirror = torch.rand(len(idx), generator=gen) < 0.5 if cfg.flip else None
-        return terms(x0_of(train_ids[idx], mirror, gen), gen)
+    def loss(model: torch.nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        ids = train_ids[batch.indices]
+        mirror = torch.rand(len(ids), generator=gen) < 0.5 if cfg.flip else None
+        return terms(model, batch.shard(diffusion.draw(x0_of(ids, mirror, gen), gen)))
 
-    def val_fn() -> dict[str, float]:
-        total = 0.0
-        with torch.no_grad():
-            for i in range(0, n_val, 64):
-                ids = val_ids[i : i + 64]
-                gen = torch.Generator().manual_seed(train.seed + 777 + i)
-                total += float(terms(x0_of(ids, None, gen), gen)["loss"]) * len(ids)
-        return {"loss": total / n_val}
+    def val_fn(model: torch.nn.Module) -> dict[str, float]:
+        val = chunked_mean(lambda ids, gen: terms(model, diffusion.draw(x0_of(ids, None, gen), gen)), val_ids,
+                           train.seed + VAL_SEED, chunk=64)
+        return {"loss": val["loss"]}
 
-    n_train = len(train_ids)  # an epoch as the shared loop counts it
-    steps_per_epoch = max(1, (n_train // max(1, min(train.batch_size, n_train))) // train.gradient_accumulation)
-    train = replace(train, checkpoint_every=cfg.checkpoint_every_epochs * steps_per_epoch, monitor="loss",
-                    monitor_mode="min", restore_best=True)
+    # checkpoints every N epochs, as the shared loop counts an epoch
+    train = replace(train, checkpoint_every=cfg.checkpoint_every_epochs * steps_per_epoch(len(train_ids), train.batch_size,
+                                                                                          train.gradient_accumulation),
+                    monitor="loss", monitor_mode="min", restore_best=True)
     latent_key = {"vae": vae, "vae_weights": fingerprint(vae)} if vae else {}  # pixel runs keep their old keys
-    key = hashlib.sha256(json.dumps({"folder": str(folder), "n": n, "ddpm": asdict(cfg), **latent_key,
-                                     "pixels": hashlib.sha256(images.numpy().tobytes()).hexdigest()},
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    trainer = Trainer(unet, loss_fn, len(train_ids), run_dir, train, val_fn=val_fn, name="ddpm teacher", run_key=key)
-    model["unet"] = trainer.model
+    key = run_key(folder=str(folder), n=n, ddpm=asdict(cfg), **latent_key,
+                  pixels=hashlib.sha256(images.numpy().tobytes()).hexdigest())
+    trainer = Trainer(unet, loss, len(train_ids), run_dir, train, val_fn=val_fn, name="ddpm teacher", run_key=key)
     result = trainer.fit()
-    best = trainer.accelerator.unwrap_model(trainer.model).eval()
+    best = trainer.unwrapped.eval()
     if trainer.accelerator.is_main_process:
         if autoencoder is None:
             pipe = DDPMPipeline(unet=best, scheduler=sched)

@@ -19,8 +19,6 @@ autoencoder's latents, both without text.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +26,6 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 
 from kd_core.errors import KDError
 from kd_core.io import atomic_dir, write_json
@@ -37,7 +34,17 @@ from kd_core.models.loading import load_pipeline, model_default_size
 from kd_core.seeding import resolve_device
 from kd_core.sources import fingerprint
 from kd_core.train.data import DataConfig, encode_pairs, load_pairs
-from kd_core.train.loop import TrainConfig, Trainer, TrainResult
+from kd_core.train.diffusion import Diffusion, Noised, sample_posterior
+from kd_core.train.loop import (
+    VAL_SEED,
+    Batch,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    chunked_mean,
+    holdout_split,
+    run_key,
+)
 
 
 class KDWeights(Protocol):
@@ -134,53 +141,41 @@ def distill_unet(teacher: str, data: DataConfig, out_dir: str | Path, run_dir: s
         t_unet.to(torch.float16)
     fmap = make_feature_map(t_unet, student) if make_feature_map is not None else {}
     t_hooks, s_hooks = FeatureHooks(t_unet, list(fmap)), FeatureHooks(student, list(fmap.values()))
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
-
-    n = len(pairs)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(train.seed))
-    n_val = min(n - 1, max(1, round(cfg.val_fraction * n))) if cfg.val_fraction > 0 and n > 1 else 0
-    val_ids, train_ids = order[:n_val], order[n_val:]
+    diffusion = Diffusion(pipe.scheduler.config)
+    val_ids, train_ids = holdout_split(len(pairs), cfg.val_fraction, train.seed)
     mean, std, pidx, emb = cache["latent_mean"], cache["latent_std"], cache["prompt_index"], cache.get("prompt_embeds")
-    model: dict[str, torch.nn.Module] = {"student": student}  # the prepared (possibly DDP-wrapped) student, set below
 
-    def terms(ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        z0 = mean[ids] + std[ids] * torch.randn(mean[ids].shape, generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(ids),), generator=gen)
-        noisy = sched.add_noise(z0, noise, t).to(device)
-        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
-        t = t.to(device)
+    def terms(model: torch.nn.Module, ids: torch.Tensor, noised: Noised) -> dict[str, torch.Tensor]:
+        """The KD terms of ``model`` (the student, as the Trainer prepared it) on images ``ids`` noised as ``noised``."""
+        noisy, t = noised.noisy.to(device), noised.t.to(device)
         cond = {} if emb is None else {"encoder_hidden_states": emb[pidx[ids]].to(device)}  # unconditional DDPMs: none
         with torch.no_grad():
             t_out = t_unet(noisy.to(t_unet.dtype), t, **{k: v.to(t_unet.dtype) for k, v in cond.items()}).sample
         t_feats = t_hooks.pop()
-        s_out = model["student"](noisy, t, **cond).sample
-        return kd_terms(s_out, t_out, target.to(device), s_hooks.pop(), t_feats, fmap, cfg)
+        s_out = model(noisy, t, **cond).sample
+        return kd_terms(s_out, t_out, noised.target.to(device), s_hooks.pop(), t_feats, fmap, cfg)
 
-    val_seed = train.seed + 12_345
+    def draw(ids: torch.Tensor, gen: torch.Generator) -> Noised:
+        return diffusion.draw(sample_posterior(mean[ids], std[ids], gen), gen)
 
-    def val_fn() -> dict[str, float]:
-        sums: dict[str, float] = {}
-        chunks = range(0, len(val_ids), 16)
-        for i in chunks:
-            for k, v in terms(val_ids[i : i + 16], torch.Generator().manual_seed(val_seed + i)).items():
-                sums[k] = sums.get(k, 0.0) + float(v) / len(chunks)
-        return sums
+    def loss(model: torch.nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        ids = train_ids[batch.indices]
+        return terms(model, batch.shard(ids), batch.shard(draw(ids, gen)))
 
-    key = hashlib.sha256(json.dumps({"teacher": teacher, "data": asdict(data), "kd": asdict(cfg), "size": size,
-                                     "files": list(pairs["image"]),
-                                     # contents, not only names: retrained models or remade images restart the run
-                                     "weights": fingerprint(teacher), "data_key": bytes(cache["key"].tolist()).decode()},
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    trainer = Trainer(student, lambda idx, gen: terms(train_ids[idx], gen), len(train_ids), run_dir, train,
-                      val_fn=val_fn if n_val else None, name=name, run_key=key)
-    model["student"] = trainer.model
+    def val_fn(model: torch.nn.Module) -> dict[str, float]:
+        return chunked_mean(lambda ids, gen: terms(model, ids, draw(ids, gen)), val_ids, train.seed + VAL_SEED)
+
+    key = run_key(teacher=teacher, data=asdict(data), kd=asdict(cfg), size=size, files=list(pairs["image"]),
+                  # contents, not only names: retrained models or remade images restart the run
+                  weights=fingerprint(teacher), data_key=bytes(cache["key"].tolist()).decode())
+    trainer = Trainer(student, loss, len(train_ids), run_dir, train, val_fn=val_fn if len(val_ids) else None,
+                      name=name, run_key=key)
     try:
         result = trainer.fit()
     finally:
         t_hooks.remove()
         s_hooks.remove()
-    student = trainer.accelerator.unwrap_model(trainer.model).eval()
+    student = trainer.unwrapped.eval()
     if half:
         t_unet.to(torch.float32)
     if trainer.accelerator.is_main_process:

@@ -1,11 +1,18 @@
-"""The shared training loop on accelerate, reused by every study (LoRA, BK-SDM, sizes, DM-KD).
+"""The shared training loop on accelerate, reused by every study (LoRA, block KD, width students,
+DDPM teachers, toy pretraining, DM-KD classifiers).
 
-A study supplies a model (only its ``requires_grad`` parameters are trained) and a loss function
-``loss_fn(indices, generator) -> {"loss": total, term: value, ...}`` over example indices. The
-loop adds what a researcher expects of a long run:
+A study supplies a model (only its ``requires_grad`` parameters are trained) and a loss
+``loss(model, batch, generator) -> {"loss": total, term: value, ...}``. The loop hands the loss the
+model it prepared (DDP-wrapped in several processes, as NVlabs/edm's training loop hands its loss
+object the wrapped network), so every forward that trains goes through the wrapper and its
+gradients are averaged over the processes. ``batch`` (:class:`Batch`) holds the example indices of
+the whole batch and this process's share of them: a loss draws its noise, timesteps and
+augmentations for the whole batch and keeps its share, so N processes train the weights one process
+would over the same global batch. The loop adds what a researcher expects of a long run:
 
 - mixed precision (no / fp16 / bf16), gradient accumulation, AdamW or SGD with momentum,
-  constant / linear / cosine / multi-step learning rate with warm-up, gradient clipping, seeding;
+  constant / linear / cosine / multi-step / one-cycle learning rate with warm-up, gradient
+  clipping, seeding;
 - resumable checkpoints every N optimizer steps (accelerate ``save_state``: trainable weights,
   optimizer, scheduler, RNG), written to a temporary folder and renamed when complete; at most K
   kept, and the newest complete one is never deleted before a newer one is complete;
@@ -14,22 +21,27 @@ loop adds what a researcher expects of a long run:
 - early stopping on a validation metric (``monitor``, default the loss) with a patience, and/or
   the best weights restored at the end (``restore_best``); equal values of a monitored metric
   other than the loss (an accuracy that a small validation split saturates) go to the lower
-  loss; ``val_fn`` keys ``test/<term>`` are
-  logged under split ``test`` (tracked per evaluation, never used to choose weights);
+  loss; ``val_fn(model)`` keys ``test/<term>`` are logged under split ``test`` (tracked per
+  evaluation, never used to choose weights);
 - an optional exponential moving average of the trained weights (``ema_decay``), checkpointed with
   them; when set, the run ends with the EMA weights;
 - a NaN or inf loss stops the run with a one-line error and keeps the last good checkpoint;
 - ``loss.parquet``: every loss term per step, and the validation loss per evaluation; tqdm progress.
+
+The helpers every study shares live here too: :func:`holdout_split` (the seeded validation
+split), :func:`run_key` (what a run trains, so that checkpoints of other settings are not resumed),
+:func:`chunked_mean` (a validation loss over fixed draws) and :func:`steps_per_epoch`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +49,7 @@ import pyarrow as pa
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DataLoaderConfiguration
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -47,7 +60,37 @@ LOSS_SCHEMA = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("split", 
                          ("value", pa.float64())])
 #: Bumped when what a checkpoint holds changes (2: buffers of trained modules), so older ones are not resumed.
 CHECKPOINT_FORMAT = 2
-LossFn = Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
+#: Seed offset of the fixed draws of a validation loss (noise, timesteps), apart from any training step's.
+VAL_SEED = 12_345
+LR_SCHEDULERS = ("constant", "linear", "cosine", "multistep", "onecycle")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch: ``indices`` of the whole batch (every process's examples) and this process's share.
+
+    A loss draws its random numbers for all of ``indices`` and keeps :meth:`shard` of them, so that
+    the draws of an example do not depend on the number of processes.
+    """
+
+    indices: torch.Tensor
+    rank: int = 0
+    world: int = 1
+
+    def shard(self, x):
+        """This process's rows of ``x`` (a tensor or list with one row per example of the batch)."""
+        return x[self.rank :: self.world]
+
+    @property
+    def local(self) -> torch.Tensor:
+        return self.shard(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+LossFn = Callable[[torch.nn.Module, Batch, torch.Generator], dict[str, torch.Tensor]]
+ValFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -57,7 +100,7 @@ class TrainConfig:
     batch_size: int = 4
     gradient_accumulation: int = 1
     lr: float = 1e-4
-    lr_scheduler: str = "cosine"  # constant | linear | cosine | multistep
+    lr_scheduler: str = "cosine"  # constant | linear | cosine | multistep | onecycle
     warmup_steps: int = 0
     milestones: tuple[float, ...] = (0.5, 0.8)  # multistep: fractions of the run at which lr is multiplied by gamma
     gamma: float = 0.1
@@ -88,10 +131,40 @@ class TrainResult:
     losses: pd.DataFrame
 
 
+def steps_per_epoch(n_examples: int, batch_size: int, gradient_accumulation: int = 1) -> int:
+    """Optimizer steps in one pass over ``n_examples`` (drop-last, at least one)."""
+    return max(1, (n_examples // max(1, min(batch_size, n_examples))) // gradient_accumulation)
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation, training) indices of ``n`` examples: a seeded ``fraction`` held out, at least one
+    and never all (none when ``fraction`` is 0 or there is one example)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = min(n - 1, max(1, round(fraction * n))) if fraction > 0 and n > 1 else 0
+    return order[:n_val], order[n_val:]
+
+
+def run_key(**parts) -> str:
+    """16 hex digits of SHA-256 over ``parts`` (JSON): what a run trains; checkpoints of another key are discarded."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def chunked_mean(terms: Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]], ids: torch.Tensor,
+                 seed: int, chunk: int = 16) -> dict[str, float]:
+    """The mean over examples of ``terms(ids[chunk], generator)`` (each a mean over its chunk), each
+    chunk's draws seeded by ``seed + offset`` so that every evaluation sees the same noise."""
+    sums: dict[str, float] = {}
+    for i in range(0, len(ids), chunk):
+        part = ids[i : i + chunk]
+        for k, v in terms(part, torch.Generator().manual_seed(seed + i)).items():
+            sums[k] = sums.get(k, 0.0) + float(v) * (len(part) / len(ids))
+    return sums
+
+
 def _lr_lambda(kind: str, warmup: int, total: int, milestones: tuple[float, ...] = (), gamma: float = 0.1
                ) -> Callable[[int], float]:
-    if kind not in ("constant", "linear", "cosine", "multistep"):
-        raise KDError(f"unknown lr_scheduler {kind!r}; choose constant, linear, cosine or multistep")
+    if kind not in LR_SCHEDULERS:
+        raise KDError(f"unknown lr_scheduler {kind!r}; choose {', '.join(LR_SCHEDULERS[:-1])} or {LR_SCHEDULERS[-1]}")
     bounds = [round(m * total) for m in milestones]
 
     def f(step: int) -> float:
@@ -107,16 +180,31 @@ def _lr_lambda(kind: str, warmup: int, total: int, milestones: tuple[float, ...]
     return f
 
 
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.lr_scheduler == "onecycle":  # Smith & Topin 2019: warm-up share from warmup_steps (default 10%)
+        pct = cfg.warmup_steps / total if cfg.warmup_steps else 0.1
+        return torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total, pct_start=pct)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, total, cfg.milestones, cfg.gamma))
+
+
 def _accelerator(mixed_precision: str, cpu: bool) -> Accelerator:
     """accelerate keeps one state per process: a later run in the same process (a notebook, a test
-    suite) with another precision gets a fresh one; the distributed set-up (PartialState) is kept."""
+    suite) with another precision gets a fresh one; the distributed set-up (PartialState) is kept.
+
+    ``split_batches``: a batch is the global batch, shared by the processes. Without it accelerate
+    takes each process's batch for a whole one and steps the learning-rate schedule once per
+    process per optimizer step: in N processes the warm-up, the cosine and the milestones came N
+    times too early."""
+    kw = {"mixed_precision": mixed_precision, "cpu": cpu,
+          "dataloader_config": DataLoaderConfiguration(split_batches=True)}
     try:
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+        return Accelerator(**kw)
     except ValueError as exc:
         if "already been initialized" not in str(exc):
             raise
         AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+        return Accelerator(**kw)
 
 
 def _step_seed(seed: int, step: int, salt: int = 0) -> int:
@@ -149,21 +237,40 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(p for p in ckpt_dir.glob("step-*") if (p / "trainer.json").is_file())
 
 
+@dataclass
+class _Progress:
+    """Where a run stands: what a checkpoint's ``trainer.json`` and ``loss_rows.parquet`` restore."""
+
+    step: int = 0
+    bad_evals: int = 0
+    best_val: float | None = None  # the monitored value, negated when larger is better
+    best_tie: float = 0.0
+    best_step: int | None = None
+    stopped: bool = False
+    finished: bool = False
+    resumed: int | None = None
+    rows: list[dict] = field(default_factory=list)
+
+    def meta(self, run_key: str, cfg: TrainConfig) -> dict:
+        return {"run_key": run_key, "step": self.step, "bad_evals": self.bad_evals, "best_val": self.best_val,
+                "best_tie": self.best_tie, "best_step": self.best_step, "finished": self.finished,
+                "stopped_early": self.stopped, "config": asdict(cfg)}
+
+
 class Trainer:
     """One training run in ``out_dir`` (``checkpoints/``, ``loss.parquet``)."""
 
     def __init__(self, model: torch.nn.Module, loss_fn: LossFn, n_examples: int, out_dir: str | Path,
-                 cfg: TrainConfig, val_fn: Callable[[], dict[str, float]] | None = None, name: str = "train",
-                 run_key: str = ""):
+                 cfg: TrainConfig, val_fn: ValFn | None = None, name: str = "train", run_key: str = ""):
         """``run_key`` names what the run trains (data, model, settings): checkpoints of another key are discarded."""
-        self.model, self.loss_fn, self.n, self.cfg, self.val_fn, self.name = model, loss_fn, n_examples, cfg, val_fn, name
+        self.loss_fn, self.n, self.cfg, self.val_fn, self.name = loss_fn, n_examples, cfg, val_fn, name
         self.run_key = f"format={CHECKPOINT_FORMAT}|{run_key}|{json.dumps(asdict(cfg), sort_keys=True)}|n={n_examples}"
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         cpu = cfg.device == "cpu" or not torch.cuda.is_available()
         mixed = cfg.mixed_precision or "no"  # YAML reads a bare `no` as false
         self.accelerator = _accelerator(mixed if not cpu or mixed == "bf16" else "no", cpu)
-        self.steps_per_epoch = max(1, (n_examples // max(1, min(cfg.batch_size, n_examples))) // cfg.gradient_accumulation)
+        self.steps_per_epoch = steps_per_epoch(n_examples, cfg.batch_size, cfg.gradient_accumulation)
         self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
@@ -177,32 +284,156 @@ class Trainer:
             raise KDError(f"{name}: unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
         if cfg.monitor_mode not in ("min", "max"):
             raise KDError(f"{name}: monitor_mode is {cfg.monitor_mode!r}; choose min or max")
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, _lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, self.total, cfg.milestones, cfg.gamma))
-        self.model, self.opt, self.sched = self.accelerator.prepare(model, opt, sched)
+        self.model, self.opt, self.sched = self.accelerator.prepare(model, opt, _scheduler(opt, cfg, self.total))
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.ema_decay is not None:
-            self.ema = trainable_state(self.accelerator.unwrap_model(self.model))
+            self.ema = trainable_state(self.unwrapped)
+        self.best: dict[str, torch.Tensor] | None = None
         self.accelerator.register_save_state_pre_hook(self._save_hook)
         self.accelerator.register_load_state_pre_hook(self._load_hook)
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        """The trained model itself (without the DDP wrapper of several processes)."""
+        return self.accelerator.unwrap_model(self.model)
 
     # accelerate saves the whole model by default; a LoRA run only needs its adapter weights.
     def _save_hook(self, models, weights, output_dir):
         if self.accelerator.is_main_process:
-            save_file(trainable_state(self.accelerator.unwrap_model(self.model)),
-                      str(Path(output_dir) / "trainable.safetensors"))
+            save_file(trainable_state(self.unwrapped), str(Path(output_dir) / "trainable.safetensors"))
         weights.clear()
 
     def _load_hook(self, models, input_dir):
         state = load_file(str(Path(input_dir) / "trainable.safetensors"))
-        self.accelerator.unwrap_model(self.model).load_state_dict(state, strict=False)
+        self.unwrapped.load_state_dict(state, strict=False)
         models.clear()
 
-    def _checkpoint(self, step: int, meta: dict, rows: list[dict]) -> None:
+    def fit(self) -> TrainResult:
+        """Resume, then steps (each: loss and backward per micro-batch, optimizer, EMA, log) with
+        evaluations and checkpoints on their schedules, then the chosen weights and ``loss.parquet``."""
+        run = self._resume()
+        if run.finished:
+            return self._finish(run)
+        eval_every = self.cfg.eval_every or self.steps_per_epoch
+        self.model.train()
+        bar = tqdm(total=self.total, initial=run.step, desc=self.name, unit="step",
+                   disable=not self.accelerator.is_main_process)
+        while run.step < self.total and not run.stopped:
+            terms, epoch = self._step(run.step)
+            self._update_ema()
+            run.step += 1
+            run.rows += [{"step": run.step, "epoch": epoch, "split": "train", "term": k, "value": v} for k, v in terms.items()]
+            run.rows.append({"step": run.step, "epoch": epoch, "split": "train", "term": "lr",
+                             "value": self.sched.get_last_lr()[0]})
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}")
+            if self.val_fn is not None and (run.step % eval_every == 0 or run.step == self.total):
+                self._evaluate(run, epoch)
+            run.finished = run.stopped or run.step >= self.total
+            if run.step % self.cfg.checkpoint_every == 0 or run.finished:
+                self._checkpoint(run)
+        bar.close()
+        return self._finish(run)
+
+    def _resume(self) -> _Progress:
+        """The newest complete checkpoint of this run key, loaded (optimizer, RNG, best and EMA weights), or a fresh start."""
+        done = complete_checkpoints(self.ckpt_dir)
+        if done and json.loads((done[-1] / "trainer.json").read_text()).get("run_key") != self.run_key:
+            tqdm.write(f"{self.name}: checkpoints in {self.ckpt_dir} are of other settings or data; starting afresh", file=sys.stderr)
+            shutil.rmtree(self.ckpt_dir)
+            done = []
+        if not done:
+            return _Progress()
+        last = done[-1]
+        self.accelerator.load_state(str(last))
+        meta = json.loads((last / "trainer.json").read_text())
+        run = _Progress(step=meta["step"], bad_evals=meta["bad_evals"], best_val=meta["best_val"],
+                        best_tie=meta.get("best_tie", 0.0), best_step=meta["best_step"],
+                        stopped=meta.get("stopped_early", False), finished=bool(meta.get("finished")),
+                        resumed=meta["step"], rows=pd.read_parquet(last / "loss_rows.parquet").to_dict("records"))
+        if (last / "best.safetensors").is_file():
+            self.best = load_file(str(last / "best.safetensors"))
+        if self.ema is not None:
+            self.ema = load_file(str(last / "ema.safetensors"))
+        tqdm.write(f"{self.name}: resuming from {last} (step {run.step} of {self.total})", file=sys.stderr)
+        return run
+
+    def _step(self, step: int) -> tuple[dict[str, float], int]:
+        """One optimizer step over ``gradient_accumulation`` micro-batches; the loss terms (mean over
+        micro-batches and processes) and the epoch."""
+        cfg, acc = self.cfg, self.accelerator
+        terms_sum: dict[str, float] = {}
+        epoch = 0
+        for micro in range(cfg.gradient_accumulation):
+            m = step * cfg.gradient_accumulation + micro
+            idx, epoch = batch_indices(self.n, cfg.batch_size, cfg.seed, m)
+            # dropout etc.: a function of the step (and of the process: ranks draw independent masks)
+            torch.manual_seed(_step_seed(cfg.seed, m, 2) + acc.process_index)
+            gen = torch.Generator().manual_seed(_step_seed(cfg.seed, m, 3))
+            with acc.autocast():
+                terms = self.loss_fn(self.model, Batch(idx, acc.process_index, acc.num_processes), gen)
+            loss = terms["loss"]
+            if not torch.isfinite(loss).all():
+                last = complete_checkpoints(self.ckpt_dir)
+                keep = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+                raise KDError(f"{self.name}: the loss became {loss.item()} at step {step}; {keep}. "
+                              "Lower the learning rate or enable gradient clipping, then rerun")
+            acc.backward(loss / cfg.gradient_accumulation)
+            for k, v in terms.items():
+                terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / cfg.gradient_accumulation
+        if acc.num_processes > 1:  # log the mean over processes (each saw its shard of the batch)
+            mean = acc.reduce(torch.tensor(list(terms_sum.values()), device=acc.device), reduction="mean")
+            terms_sum = dict(zip(terms_sum, mean.tolist(), strict=True))
+        if cfg.max_grad_norm:
+            acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return terms_sum, epoch
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        live = self.unwrapped.state_dict(keep_vars=True)
+        params = [n for n in self.ema if isinstance(live[n], torch.nn.Parameter)]
+        torch._foreach_lerp_([self.ema[n] for n in params], [live[n].detach() for n in params], 1.0 - self.cfg.ema_decay)
+        for name, avg in self.ema.items():  # buffers (running statistics) follow the model
+            if not isinstance(live[name], torch.nn.Parameter):
+                avg.copy_(live[name])
+
+    def _evaluate(self, run: _Progress, epoch: int) -> None:
+        """Validation terms into the log; the best weights kept, early stopping decided. Ties of the
+        monitored value (an accuracy on a small validation split reaches 1.0 early and stays there)
+        go to the lower validation loss."""
+        cfg = self.cfg
+        self.model.eval()
+        with torch.no_grad():
+            terms = self.val_fn(self.unwrapped)
+        self.model.train()
+        run.rows += [{"step": run.step, "epoch": epoch, "split": k.split("/")[0] if "/" in k else "val",
+                      "term": k.split("/")[-1], "value": float(v)} for k, v in terms.items()]
+        if cfg.monitor not in terms:
+            raise KDError(f"{self.name}: the validation returns no {cfg.monitor!r} to monitor; it has {sorted(terms)}")
+        value = float(terms[cfg.monitor])
+        val = value if cfg.monitor_mode == "min" else -value
+        tie = float(terms["loss"]) if "loss" in terms and cfg.monitor != "loss" else 0.0
+        if run.best_val is None or (val, tie) < (run.best_val, run.best_tie):
+            run.best_val, run.best_tie, run.best_step, run.bad_evals = val, tie, run.step, 0
+            keep = cfg.patience is not None or cfg.restore_best
+            self.best = trainable_state(self.unwrapped) if keep else None
+            return
+        run.bad_evals += 1
+        run.stopped = cfg.patience is not None and run.bad_evals >= cfg.patience
+        if run.stopped:
+            tqdm.write(f"{self.name}: early stop at step {run.step}: no improvement in {run.bad_evals} evaluations "
+                       f"(best {cfg.monitor} {self._signed(run.best_val):.5f} at step {run.best_step})", file=sys.stderr)
+
+    def _checkpoint(self, run: _Progress) -> None:
         """Every process saves its state (RNG) into one temporary folder; the main process completes it."""
         acc = self.accelerator
-        final = self.ckpt_dir / f"step-{step:08d}"
-        tmp = self.ckpt_dir / f".step-{step:08d}"
+        final = self.ckpt_dir / f"step-{run.step:08d}"
+        tmp = self.ckpt_dir / f".step-{run.step:08d}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -214,135 +445,28 @@ class Trainer:
                 save_file(self.best, str(tmp / "best.safetensors"))
             if self.ema is not None:
                 save_file(self.ema, str(tmp / "ema.safetensors"))
-            pd.DataFrame(rows, columns=LOSS_SCHEMA.names).to_parquet(tmp / "loss_rows.parquet")
-            write_json(tmp / "trainer.json", meta)  # written last: marks the checkpoint complete
+            pd.DataFrame(run.rows, columns=LOSS_SCHEMA.names).to_parquet(tmp / "loss_rows.parquet")
+            write_json(tmp / "trainer.json", run.meta(self.run_key, self.cfg))  # written last: marks the checkpoint complete
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             for old in complete_checkpoints(self.ckpt_dir)[: -max(1, self.cfg.keep_checkpoints)]:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
 
-    def _evaluate(self, step: int, epoch: int, rows: list[dict]) -> tuple[float, float] | None:
-        """(monitored value, validation loss), both to minimise: ties of the monitored value (an
-        accuracy on a small validation split reaches 1.0 early and stays there) go to the lower loss."""
-        if self.val_fn is None:
-            return None
-        self.model.eval()
-        with torch.no_grad():
-            terms = self.val_fn()
-        self.model.train()
-        rows += [{"step": step, "epoch": epoch, "split": k.split("/")[0] if "/" in k else "val", "term": k.split("/")[-1],
-                  "value": float(v)} for k, v in terms.items()]
-        if self.cfg.monitor not in terms:
-            raise KDError(f"{self.name}: the validation returns no {self.cfg.monitor!r} to monitor; it has {sorted(terms)}")
-        value = float(terms[self.cfg.monitor])
-        tie = float(terms["loss"]) if "loss" in terms and self.cfg.monitor != "loss" else 0.0
-        return (value if self.cfg.monitor_mode == "min" else -value), tie
-
-    def fit(self) -> TrainResult:
-        cfg, acc = self.cfg, self.accelerator
-        rows: list[dict] = []
-        step, bad_evals, best_val, best_step, best_tie, resumed = 0, 0, None, None, 0.0, None
-        self.best: dict[str, torch.Tensor] | None = None
-        done = complete_checkpoints(self.ckpt_dir)
-        if done and json.loads((done[-1] / "trainer.json").read_text()).get("run_key") != self.run_key:
-            tqdm.write(f"{self.name}: checkpoints in {self.ckpt_dir} are of other settings or data; starting afresh", file=sys.stderr)
-            shutil.rmtree(self.ckpt_dir)
-            done = []
-        if done:
-            last = done[-1]
-            acc.load_state(str(last))
-            meta = json.loads((last / "trainer.json").read_text())
-            step, bad_evals, best_val, best_step = meta["step"], meta["bad_evals"], meta["best_val"], meta["best_step"]
-            best_tie = meta.get("best_tie", 0.0)
-            rows = pd.read_parquet(last / "loss_rows.parquet").to_dict("records")
-            if (last / "best.safetensors").is_file():
-                self.best = load_file(str(last / "best.safetensors"))
-            if self.ema is not None:
-                self.ema = load_file(str(last / "ema.safetensors"))
-            resumed = step
-            tqdm.write(f"{self.name}: resuming from {last} (step {step} of {self.total})", file=sys.stderr)
-            if meta.get("finished"):
-                return self._finish(step, meta.get("stopped_early", False), best_step, best_val, resumed, rows)
-        eval_every = cfg.eval_every or self.steps_per_epoch
-        stopped = False
-        self.model.train()
-        bar = tqdm(total=self.total, initial=step, desc=self.name, unit="step", disable=not acc.is_main_process)
-        while step < self.total and not stopped:
-            terms_sum: dict[str, float] = {}
-            epoch = 0
-            for micro in range(cfg.gradient_accumulation):
-                m = step * cfg.gradient_accumulation + micro
-                idx, epoch = batch_indices(self.n, cfg.batch_size, cfg.seed, m)
-                idx = idx[acc.process_index :: acc.num_processes]
-                torch.manual_seed(_step_seed(cfg.seed, m, 2))  # dropout etc.: a function of the step
-                gen = torch.Generator().manual_seed(_step_seed(cfg.seed, m, 3))
-                with acc.autocast():
-                    terms = self.loss_fn(idx, gen)
-                loss = terms["loss"]
-                if not torch.isfinite(loss).all():
-                    last = complete_checkpoints(self.ckpt_dir)
-                    keep = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
-                    raise KDError(f"{self.name}: the loss became {loss.item()} at step {step}; {keep}. "
-                                  "Lower the learning rate or enable gradient clipping, then rerun")
-                acc.backward(loss / cfg.gradient_accumulation)
-                for k, v in terms.items():
-                    terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / cfg.gradient_accumulation
-            if acc.num_processes > 1:  # log the mean over processes (each saw its shard of the batch)
-                mean = acc.reduce(torch.tensor(list(terms_sum.values()), device=acc.device), reduction="mean")
-                terms_sum = dict(zip(terms_sum, mean.tolist(), strict=True))
-            if cfg.max_grad_norm:
-                acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            self.opt.step()
-            self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                with torch.no_grad():
-                    live = acc.unwrap_model(self.model).state_dict(keep_vars=True)
-                    params = [n for n in self.ema if isinstance(live[n], torch.nn.Parameter)]
-                    torch._foreach_lerp_([self.ema[n] for n in params], [live[n].detach() for n in params],
-                                         1.0 - cfg.ema_decay)
-                    for name, avg in self.ema.items():  # buffers (running statistics) follow the model
-                        if not isinstance(live[name], torch.nn.Parameter):
-                            avg.copy_(live[name])
-            step += 1
-            rows += [{"step": step, "epoch": epoch, "split": "train", "term": k, "value": v} for k, v in terms_sum.items()]
-            rows.append({"step": step, "epoch": epoch, "split": "train", "term": "lr", "value": self.sched.get_last_lr()[0]})
-            bar.update(1)
-            bar.set_postfix(loss=f"{terms_sum['loss']:.4f}")
-            if self.val_fn is not None and (step % eval_every == 0 or step == self.total):
-                val, tie = self._evaluate(step, epoch, rows)
-                if best_val is None or (val, tie) < (best_val, best_tie):
-                    best_val, best_tie, best_step, bad_evals = val, tie, step, 0
-                    keep = cfg.patience is not None or cfg.restore_best
-                    self.best = trainable_state(acc.unwrap_model(self.model)) if keep else None
-                else:
-                    bad_evals += 1
-                    stopped = cfg.patience is not None and bad_evals >= cfg.patience
-                    if stopped:
-                        tqdm.write(f"{self.name}: early stop at step {step}: no improvement in {bad_evals} evaluations "
-                                   f"(best {cfg.monitor} {self._signed(best_val):.5f} at step {best_step})", file=sys.stderr)
-            finished = stopped or step >= self.total
-            if step % cfg.checkpoint_every == 0 or finished:
-                self._checkpoint(step, {"run_key": self.run_key, "step": step, "bad_evals": bad_evals, "best_val": best_val, "best_tie": best_tie, "best_step": best_step,
-                                        "finished": finished, "stopped_early": stopped, "config": asdict(cfg)}, rows)
-        bar.close()
-        return self._finish(step, stopped, best_step, best_val, resumed, rows)
-
     def _signed(self, value: float | None) -> float | None:
         """A monitored value as the user sees it (tracked negated when larger is better)."""
         return value if value is None or self.cfg.monitor_mode == "min" else -value
 
-    def _finish(self, step, stopped, best_step, best_val, resumed, rows) -> TrainResult:
-        best_val = self._signed(best_val)
-        model = self.accelerator.unwrap_model(self.model)
+    def _finish(self, run: _Progress) -> TrainResult:
+        """The run's final weights (EMA, else the best, else the last) into the model; ``loss.parquet``."""
         if self.ema is not None:
-            model.load_state_dict(self.ema, strict=False)
+            self.unwrapped.load_state_dict(self.ema, strict=False)
         elif self.best is not None:
-            model.load_state_dict(self.best, strict=False)
-        losses = pd.DataFrame(rows, columns=LOSS_SCHEMA.names)
-        if not self.accelerator.is_main_process:
-            return TrainResult(step, stopped, best_step, best_val, resumed, losses)
-        write_parquet(losses, self.out_dir / "loss.parquet", LOSS_SCHEMA, f"train/{self.name}/loss",
-                      {"config": asdict(self.cfg), "steps": step, "stopped_early": stopped, "best_step": best_step})
-        return TrainResult(step, stopped, best_step, best_val, resumed, losses)
+            self.unwrapped.load_state_dict(self.best, strict=False)
+        losses = pd.DataFrame(run.rows, columns=LOSS_SCHEMA.names)
+        result = TrainResult(run.step, run.stopped, run.best_step, self._signed(run.best_val), run.resumed, losses)
+        if self.accelerator.is_main_process:
+            write_parquet(losses, self.out_dir / "loss.parquet", LOSS_SCHEMA, f"train/{self.name}/loss",
+                          {"config": asdict(self.cfg), "steps": run.step, "stopped_early": run.stopped,
+                           "best_step": run.best_step})
+        return result

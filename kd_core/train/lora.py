@@ -13,14 +13,10 @@ it) and, on request, in kohya format for A1111 / ComfyUI.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -31,7 +27,17 @@ from kd_core.models.loading import load_pipeline, model_default_size
 from kd_core.seeding import resolve_device
 from kd_core.sources import fingerprint
 from kd_core.train.data import DataConfig, encode_pairs, encode_text_batch, load_pairs
-from kd_core.train.loop import TrainConfig, Trainer, TrainResult
+from kd_core.train.diffusion import Diffusion, Noised, sample_posterior
+from kd_core.train.loop import (
+    VAL_SEED,
+    Batch,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    chunked_mean,
+    holdout_split,
+    run_key,
+)
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -80,6 +86,19 @@ def add_lora(pipe, cfg: LoRAConfig) -> dict[str, torch.nn.Module]:
     return modules
 
 
+class LoRAStudent(torch.nn.ModuleDict):
+    """The adapted modules (``unet``, and the text encoders when they are tuned) as one module whose
+    forward is the conditioned denoiser: every trained forward goes through it, so that DDP (several
+    processes) sees, and averages, the gradients of every adapter."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], conditioning):
+        super().__init__(modules)
+        self.conditioning = conditioning  # (example ids, empty-prompt rows) -> the U-Net's conditioning kwargs
+
+    def forward(self, noisy: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, drop: torch.Tensor | None = None):
+        return self["unet"](noisy, t, **self.conditioning(ids, drop)).sample
+
+
 def save_lora(pipe, modules: dict[str, torch.nn.Module], out_dir: str | Path, kohya: bool = False,
               metadata: dict | None = None) -> None:
     """Write the adapter atomically: diffusers ``save_lora_weights`` (+ kohya file) + ``lora_config.json``."""
@@ -99,7 +118,10 @@ def save_lora(pipe, modules: dict[str, torch.nn.Module], out_dir: str | Path, ko
                 prefix = {"unet": "lora_unet", "text_encoder": "lora_te1" if two else "lora_te",
                           "text_encoder_2": "lora_te2"}[name]
                 sd = convert_state_dict_to_kohya(get_peft_model_state_dict(m))
-                kohya_sd |= {f"{prefix}_{k}": v.contiguous() for k, v in sd.items()}
+                # diffusers writes alpha = rank for every module; the trained scale is alpha / rank
+                alpha = float(m.peft_config["default"].lora_alpha)
+                kohya_sd |= {f"{prefix}_{k}": torch.tensor(alpha) if k.endswith(".alpha") else v.contiguous()
+                             for k, v in sd.items()}
             save_file(kohya_sd, str(tmp / KOHYA_FILE))
         write_json(tmp / "lora_config.json", metadata or {})
 
@@ -120,16 +142,10 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
     prompts = sorted(pairs["prompt"].unique())
     torch.manual_seed(train.seed)  # LoRA's random initialisation of A
     modules = add_lora(pipe, cfg)
-    model = torch.nn.ModuleDict(modules)
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    alphas = sched.alphas_cumprod
+    diffusion = Diffusion(pipe.scheduler.config, cfg.snr_gamma)
     xl = "pooled_embeds" in cache or getattr(pipe, "text_encoder_2", None) is not None
     empty = encode_text_batch(pipe, [""]) if cfg.proportion_empty_prompts > 0 and not cfg.text_encoder else {}
-
-    n = len(pairs)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(train.seed))
-    n_val = min(n - 1, max(1, round(cfg.val_fraction * n))) if cfg.val_fraction > 0 and n > 1 else 0
-    val_ids, train_ids = order[:n_val], order[n_val:]
+    val_ids, train_ids = holdout_split(len(pairs), cfg.val_fraction, train.seed)
     mean, std, pidx = cache["latent_mean"], cache["latent_std"], cache["prompt_index"]
 
     def conditioning(ids: torch.Tensor, drop: torch.Tensor | None = None) -> dict:
@@ -155,36 +171,30 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
             kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
         return kw
 
-    def task_loss(ids: torch.Tensor, gen: torch.Generator, p_empty: float = 0.0) -> dict[str, torch.Tensor]:
-        z0 = mean[ids] + std[ids] * torch.randn(mean[ids].shape, generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(ids),), generator=gen)
+    def terms(model: torch.nn.Module, ids: torch.Tensor, noised: Noised, drop: torch.Tensor | None = None):
+        pred = model(noised.noisy.to(device), noised.t.to(device), ids, drop).float()
+        weighted, per = diffusion.loss(pred, noised)
+        return {"loss": weighted, "task_mse": per.mean()}
+
+    def draw(ids: torch.Tensor, gen: torch.Generator) -> Noised:
+        return diffusion.draw(sample_posterior(mean[ids], std[ids], gen), gen)
+
+    def loss(model: torch.nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        ids = train_ids[batch.indices]
+        noised = draw(ids, gen)
+        p_empty = cfg.proportion_empty_prompts
         drop = torch.rand(len(ids), generator=gen) < p_empty if p_empty > 0 else None
-        noisy = sched.add_noise(z0, noise, t)
-        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
-        pred = pipe.unet(noisy.to(device), t.to(device), **conditioning(ids, drop)).sample.float()
-        per = F.mse_loss(pred, target.to(device), reduction="none").mean(dim=(1, 2, 3))
-        if cfg.snr_gamma is not None:
-            snr = (alphas[t] / (1 - alphas[t])).to(device)
-            w = torch.clamp(snr, max=cfg.snr_gamma) / (snr if sched.config.prediction_type == "epsilon" else snr + 1)
-            return {"loss": (w * per).mean(), "task_mse": per.mean()}
-        return {"loss": per.mean(), "task_mse": per.mean()}
+        return terms(model, batch.shard(ids), batch.shard(noised), None if drop is None else batch.shard(drop))
 
-    val_gen_seed = train.seed + 12_345
+    def val_fn(model: torch.nn.Module) -> dict[str, float]:
+        return {"loss": chunked_mean(lambda ids, gen: terms(model, ids, draw(ids, gen)), val_ids,
+                                     train.seed + VAL_SEED)["task_mse"]}
 
-    def val_fn() -> dict[str, float]:
-        losses = [task_loss(val_ids[i : i + 16], torch.Generator().manual_seed(val_gen_seed + i))["task_mse"].item()
-                  for i in range(0, len(val_ids), 16)]
-        return {"loss": sum(losses) / len(losses)}
-
-    key = hashlib.sha256(json.dumps({"student": student, "data": asdict(data), "lora": asdict(cfg), "size": size,
-                                     "files": list(pairs["image"]),
-                                     # contents, not only names: retrained models or remade images restart the run
-                                     "weights": fingerprint(student), "data_key": bytes(cache["key"].tolist()).decode()},
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    trainer = Trainer(model, lambda idx, gen: task_loss(train_ids[idx], gen, cfg.proportion_empty_prompts),
-                      len(train_ids), run_dir, train,
-                      val_fn=val_fn if n_val else None, name="lora", run_key=key)
+    key = run_key(student=student, data=asdict(data), lora=asdict(cfg), size=size, files=list(pairs["image"]),
+                  # contents, not only names: retrained models or remade images restart the run
+                  weights=fingerprint(student), data_key=bytes(cache["key"].tolist()).decode())
+    trainer = Trainer(LoRAStudent(modules, conditioning), loss, len(train_ids), run_dir, train,
+                      val_fn=val_fn if len(val_ids) else None, name="lora", run_key=key)
     result = trainer.fit()
     save_lora(pipe, modules, adapter_dir, cfg.kohya,
               {"base_model": student, "lora": asdict(cfg), "train": asdict(train), "data": asdict(data),

@@ -96,36 +96,6 @@ def test_sigkill_then_rerun_resumes_to_the_same_student(tiny_sd15, teacher_image
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
 
 
-TWO_PROCESSES = textwrap.dedent("""
-    import sys
-    from accelerate import PartialState
-    from kd_core.train.block_kd import BlockKDConfig, train_block_kd
-    from kd_core.train.data import DataConfig
-    from kd_core.train.loop import TrainConfig
-    result = train_block_kd(sys.argv[1], DataConfig(source=sys.argv[2]), sys.argv[3] + "/model", sys.argv[3] + "/run",
-                            BlockKDConfig(level="bk_small", val_fraction=0.25),
-                            TrainConfig(max_steps=3, batch_size=4, device="cpu", checkpoint_every=2, lr=1e-3))
-    state = PartialState()
-    print(f"process {state.process_index} of {state.num_processes}: {state.distributed_type} {result.steps} steps")
-""")
-
-
-def test_two_cpu_processes(tiny_sd15, teacher_images, tmp_path):
-    """Hooks on the unwrapped student work under DDP (gloo); the main process writes the outputs."""
-    script = tmp_path / "two.py"
-    script.write_text(TWO_PROCESSES)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                           str(script), str(tiny_sd15), str(teacher_images), str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "process 0 of 2: DistributedType.MULTI_CPU 3 steps" in proc.stdout
-    assert "process 1 of 2: DistributedType.MULTI_CPU 3 steps" in proc.stdout
-    losses = pd.read_parquet(tmp_path / "out" / "run" / "loss.parquet")
-    assert losses["step"].max() == 3 and (tmp_path / "out" / "model" / "unet" / "config.json").is_file()
-    DiffusionPipeline.from_pretrained(tmp_path / "out" / "model")
-
-
 def test_a_retrained_teacher_restarts_the_run(tiny_sd15, teacher_images, tmp_path):
     """Checkpoints are keyed by the teacher's weights and the data, not only by their paths."""
     import shutil

@@ -24,7 +24,8 @@ def make_model():
 def loss_fn_for(model, nan_at=None, stop_at=None):
     calls = {"n": 0}
 
-    def loss_fn(idx, gen):
+    def loss_fn(model, batch, gen):
+        idx = batch.local
         calls["n"] += 1
         if stop_at is not None and calls["n"] == stop_at:
             raise KeyboardInterrupt
@@ -96,7 +97,7 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     vals = iter([1.0, 0.5, 0.7, 0.8, 0.9, 1.0])
     snapshots = []
 
-    def val_fn():
+    def val_fn(model):
         snapshots.append([p.detach().clone() for p in model.parameters()])
         return {"loss": next(vals)}
 
@@ -114,7 +115,7 @@ def test_monitor_max_restore_best_and_test_terms(tmp_path):
     accs = iter([0.6, 0.9, 0.7, 0.8])
     snapshots = []
 
-    def val_fn():
+    def val_fn(model):
         snapshots.append([p.detach().clone() for p in model.parameters()])
         return {"loss": 1.0, "accuracy": next(accs), "test/accuracy": 0.5}
 
@@ -128,7 +129,7 @@ def test_monitor_max_restore_best_and_test_terms(tmp_path):
     assert set(loss.query("split == 'val'")["term"]) == {"loss", "accuracy"}
     with pytest.raises(KDError, match="no 'top5' to monitor"):
         Trainer(make_model(), loss_fn_for(model), len(X), tmp_path / "b", TrainConfig(**{**cfg.__dict__, "monitor": "top5"}),
-                val_fn=lambda: {"loss": 1.0}).fit()
+                val_fn=lambda m: {"loss": 1.0}).fit()
 
 
 def test_sgd_with_multistep_decay():
@@ -162,12 +163,12 @@ SCRIPT = textwrap.dedent("""
     model = make_model()
     base = loss_fn_for(model)
     calls = [0]
-    def blocking(idx, gen):
+    def blocking(m, batch, gen):
         calls[0] += 1
         if sys.argv[2] == "block" and calls[0] == 5:  # step 5: the step-3 checkpoint is complete
             print("in step 5", flush=True)
             time.sleep(3600)  # until killed
-        return base(idx, gen)
+        return base(m, batch, gen)
     Trainer(model, blocking, len(X), sys.argv[1], CFG).fit()
     torch.save([p.detach() for p in model.parameters()], sys.argv[1] + "/final.pt")
 """)
@@ -201,7 +202,8 @@ def _linear_run(tmp_path, **overrides):
     w0 = [p.detach().clone() for p in model.parameters()]
     seen = []
 
-    def loss_fn(idx, gen):
+    def loss_fn(model, batch, gen):
+        idx = batch.local
         seen.append(idx.clone())
         out = model(X[idx]).squeeze(-1)
         if torch.is_autocast_enabled("cpu"):
@@ -232,7 +234,7 @@ def test_gradient_accumulation_averages_the_micro_batches(tmp_path):
     grads = [_grad(w0, idx) for idx in micro]
     for p, p0, *g in zip(model.parameters(), w0, *grads, strict=True):
         assert torch.allclose(p, p0 - 0.1 * (g[0] + g[1] + g[2]) / 3, atol=1e-6)  # one step on the mean gradient
-    trainer = Trainer(torch.nn.Linear(8, 1), lambda i, g: {}, 64, tmp_path / "x", TrainConfig(batch_size=4, gradient_accumulation=3))
+    trainer = Trainer(torch.nn.Linear(8, 1), lambda m, b, g: {}, 64, tmp_path / "x", TrainConfig(batch_size=4, gradient_accumulation=3))
     assert trainer.steps_per_epoch == 64 // 4 // 3
 
 
@@ -256,7 +258,8 @@ def test_bf16_mixed_precision_on_cpu(tmp_path):
 def test_inf_loss_stops_with_one_line(tmp_path):
     model = make_model()
 
-    def loss_fn(idx, gen):
+    def loss_fn(model, batch, gen):
+        idx = batch.local
         task = ((model(X[idx]).squeeze(-1) - Y[idx]) ** 2).mean()
         return {"loss": task * float("inf")}
 
@@ -272,7 +275,7 @@ def test_equal_accuracy_goes_to_the_lower_validation_loss(tmp_path):
     evals = iter([(0.5, 1.0), (1.0, 0.9), (1.0, 0.4), (1.0, 0.6)])
     snapshots = []
 
-    def val_fn():
+    def val_fn(model):
         snapshots.append([p.detach().clone() for p in model.parameters()])
         acc, loss = next(evals)
         return {"loss": loss, "accuracy": acc}
@@ -306,11 +309,12 @@ def test_best_weights_and_resume_carry_batch_norm_statistics(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 1))
     snapshots, vals = [], iter([0.5, 0.9, 0.8])
 
-    def loss_fn(idx, gen):
+    def loss_fn(model, batch, gen):
+        idx = batch.local
         task = ((model(X[idx]).squeeze(-1) - Y[idx]) ** 2).mean()
         return {"loss": task}
 
-    def val_fn():
+    def val_fn(model):
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return {"loss": next(vals)}
 

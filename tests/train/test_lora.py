@@ -76,10 +76,10 @@ def test_lora_trains_saves_and_reloads(request, tmp_path, teacher_images, studen
 
 
 def test_nan_loss_stops_and_writes_no_adapter(tmp_path, teacher_images, tiny_sd, monkeypatch):
-    import kd_core.train.lora as lora
+    import kd_core.train.diffusion as diffusion
 
-    real = lora.F.mse_loss
-    monkeypatch.setattr(lora.F, "mse_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = diffusion.F.mse_loss
+    monkeypatch.setattr(diffusion.F, "mse_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(KDError, match="the loss became nan at step 0"):
         train_lora(str(tiny_sd), DataConfig(str(teacher_images)), tmp_path / "adapter", tmp_path / "run", LORA, TRAIN)
     assert not (tmp_path / "adapter").exists()
