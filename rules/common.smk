@@ -252,7 +252,7 @@ def loss_tables(wildcards):
     sources = {m["source"] for m in config["models"].values()}
     toy = [role for role in ("teacher", "student") if f"toy:{role}" in sources]  # the toy U-Nets in use
     if WORLD and toy:
-        tables.update({f"toy {part}": f"{OUT}/train/toy/{part}.parquet" for part in ("vae", *toy)})
+        tables.update({f"toy {part}": f"{OUT}/train/toy/{part}/loss.parquet" for part in ("vae", *toy)})
     if LORA:
         tables["LoRA"] = f"{OUT}/train/lora/loss.parquet"
     tables.update({f"BK-SDM {m}": f"{OUT}/train/{m}/loss.parquet" for m in BK_MODELS})

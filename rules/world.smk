@@ -56,7 +56,7 @@ rule toy_base:
         table=rules.world_data.output.table,
     output:
         model=directory(f"{OUT}/models/toy_base"),
-        loss=f"{OUT}/train/toy/vae.parquet",
+        loss=f"{OUT}/train/toy/vae/loss.parquet",
     params:
         toy={k: config["world"]["toy"][k] for k in ("vae", "text")},  # not the U-Nets': toy_unet's params
         grammars=[config["prompts"]["grammar"], config["prompts"]["filler_grammar"]],
@@ -81,7 +81,7 @@ rule toy_unet:
         base=rules.toy_base.output.model,
     output:
         model=directory(f"{OUT}/models/toy_{{role}}"),
-        loss=f"{OUT}/train/toy/{{role}}.parquet",
+        loss=f"{OUT}/train/toy/{{role}}/loss.parquet",
     params:
         unet=lambda wildcards: config["world"]["toy"][wildcards.role],
         seed=config["seed"],

@@ -1,5 +1,7 @@
 """Adapter: rule toy_unet -> kd_core.world.toy.pretrain_toy_unet."""
 
+from pathlib import Path
+
 from kd_core.config import build
 from kd_core.runlog import job
 from kd_core.world.toy import ToyConfig, pretrain_toy_unet
@@ -8,5 +10,5 @@ with job(snakemake.log[0], snakemake.threads) as log:
     role = snakemake.wildcards.role
     cfg = build(ToyConfig, {role: snakemake.params.unet}, seed=snakemake.params.seed)
     seconds = pretrain_toy_unet(snakemake.input.base, role, snakemake.output.model,
-                                snakemake.output.loss, cfg)
+                                Path(snakemake.output.loss).parent, cfg)
     log.info("toy %s U-Net: %.0f s", role, seconds)

@@ -119,6 +119,7 @@ class TrainConfig:
     restore_best: bool = False  # end with the best-monitored weights even without early stopping
     device: str = "auto"
     ema_decay: float | None = None  # EMA of the trained weights, used at the end; None: off
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) at update n, as diffusers' EMAModel
 
 
 @dataclass
@@ -320,7 +321,7 @@ class Trainer:
                    disable=not self.accelerator.is_main_process)
         while run.step < self.total and not run.stopped:
             terms, epoch = self._step(run.step)
-            self._update_ema()
+            self._update_ema(run.step)
             run.step += 1
             run.rows += [{"step": run.step, "epoch": epoch, "split": "train", "term": k, "value": v} for k, v in terms.items()]
             run.rows.append({"step": run.step, "epoch": epoch, "split": "train", "term": "lr",
@@ -392,12 +393,13 @@ class Trainer:
         return terms_sum, epoch
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def _update_ema(self, step: int) -> None:
         if self.ema is None:
             return
+        decay = min(self.cfg.ema_decay, (1 + step) / (10 + step)) if self.cfg.ema_warmup else self.cfg.ema_decay
         live = self.unwrapped.state_dict(keep_vars=True)
         params = [n for n in self.ema if isinstance(live[n], torch.nn.Parameter)]
-        torch._foreach_lerp_([self.ema[n] for n in params], [live[n].detach() for n in params], 1.0 - self.cfg.ema_decay)
+        torch._foreach_lerp_([self.ema[n] for n in params], [live[n].detach() for n in params], 1.0 - decay)
         for name, avg in self.ema.items():  # buffers (running statistics) follow the model
             if not isinstance(live[name], torch.nn.Parameter):
                 avg.copy_(live[name])

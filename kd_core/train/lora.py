@@ -107,8 +107,11 @@ def save_lora(pipe, modules: dict[str, torch.nn.Module], out_dir: str | Path, ko
     # and diffusers then takes the mixed dict for peft's format and drops every renamed key, so an
     # adapter on attention and convolution layers reloaded without its attention part
     layers = {f"{name}_lora_layers": get_peft_model_state_dict(m) for name, m in modules.items()}
-    # rank and alpha travel with the weights; without them a loader assumes alpha = rank
-    layers |= {f"{name}_lora_adapter_metadata": m.peft_config["default"].to_dict() for name, m in modules.items()}
+    # rank and alpha travel with the weights; without them a loader assumes alpha = rank. Dropout is
+    # a training setting: diffusers' load_lora_weights leaves the dropout it creates in training mode,
+    # so an adapter saved with its dropout sampled with random masks in a plain diffusers pipeline
+    layers |= {f"{name}_lora_adapter_metadata": m.peft_config["default"].to_dict() | {"lora_dropout": 0.0}
+               for name, m in modules.items()}
     with atomic_dir(out_dir) as tmp:
         type(pipe).save_lora_weights(tmp, safe_serialization=True, **layers)
         if kohya:

@@ -23,32 +23,30 @@ What makes this work on a 2-core CPU in minutes (see DESIGN.md, "the naive way m
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pandas as pd
-import pyarrow as pa
 import torch
-import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
-    DDPMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from kd_core.errors import KDError
-from kd_core.io import atomic_dir, write_parquet
+from kd_core.io import atomic_dir
 from kd_core.models.tokenizer import build_clip_tokenizer
 from kd_core.prompts import iter_words
 from kd_core.seeding import seed_everything
+from kd_core.sources import fingerprint
+from kd_core.train.diffusion import Diffusion, sample_posterior
+from kd_core.train.loop import Batch, TrainConfig, Trainer, run_key
 from kd_core.world.dataset import load_split
 
 #: Noise schedule of Stable Diffusion 1.x, with x0 clipping off (latent space).
@@ -65,6 +63,7 @@ class VAEConfig:
     lr: float = 2e-3
     kl_weight: float = 1e-6
     foreground_weight: float = 10.0
+    checkpoint_every: int = 500
 
 
 @dataclass(frozen=True)
@@ -86,6 +85,7 @@ class UNetConfig:
     ema_decay: float = 0.995
     cond_dropout: float = 0.1
     snr_gamma: float = 5.0
+    checkpoint_every: int = 500
 
 
 @dataclass(frozen=True)
@@ -131,80 +131,63 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, seed: int) -> CL
     return CLIPTextModel(conf).eval().requires_grad_(False)
 
 
-def _log(rows: list[dict], model: str, step: int, **terms: float) -> None:
-    rows += [{"model": model, "step": step, "term": k, "value": float(v)} for k, v in terms.items()]
-
-
 def foreground_mask(x: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
     """1 where a pixel differs from its image's top-left corner (the background), else 0."""
     return ((x - x[:, :, :1, :1]).abs().amax(1, keepdim=True) > threshold).float()
 
 
-def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:
-    n = max(1, int(warmup * steps))
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / n if s < n else 0.5 * (1 + math.cos(math.pi * (s - n) / max(1, steps - n))))
-
-
-def train_vae(x: torch.Tensor, cfg: VAEConfig, gen: torch.Generator, log: list[dict]) -> AutoencoderKL:
+def train_vae(x: torch.Tensor, cfg: VAEConfig, run_dir: str | Path, seed: int) -> AutoencoderKL:
+    """The VAE on images ``x`` (foreground-weighted MSE + per-pixel KL) on the shared Trainer; 5% warm-up, cosine."""
+    torch.manual_seed(seed)
     vae = build_vae(cfg, x.shape[-1]).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, fused=True)
-    sched = warmup_cosine(opt, cfg.steps)
-    for step in tqdm(range(cfg.steps), desc="toy VAE", mininterval=2):
-        xb = x[torch.randint(len(x), (cfg.batch_size,), generator=gen)]
-        post = vae.encode(xb).latent_dist
-        rec = vae.decode(post.sample(generator=gen)).sample
+
+    def loss(model: torch.nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        xb = x[batch.local].to(next(model.parameters()).device)
+        post = model.encode(xb).latent_dist
+        rec = model.decode(post.sample(generator=gen)).sample
         sq = (rec - xb) ** 2
-        mse = sq.mean()
         weighted = ((1 + cfg.foreground_weight * foreground_mask(xb)) * sq).mean()
         kl = post.kl().mean() / xb[0].numel()
-        loss = weighted + cfg.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 20 == 0 or step == cfg.steps - 1:
-            _log(log, "vae", step, reconstruction_mse=mse.item(), weighted_mse=weighted.item(), kl_per_pixel=kl.item(),
-                 total=loss.item())
-    return vae.eval().requires_grad_(False)
+        return {"loss": weighted + cfg.kl_weight * kl, "reconstruction_mse": sq.mean(), "weighted_mse": weighted,
+                "kl_per_pixel": kl}
+
+    train = TrainConfig(max_steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, lr_scheduler="cosine",
+                        warmup_steps=max(1, int(0.05 * cfg.steps)), max_grad_norm=None, seed=seed,
+                        checkpoint_every=cfg.checkpoint_every)
+    trainer = Trainer(vae, loss, len(x), run_dir, train, name="toy VAE",
+                      run_key=run_key(vae=asdict(cfg), images=hashlib.sha256(x.numpy().tobytes()).hexdigest()))
+    trainer.fit()
+    return trainer.unwrapped.cpu().eval().requires_grad_(False)
 
 
-def train_unet(name: str, latents: tuple[torch.Tensor, torch.Tensor], cond: torch.Tensor, prompt_index: torch.Tensor,
-               cfg: UNetConfig, gen: torch.Generator, log: list[dict]) -> UNet2DConditionModel:
-    """Epsilon-prediction training with Min-SNR-gamma weights; returns the EMA weights."""
-    mean, std = latents
+def train_unet(name: str, enc: dict[str, torch.Tensor], cfg: UNetConfig, run_dir: str | Path, seed: int,
+               key: str) -> UNet2DConditionModel:
+    """Epsilon prediction with Min-SNR-gamma weights and prompt dropout on the shared Trainer
+    (one-cycle lr, EMA with diffusers' warm-up); returns the EMA weights."""
+    mean, std, cond, prompt_index = enc["latent_mean"], enc["latent_std"], enc["prompt_embeds"], enc["prompt_index"]
+    torch.manual_seed(seed)
     unet = build_unet(cfg, mean.shape[-1], mean.shape[1], cond.shape[-1]).train()
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULE.items() if k != "set_alpha_to_one"})
-    alphas = noise_sched.alphas_cumprod
-    snr = alphas / (1 - alphas)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-2, fused=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    diffusion = Diffusion({k: v for k, v in SCHEDULE.items() if k != "set_alpha_to_one"}, cfg.snr_gamma)
     empty = cond[-1]
-    params, ema_params = list(unet.parameters()), list(ema.parameters())
-    for step in tqdm(range(cfg.steps), desc=f"toy {name} U-Net", mininterval=2):
-        idx = torch.randint(len(mean), (cfg.batch_size,), generator=gen)
-        z0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+
+    def loss(model: torch.nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        idx = batch.indices
+        noised = diffusion.draw(sample_posterior(mean[idx], std[idx], gen), gen)
         c = cond[prompt_index[idx]]
-        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cond_dropout
-        c = torch.where(drop[:, None, None], empty.expand_as(c), c)
-        pred = unet(noise_sched.add_noise(z0, noise, t), t, encoder_hidden_states=c).sample
-        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        weights = torch.clamp(snr[t], max=cfg.snr_gamma) / snr[t]
-        loss = (weights * per_sample).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
-        if step % 20 == 0 or step == cfg.steps - 1:
-            _log(log, name, step, task_mse=per_sample.mean().item(), min_snr_weighted=loss.item())
-    return ema
+        drop = torch.rand(len(idx), generator=gen) < cfg.cond_dropout
+        c = batch.shard(torch.where(drop[:, None, None], empty.expand_as(c), c))
+        noised = batch.shard(noised)
+        device = next(model.parameters()).device
+        pred = model(noised.noisy.to(device), noised.t.to(device), encoder_hidden_states=c.to(device)).sample
+        weighted, per = diffusion.loss(pred, noised)
+        return {"loss": weighted, "task_mse": per.mean()}
+
+    train = TrainConfig(max_steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, lr_scheduler="onecycle",
+                        weight_decay=1e-2, max_grad_norm=1.0, ema_decay=cfg.ema_decay, ema_warmup=True, seed=seed,
+                        checkpoint_every=cfg.checkpoint_every)
+    trainer = Trainer(unet, loss, len(mean), run_dir, train, name=f"toy {name} U-Net", run_key=key)
+    trainer.fit()
+    return trainer.unwrapped.cpu().eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -222,21 +205,20 @@ def save_pipeline(out_dir: str | Path, **components) -> None:
         pipe.save_pretrained(tmp, safe_serialization=True)
 
 
-LOSS_SCHEMA = pa.schema([("model", pa.string()), ("step", pa.int64()), ("term", pa.string()), ("value", pa.float64())])
 #: What the toy U-Nets train on, beside the shared components in the base folder.
 ENCODINGS = "train_encodings.safetensors"
 ROLES = ("teacher", "student")
 
 
-def pretrain_toy_base(data_table: str | Path, out_dir: str | Path, loss_path: str | Path, cfg: ToyConfig) -> float:
-    """Train the VAE on the real train split; write it with the tokenizer, the frozen text encoder and
-    the scheduler (each in its diffusers / transformers folder) and the train split's encodings (the
-    scaled latent posteriors and the prompt embeddings) that both U-Nets train on. Returns seconds."""
-    gen = seed_everything(cfg.seed)
+def pretrain_toy_base(data_table: str | Path, out_dir: str | Path, run_dir: str | Path, cfg: ToyConfig) -> float:
+    """Train the VAE on the real train split (checkpoints and ``loss.parquet`` in ``run_dir``); write
+    it with the tokenizer, the frozen text encoder and the scheduler (each in its diffusers /
+    transformers folder) and the train split's encodings (the scaled latent posteriors and the
+    prompt embeddings) that both U-Nets train on. Returns seconds."""
+    seed_everything(cfg.seed)
     df, x = load_split(data_table, "train")
-    log: list[dict] = []
     t0 = time.perf_counter()
-    vae = train_vae(x, cfg.vae, gen, log)
+    vae = train_vae(x, cfg.vae, run_dir, cfg.seed)
     with torch.no_grad():
         dist = [vae.encode(x[i : i + 256]).latent_dist for i in range(0, len(x), 256)]
         mean, std = torch.cat([d.mean for d in dist]), torch.cat([d.std for d in dist])
@@ -257,40 +239,37 @@ def pretrain_toy_base(data_table: str | Path, out_dir: str | Path, loss_path: st
                            ("scheduler", DDIMScheduler(**SCHEDULE))):
             part.save_pretrained(tmp / name)
         save_file({k: v.contiguous() for k, v in encodings.items()}, tmp / ENCODINGS)
-    write_parquet(pd.DataFrame(log), loss_path, LOSS_SCHEMA, "world/toy_loss",
-                  {"config": asdict(cfg.vae), "scaling_factor": scale, "wall_time_s": seconds})
     return seconds
 
 
-def pretrain_toy_unet(base_dir: str | Path, role: str, out_dir: str | Path, loss_path: str | Path,
+def pretrain_toy_unet(base_dir: str | Path, role: str, out_dir: str | Path, run_dir: str | Path,
                       cfg: ToyConfig) -> float:
-    """Train the ``role`` U-Net (``teacher`` or ``student``) on the base folder's encodings and save
-    it with the base components as a ``StableDiffusionPipeline`` folder. Returns seconds."""
+    """Train the ``role`` U-Net (``teacher`` or ``student``) on the base folder's encodings
+    (checkpoints and ``loss.parquet`` in ``run_dir``) and save it with the base components as a
+    ``StableDiffusionPipeline`` folder. Returns seconds."""
     if role not in ROLES:
         raise KDError(f"toy U-Net role {role!r}; choose one of {', '.join(ROLES)}")
     base = Path(base_dir)
     enc = load_file(base / ENCODINGS)
-    gen = seed_everything(cfg.seed + 1 + ROLES.index(role))  # the two U-Nets draw independent batches
-    log: list[dict] = []
+    seed = cfg.seed + 1 + ROLES.index(role)  # the two U-Nets draw independent batches
+    seed_everything(seed)
     t0 = time.perf_counter()
-    unet = train_unet(role, (enc["latent_mean"], enc["latent_std"]), enc["prompt_embeds"], enc["prompt_index"],
-                      getattr(cfg, role), gen, log)
+    unet = train_unet(role, enc, getattr(cfg, role), run_dir, seed,
+                      run_key(role=role, unet=asdict(getattr(cfg, role)), base=fingerprint(str(base))))
     seconds = time.perf_counter() - t0
     save_pipeline(out_dir, vae=AutoencoderKL.from_pretrained(base / "vae"),
                   text_encoder=CLIPTextModel.from_pretrained(base / "text_encoder"),
                   tokenizer=CLIPTokenizer.from_pretrained(base / "tokenizer"), unet=unet,
                   scheduler=DDIMScheduler.from_pretrained(base / "scheduler"))
-    write_parquet(pd.DataFrame(log), loss_path, LOSS_SCHEMA, "world/toy_loss",
-                  {"config": asdict(getattr(cfg, role)), "wall_time_s": seconds})
     return seconds
 
 
 def pretrain_toy_models(data_table: str | Path, base_dir: str | Path, teacher_dir: str | Path,
-                        student_dir: str | Path, loss_dir: str | Path, cfg: ToyConfig) -> dict[str, float]:
+                        student_dir: str | Path, run_dir: str | Path, cfg: ToyConfig) -> dict[str, float]:
     """The three steps in one call (the workflow runs them as three jobs, the U-Nets side by side):
-    the base folder, then the teacher and the student. Loss tables ``<loss_dir>/{vae,teacher,student}.parquet``."""
-    loss_dir = Path(loss_dir)
-    times = {"vae_s": pretrain_toy_base(data_table, base_dir, loss_dir / "vae.parquet", cfg)}
+    the base folder, then the teacher and the student; their runs in ``<run_dir>/{vae,teacher,student}/``."""
+    run_dir = Path(run_dir)
+    times = {"vae_s": pretrain_toy_base(data_table, base_dir, run_dir / "vae", cfg)}
     for role, out in (("teacher", teacher_dir), ("student", student_dir)):
-        times[f"{role}_s"] = pretrain_toy_unet(base_dir, role, out, loss_dir / f"{role}.parquet", cfg)
+        times[f"{role}_s"] = pretrain_toy_unet(base_dir, role, out, run_dir / role, cfg)
     return times

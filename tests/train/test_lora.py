@@ -139,3 +139,22 @@ def test_proportion_empty_prompts_trains_on_the_empty_prompt(request, tmp_path, 
     dropped = [is_empty(e, pl) for _, e, pl in train]
     assert dropped == [p == 1.0] * TRAIN.max_steps
     assert not any(is_empty(e, pl) for _, e, pl in val)
+
+
+@pytest.mark.parametrize("student", ["tiny_sd", "tiny_sdxl"])
+def test_kohya_file_samples_as_the_diffusers_adapter(request, tmp_path, teacher_images, student):
+    """alpha (8) != rank (4), U-Net and text encoder(s) adapted: the kohya file, read by diffusers'
+    kohya loader, carries the trained scale alpha / rank (diffusers' converter writes alpha = rank)."""
+    source = str(request.getfixturevalue(student))
+    cfg = LoRAConfig(**{**LORA.__dict__, "text_encoder": True, "kohya": True})
+    train_lora(source, DataConfig(str(teacher_images)), tmp_path / "adapter", tmp_path / "run", cfg, TRAIN)
+    alphas = {k: v for k, v in load_file(tmp_path / "adapter" / KOHYA_FILE).items() if k.endswith(".alpha")}
+    assert alphas and all(float(v) == cfg.alpha for v in alphas.values())
+    assert any(k.startswith("lora_te") for k in alphas)
+    diffusers_format = DiffusionPipeline.from_pretrained(source)
+    diffusers_format.load_lora_weights(tmp_path / "adapter")
+    kohya = DiffusionPipeline.from_pretrained(source)
+    kohya.load_lora_weights(tmp_path / "adapter", weight_name=KOHYA_FILE)
+    base, a, b = _sample(DiffusionPipeline.from_pretrained(source)), _sample(diffusers_format), _sample(kohya)
+    assert np.abs(base - a).max() > 1e-3  # the adapter matters
+    assert np.abs(a - b).max() < 1e-5, f"kohya and diffusers adapters sample {np.abs(a - b).max():.3g} apart"

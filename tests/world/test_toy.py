@@ -49,9 +49,10 @@ def test_pretrain_saves_loadable_pipelines(tmp_path):
     assert torch.equal(t.text_encoder.get_input_embeddings().weight,
                        s.text_encoder.get_input_embeddings().weight)
     import pandas as pd
-    for part in ("vae", "teacher", "student"):
-        loss = pd.read_parquet(tmp_path / "loss" / f"{part}.parquet")
-        assert set(loss["model"]) == {part} and len(loss) and loss["value"].notna().all()
+    for part in ("vae", "teacher", "student"):  # each trained on the shared Trainer: a run folder
+        loss = pd.read_parquet(tmp_path / "loss" / part / "loss.parquet")
+        assert loss.query("term == 'loss'")["step"].tolist() == [1, 2, 3] and loss["value"].notna().all()
+        assert (tmp_path / "loss" / part / "checkpoints" / "step-00000003" / "trainer.json").is_file()
     # both U-Nets trained on the base folder's encodings, which match the saved VAE
     enc = load_file(tmp_path / "base" / ENCODINGS)
     assert enc["latent_mean"].shape == (64, 4, 8, 8) and enc["prompt_index"].max() < len(enc["prompt_embeds"]) - 1
