@@ -33,5 +33,5 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        all_targets(),
+        PLAN.all_targets(),
     default_target: True

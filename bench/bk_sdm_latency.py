@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 from diffusers import UNet2DConditionModel
 
-from kd_core.models.bk_sdm import LEVELS, SD15_UNET_CONFIG, build_student, count_parameters
+from kd_core.models.bk_sdm import LEVELS, SD15_UNET_CONFIG, build_student
+from kd_core.models.params import count_parameters
 
 
 def _time(unet, x, t, cond, device, warmup: int, repeats: int) -> list[float]:

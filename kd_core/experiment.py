@@ -15,6 +15,40 @@ from kd_core.world.render import DEFAULTS
 def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
     """Validate against the schema (defaults filled in), then check grammars, sizes and local paths."""
     cfg = validate_config(config, schema_path)
+    main = _check_prompts(cfg)
+    if cfg["evaluate_images"] and "base_student" not in cfg["models"] and not cfg["size_study"]["enabled"]:
+        raise ConfigError("config key 'models' lacks 'base_student', which the image evaluation compares against; "
+                          "add one, enable size_study (its width students are compared with the teacher), or set "
+                          "'evaluate_images: false'")
+    for name, model in cfg["models"].items():
+        _check_model(cfg, name, model)
+    lora = cfg["lora"]
+    if lora["enabled"]:
+        if lora["student"] not in cfg["models"] or lora["student"] == "teacher":
+            raise ConfigError(f"config key 'lora.student' is {lora['student']!r}; choose a student among "
+                              f"{[m for m in cfg['models'] if m != 'teacher']}")
+        _check_training_data(cfg, "lora")
+    for section in ("block_kd", "size_study"):
+        if cfg[section]["enabled"]:
+            if not cfg["evaluate_images"]:
+                raise ConfigError(f"config key '{section}.enabled' is true but 'evaluate_images' is false; its students "
+                                  "are sampled and evaluated like every model: set evaluate_images: true")
+            _check_training_data(cfg, section)
+    _check_metrics(cfg)
+    _check_classifier_kd(cfg, main)
+    return cfg
+
+
+def _source(value: str, key: str) -> None:
+    """A model or data source that exists (a local path) or is a hub id; a ConfigError naming ``key`` otherwise."""
+    try:
+        check_source(value, key)
+    except KDError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_prompts(cfg: dict[str, Any]):
+    """Both grammars load; the shapes world can draw the main one's slots; it has enough prompts. Returns it."""
     p = cfg["prompts"]
     grammars = {}
     for key in ("grammar", "filler_grammar"):
@@ -33,76 +67,55 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
     if p["n_train"] + p["n_eval"] > main.size:
         raise ConfigError(f"config keys 'prompts.n_train' + 'prompts.n_eval' = {p['n_train'] + p['n_eval']} exceed "
                           f"the {main.size} distinct prompts of grammar {main.name!r}; lower them")
-    if cfg["evaluate_images"] and "base_student" not in cfg["models"] and not cfg["size_study"]["enabled"]:
-        raise ConfigError("config key 'models' lacks 'base_student', which the image evaluation compares against; "
-                          "add one, enable size_study (its width students are compared with the teacher), or set "
-                          "'evaluate_images: false'")
-    for name, model in cfg["models"].items():
-        key = f"models.{name}.source"
-        try:
-            check_source(model["source"], key)
-            if model["generation"]["vae"]:
-                check_source(model["generation"]["vae"], f"models.{name}.generation.vae")
-        except KDError as exc:
-            raise ConfigError(str(exc)) from None
-        if model["source"].startswith("toy:") and not cfg["world"]["enabled"]:
-            raise ConfigError(f"config key '{key}' is {model['source']!r}, which needs 'world.enabled: true'")
-        if model["source"] == "ddpm:teacher":
-            if not cfg["ddpm_teacher"]["data"]:
-                raise ConfigError(f"config key '{key}' is 'ddpm:teacher', trained from scratch on "
-                                  "'ddpm_teacher.data', which is not set; give a folder <folder>/<class>/<image>")
-            vae = cfg["ddpm_teacher"]["vae"]
-            if vae == "ddpm:teacher":
-                raise ConfigError("config key 'ddpm_teacher.vae' is the DDPM teacher itself; give an autoencoder "
-                                  "(a folder, a hub id, or a pipeline such as 'toy:teacher' whose vae/ is used), or null")
-            try:
-                check_source(cfg["ddpm_teacher"]["data"], "ddpm_teacher.data")
-                if vae:
-                    check_source(vae, "ddpm_teacher.vae")
-            except KDError as exc:
-                raise ConfigError(str(exc)) from None
-            if vae and vae.startswith("toy:") and not cfg["world"]["enabled"]:
-                raise ConfigError(f"config key 'ddpm_teacher.vae' is {vae!r}, which needs 'world.enabled: true'")
-            _check_ddpm_model(cfg["ddpm_teacher"]["model"], latent=bool(vae))
-            gen = model["generation"]
-            if vae and gen["dtype"] != "fp32":  # LDMPipeline draws float32 noise whatever the U-Net's dtype
-                raise ConfigError(f"config key 'models.{name}.generation.dtype' is {gen['dtype']!r}; a latent DDPM "
-                                  "teacher (LDMPipeline) samples in fp32 only: set it to fp32")
-            if vae and gen["scheduler"] in ("ddpm", "euler_a", "lcm"):
-                raise ConfigError(f"config key 'models.{name}.generation.scheduler' is {gen['scheduler']!r}, whose step "
-                                  "noise a latent DDPM teacher (LDMPipeline) cannot seed; use default, ddim, dpmpp, euler, "
-                                  "unipc or pndm")
-        if "filler" in model["splits"] and p["n_filler"] == 0:
-            raise ConfigError(f"config key 'models.{name}.splits' asks for filler images but 'prompts.n_filler' is 0")
-    lora = cfg["lora"]
-    if lora["enabled"]:
-        if lora["student"] not in cfg["models"] or lora["student"] == "teacher":
-            raise ConfigError(f"config key 'lora.student' is {lora['student']!r}; choose a student among "
-                              f"{[m for m in cfg['models'] if m != 'teacher']}")
-        if lora["data"] == "teacher" and "train" not in cfg["models"]["teacher"]["splits"]:
-            raise ConfigError("config key 'lora.data' is 'teacher' but 'models.teacher.splits' lacks 'train'; add it")
-        if lora["data"] != "teacher":
-            try:
-                check_source(lora["data"], "lora.data")
-            except KDError as exc:
-                raise ConfigError(str(exc)) from None
-    for section in ("block_kd", "size_study"):
-        s = cfg[section]
-        if not s["enabled"]:
-            continue
-        if not cfg["evaluate_images"]:
-            raise ConfigError(f"config key '{section}.enabled' is true but 'evaluate_images' is false; its students "
-                              "are sampled and evaluated like every model: set evaluate_images: true")
-        if s["data"] == "teacher" and "train" not in cfg["models"]["teacher"]["splits"]:
-            raise ConfigError(f"config key '{section}.data' is 'teacher' but 'models.teacher.splits' lacks 'train'; add it")
-        if s["data"] != "teacher":
-            try:
-                check_source(s["data"], f"{section}.data")
-            except KDError as exc:
-                raise ConfigError(str(exc)) from None
-    _check_metrics(cfg)
-    _check_classifier_kd(cfg, main)
-    return cfg
+    return main
+
+
+def _check_model(cfg: dict[str, Any], name: str, model: dict[str, Any]) -> None:
+    key = f"models.{name}.source"
+    _source(model["source"], key)
+    if model["generation"]["vae"]:
+        _source(model["generation"]["vae"], f"models.{name}.generation.vae")
+    if model["source"].startswith("toy:") and not cfg["world"]["enabled"]:
+        raise ConfigError(f"config key '{key}' is {model['source']!r}, which needs 'world.enabled: true'")
+    if model["source"] == "ddpm:teacher":
+        _check_ddpm_teacher(cfg, name, model)
+    if "filler" in model["splits"] and cfg["prompts"]["n_filler"] == 0:
+        raise ConfigError(f"config key 'models.{name}.splits' asks for filler images but 'prompts.n_filler' is 0")
+
+
+def _check_ddpm_teacher(cfg: dict[str, Any], name: str, model: dict[str, Any]) -> None:
+    """The DDPM teacher trained from scratch: its data, its autoencoder, its U-Net, how it may be sampled."""
+    d = cfg["ddpm_teacher"]
+    if not d["data"]:
+        raise ConfigError(f"config key 'models.{name}.source' is 'ddpm:teacher', trained from scratch on "
+                          "'ddpm_teacher.data', which is not set; give a folder <folder>/<class>/<image>")
+    vae = d["vae"]
+    if vae == "ddpm:teacher":
+        raise ConfigError("config key 'ddpm_teacher.vae' is the DDPM teacher itself; give an autoencoder "
+                          "(a folder, a hub id, or a pipeline such as 'toy:teacher' whose vae/ is used), or null")
+    _source(d["data"], "ddpm_teacher.data")
+    if vae:
+        _source(vae, "ddpm_teacher.vae")
+    if vae and vae.startswith("toy:") and not cfg["world"]["enabled"]:
+        raise ConfigError(f"config key 'ddpm_teacher.vae' is {vae!r}, which needs 'world.enabled: true'")
+    _check_ddpm_model(d["model"], latent=bool(vae))
+    gen = model["generation"]
+    if vae and gen["dtype"] != "fp32":  # LDMPipeline draws float32 noise whatever the U-Net's dtype
+        raise ConfigError(f"config key 'models.{name}.generation.dtype' is {gen['dtype']!r}; a latent DDPM "
+                          "teacher (LDMPipeline) samples in fp32 only: set it to fp32")
+    if vae and gen["scheduler"] in ("ddpm", "euler_a", "lcm"):
+        raise ConfigError(f"config key 'models.{name}.generation.scheduler' is {gen['scheduler']!r}, whose step "
+                          "noise a latent DDPM teacher (LDMPipeline) cannot seed; use default, ddim, dpmpp, euler, "
+                          "unipc or pndm")
+
+
+def _check_training_data(cfg: dict[str, Any], section: str) -> None:
+    """A study's training images: the teacher's (which then must generate its train split) or a source."""
+    data = cfg[section]["data"]
+    if data == "teacher" and "train" not in cfg["models"]["teacher"]["splits"]:
+        raise ConfigError(f"config key '{section}.data' is 'teacher' but 'models.teacher.splits' lacks 'train'; add it")
+    if data != "teacher":
+        _source(data, f"{section}.data")
 
 
 def _check_ddpm_model(m: dict[str, Any], latent: bool = False) -> None:

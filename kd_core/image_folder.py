@@ -1,4 +1,5 @@
-"""Labelled image folders (``<root>/<class>/<image>``, the CIFAR-10 / ImageNet layout), checked before use.
+"""Labelled images: folders (``<root>/<class>/<image>``, the CIFAR-10 / ImageNet layout), checked
+before use, and the in-memory labelled set with its class-stratified validation split.
 
 A study that trains for hours on a folder should fail in seconds when the folder is wrong, so
 :func:`scan_image_folder` verifies the whole folder first: it exists, holds at least one image per
@@ -75,3 +76,33 @@ def read_uint8(files: list[Path], size: int | None = None) -> torch.Tensor:
     if not arrs:
         return torch.zeros(0, 3, size or 1, size or 1, dtype=torch.uint8)
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class LabelledImages:
+    """uint8 images (N, 3, H, W) with integer labels into ``classes``; resized per batch, not in memory."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: torch.Tensor) -> LabelledImages:
+        return LabelledImages(self.images[idx], self.labels[idx], self.classes)
+
+
+def split_validation(data: LabelledImages, fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
+    """(train, validation): a seeded, class-stratified hold-out of ``fraction`` of every class."""
+    gen = torch.Generator().manual_seed(seed)
+    val = []
+    for c in range(len(data.classes)):
+        members = torch.nonzero(data.labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=gen)]
+        k = max(1, round(fraction * len(members))) if fraction > 0 and len(members) > 1 else 0
+        val.append(members[:k])
+    val_idx = torch.cat(val).sort().values if val else torch.zeros(0, dtype=torch.long)
+    keep = torch.ones(len(data), dtype=torch.bool)
+    keep[val_idx] = False
+    return data.subset(torch.nonzero(keep).flatten()), data.subset(val_idx)

@@ -4,14 +4,14 @@
 
 rule train_block_kd:
     input:
-        unpack(block_kd_input),
+        **PLAN.block_kd_inputs(),
     output:
         model=directory(f"{OUT}/models/{{bk}}"),
         loss=f"{OUT}/train/{{bk}}/loss.parquet",
     params:
-        teacher=teacher_source,
-        data=block_kd_data,
-        block_kd=BK,
+        teacher=lambda wildcards: PLAN.teacher_source,
+        data=lambda wildcards: PLAN.training_data("block_kd"),
+        block_kd=PLAN.bk,
         settings=block_kd_settings,
         seed=config["seed"],
         code=code_hash("kd_core.train.block_kd"),

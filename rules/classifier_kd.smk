@@ -9,7 +9,7 @@ rule dmkd_prompts:
     output:
         f"{OUT}/dmkd/prompts.parquet",
     params:
-        dmkd=DMKD_PROMPTS,
+        dmkd=PLAN.dmkd_prompt_settings,
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
         code=code_hash("kd_core.class_prompts"),
@@ -29,11 +29,11 @@ rule dmkd_prompts:
 rule dmkd_generate:
     input:
         prompts=rules.dmkd_prompts.output[0],
-        model=built_input(config["models"]["teacher"]["source"]),
+        model=PLAN.built_input(PLAN.teacher["source"]),
     output:
         manifest=f"{OUT}/dmkd/synthetic/{{dmkd_set}}/manifest.parquet",
     params:
-        source=teacher_source,
+        source=lambda wildcards: PLAN.teacher_source,
         generation=dmkd_generation,
         code=code_hash("kd_core.generate"),
     log:
@@ -52,14 +52,14 @@ rule dmkd_generate:
 
 rule dmkd_teacher:
     input:
-        real=dmkd_real_input,
+        real=PLAN.dmkd_real_inputs(),
     output:
         model=directory(f"{OUT}/models/dmkd_teacher"),
         loss=f"{OUT}/train/dmkd_teacher/loss.parquet",
         predictions=f"{OUT}/metrics/dmkd/teacher.parquet",
     params:
-        real=dmkd_real(),
-        dmkd=DMKD_TEACHER,
+        real=lambda wildcards: PLAN.dmkd_real,
+        dmkd=PLAN.dmkd_teacher_settings,
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
         code=code_hash("kd_core.train.dmkd"),
@@ -85,10 +85,10 @@ rule dmkd_student:
         loss=f"{OUT}/train/dmkd_{{dmkd_run}}/loss.parquet",
         predictions=f"{OUT}/metrics/dmkd/{{dmkd_run}}.parquet",
     params:
-        real=dmkd_real(),
+        real=lambda wildcards: PLAN.dmkd_real,
         data=dmkd_data,
         run=dmkd_job,
-        dmkd=DMKD_STUDENT,
+        dmkd=PLAN.dmkd_student_settings,
         grammar=config["prompts"]["grammar"],
         code=code_hash("kd_core.train.dmkd"),
     log:
@@ -108,13 +108,13 @@ rule dmkd_student:
 rule dmkd_summary:
     input:
         teacher=rules.dmkd_teacher.output.predictions,
-        runs=expand(f"{OUT}/metrics/dmkd/{{dmkd_run}}.parquet", dmkd_run=DMKD_JOBS),
+        runs=expand(f"{OUT}/metrics/dmkd/{{dmkd_run}}.parquet", dmkd_run=PLAN.dmkd_jobs),
     output:
         f"{OUT}/metrics/classifier_kd.parquet",
     params:
-        runs=DMKD_RUNS,
-        jobs=DMKD_JOBS,
-        bootstrap=METRICS["bootstrap"],
+        runs=PLAN.dmkd_runs,
+        jobs=PLAN.dmkd_jobs,
+        bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
         code=code_hash("kd_core.metrics.classifier"),
     log:
@@ -133,14 +133,14 @@ rule dmkd_summary:
 rule figure_dmkd:
     input:
         table=rules.dmkd_summary.output[0],
-        losses=list(dmkd_loss_tables(None).values()),
+        losses=list(PLAN.dmkd_loss_tables().values()),
     output:
         accuracy=report(f"{OUT}/figures/dmkd_accuracy.png", caption="../report/dmkd_accuracy.rst", category="DM-KD"),
         accuracy_pdf=f"{OUT}/figures/dmkd_accuracy.pdf",
         curves=report(f"{OUT}/figures/dmkd_curves.png", caption="../report/dmkd_curves.rst", category="DM-KD"),
         curves_pdf=f"{OUT}/figures/dmkd_curves.pdf",
     params:
-        runs=list(dmkd_loss_tables(None)),
+        runs=list(PLAN.dmkd_loss_tables()),
         code=code_hash("kd_core.figures.classifier_kd"),
     log:
         f"{OUT}/logs/figure_dmkd.log",

@@ -19,8 +19,8 @@ rule figure_metrics:
     input:
         summary=f"{OUT}/metrics/summary.parquet",
         pairwise=f"{OUT}/metrics/pairwise.parquet",
-        attributes=expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=MODELS) if WORLD else [],
-        alignment=f"{OUT}/metrics/alignment.parquet" if CLIP else [],
+        attributes=expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=PLAN.models) if PLAN.world else [],
+        alignment=f"{OUT}/metrics/alignment.parquet" if PLAN.clip else [],
     output:
         bars=report(f"{OUT}/figures/metric_bars.png", caption="../report/metric_bars.rst", category="Metrics"),
         bars_pdf=f"{OUT}/figures/metric_bars.pdf",
@@ -87,7 +87,7 @@ rule figure_attributes:
 
 rule figure_loss:
     input:
-        unpack(loss_tables),
+        **PLAN.loss_tables(),
     output:
         png=report(f"{OUT}/figures/loss_curves.png", caption="../report/loss_curves.rst", category="Training"),
         pdf=f"{OUT}/figures/loss_curves.pdf",
@@ -130,15 +130,15 @@ rule figure_efficiency:
 
 rule comparison_models:
     input:
-        expand(f"{OUT}/images/{{model}}/manifest.parquet", model=MODELS),
+        expand(f"{OUT}/images/{{model}}/manifest.parquet", model=PLAN.models),
     output:
         side=report(f"{OUT}/comparisons/side_by_side.png", caption="../report/side_by_side.rst", category="Comparisons"),
         side_pdf=f"{OUT}/comparisons/side_by_side.pdf",
         diff=report(f"{OUT}/comparisons/difference_maps.png", caption="../report/difference_maps.rst", category="Comparisons"),
         diff_pdf=f"{OUT}/comparisons/difference_maps.pdf",
     params:
-        models=MODELS,
-        n=METRICS["figures"]["n_compare"],
+        models=PLAN.models,
+        n=PLAN.metrics["figures"]["n_compare"],
         code=code_hash("kd_core.figures.comparisons"),
     log:
         f"{OUT}/logs/comparison_models.log",
@@ -160,7 +160,7 @@ rule comparison_grid:
         png=report(f"{OUT}/comparisons/grid_{{model}}.png", caption="../report/grid.rst", category="Comparisons", subcategory="{model}"),
         pdf=f"{OUT}/comparisons/grid_{{model}}.pdf",
     params:
-        blocks=METRICS["figures"]["grid_blocks"],
+        blocks=PLAN.metrics["figures"]["grid_blocks"],
         code=code_hash("kd_core.figures.comparisons"),
     log:
         f"{OUT}/logs/comparison_grid_{{model}}.log",

@@ -2,7 +2,7 @@
 # With shards.images = N > 1, N generate_shard jobs per model each make a batch-aligned slice of
 # the prompts (images/<model>/shards/<i>-of-<N>.parquet) and generate gathers their manifests.
 
-if len(IMAGE_SHARDS) == 1:
+if len(PLAN.image_shards) == 1:
 
     rule generate:
         input:

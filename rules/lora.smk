@@ -4,13 +4,13 @@
 
 rule train_lora:
     input:
-        unpack(lora_input),
+        **PLAN.lora_inputs(),
     output:
         adapter=directory(f"{OUT}/models/lora_student"),
         loss=f"{OUT}/train/lora/loss.parquet",
     params:
-        student=lora_student_source,
-        data=lora_data,
+        student=lambda wildcards: PLAN.lora_student_source,
+        data=lambda wildcards: PLAN.training_data("lora"),
         lora=config["lora"],
         seed=config["seed"],
         code=code_hash("kd_core.train.lora"),

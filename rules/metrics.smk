@@ -6,12 +6,12 @@
 # One job for every model: a few seconds of classifier work each, against ~10 s of start-up per job.
 rule attribute_accuracy:
     input:
-        manifests=expand(f"{OUT}/images/{{model}}/manifest.parquet", model=MODELS),
+        manifests=expand(f"{OUT}/images/{{model}}/manifest.parquet", model=PLAN.models),
         classifier=rules.world_classifier.output.model,
     output:
-        expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=MODELS),
+        expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=PLAN.models),
     params:
-        models=MODELS,
+        models=PLAN.models,
         code=code_hash("kd_core.world.classifier"),
     log:
         f"{OUT}/logs/attribute_accuracy.log",
@@ -28,7 +28,7 @@ rule attribute_accuracy:
 
 rule attribute_summary:
     input:
-        expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=MODELS),
+        expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=PLAN.models),
     output:
         f"{OUT}/metrics/attribute_accuracy.parquet",
     params:
@@ -49,7 +49,7 @@ rule attribute_summary:
 
 # shards.metrics = N > 1: N pairwise_shard jobs per student, each a contiguous slice of its image
 # pairs; pairwise gathers them into the same per-student table.
-if len(METRIC_SHARDS) == 1:
+if len(PLAN.metric_shards) == 1:
 
     rule pairwise:
         input:
@@ -63,7 +63,7 @@ if len(METRIC_SHARDS) == 1:
             f"{OUT}/logs/pairwise_{{model}}.log",
         benchmark:
             f"{OUT}/benchmarks/pairwise_{{model}}.tsv"
-        threads: METRICS["workers"]
+        threads: PLAN.metrics["workers"]
         resources:
             mem_mb=2000,
         conda:
@@ -88,7 +88,7 @@ else:
             f"{OUT}/logs/pairwise_{{model}}_{{shard}}.log",
         benchmark:
             f"{OUT}/benchmarks/pairwise_{{model}}_{{shard}}.tsv"
-        threads: METRICS["workers"]
+        threads: PLAN.metrics["workers"]
         resources:
             mem_mb=2000,
         conda:
@@ -98,7 +98,7 @@ else:
 
     rule pairwise:
         input:
-            expand(f"{OUT}/metrics/pairwise/{{{{model}}}}/{{shard}}.parquet", shard=METRIC_SHARDS),
+            expand(f"{OUT}/metrics/pairwise/{{{{model}}}}/{{shard}}.parquet", shard=PLAN.metric_shards),
         output:
             f"{OUT}/metrics/pairwise/{{model}}.parquet",
         params:
@@ -118,7 +118,7 @@ else:
 
 rule pairwise_gather:
     input:
-        expand(f"{OUT}/metrics/pairwise/{{model}}.parquet", model=STUDENTS),
+        expand(f"{OUT}/metrics/pairwise/{{model}}.parquet", model=PLAN.students),
     output:
         f"{OUT}/metrics/pairwise.parquet",
     params:
@@ -138,14 +138,14 @@ rule pairwise_gather:
 
 rule distribution:
     input:
-        unpack(distribution_input),
+        **PLAN.distribution_inputs(),
     output:
         f"{OUT}/metrics/distribution.parquet",
     params:
-        models=MODELS,
-        features=METRICS["features"],
-        model=feature_model,
-        device=METRICS["device"],
+        models=PLAN.models,
+        features=PLAN.metrics["features"],
+        model=lambda wildcards: PLAN.feature_model,
+        device=PLAN.metrics["device"],
         seed=config["seed"],
         code=code_hash("kd_core.metrics.distribution"),
     log:
@@ -165,12 +165,12 @@ rule distribution:
 rule alignment:
     input:
         manifest=f"{OUT}/images/{{model}}/manifest.parquet",
-        clip=clip_input,
+        clip=PLAN.built_input(PLAN.clip),
     output:
         f"{OUT}/metrics/alignment/{{model}}.parquet",
     params:
-        clip=model_dir(CLIP) if CLIP else None,
-        device=METRICS["device"],
+        clip=PLAN.model_dir(PLAN.clip) if PLAN.clip else None,
+        device=PLAN.metrics["device"],
         code=code_hash("kd_core.metrics.alignment"),
     log:
         f"{OUT}/logs/alignment_{{model}}.log",
@@ -188,7 +188,7 @@ rule alignment:
 
 rule alignment_gather:
     input:
-        expand(f"{OUT}/metrics/alignment/{{model}}.parquet", model=MODELS),
+        expand(f"{OUT}/metrics/alignment/{{model}}.parquet", model=PLAN.models),
     output:
         f"{OUT}/metrics/alignment.parquet",
     params:
@@ -208,12 +208,12 @@ rule alignment_gather:
 
 rule efficiency:
     input:
-        unpack(efficiency_input),
+        **PLAN.efficiency_inputs(),
     output:
         f"{OUT}/metrics/efficiency.parquet",
     params:
-        models=efficiency_models,
-        efficiency=METRICS["efficiency"],
+        models=PLAN.efficiency_models(),
+        efficiency=PLAN.metrics["efficiency"],
         code=code_hash("kd_core.metrics.efficiency"),
     log:
         f"{OUT}/logs/efficiency.log",
@@ -233,12 +233,12 @@ rule efficiency:
 rule summary:
     input:
         pairwise=f"{OUT}/metrics/pairwise.parquet",
-        attributes=expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=MODELS) if WORLD else [],
-        alignment=f"{OUT}/metrics/alignment.parquet" if CLIP else [],
+        attributes=expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=PLAN.models) if PLAN.world else [],
+        alignment=f"{OUT}/metrics/alignment.parquet" if PLAN.clip else [],
     output:
         f"{OUT}/metrics/summary.parquet",
     params:
-        bootstrap=METRICS["bootstrap"],
+        bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
         code=code_hash("kd_core.metrics.stats"),
     log:
@@ -257,13 +257,13 @@ rule summary:
 rule improvement:
     input:
         pairwise=f"{OUT}/metrics/pairwise.parquet",
-        attributes=expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=STUDENTS) if WORLD else [],
-        alignment=f"{OUT}/metrics/alignment.parquet" if CLIP else [],
+        attributes=expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=PLAN.students) if PLAN.world else [],
+        alignment=f"{OUT}/metrics/alignment.parquet" if PLAN.clip else [],
     output:
         f"{OUT}/metrics/improvement.parquet",
     params:
         baseline="base_student",
-        bootstrap=METRICS["bootstrap"],
+        bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
         code=code_hash("kd_core.metrics.stats"),
     log:

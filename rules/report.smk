@@ -12,14 +12,14 @@ localrules:
 
 rule paper:
     input:
-        tables=list(metric_tables().values()),
-        figures=list(paper_figures().values()),
+        tables=list(PLAN.metric_tables().values()),
+        figures=list(PLAN.paper_figures().values()),
     output:
         summary=f"{OUT}/paper/summary.md",
         tables=directory(f"{OUT}/paper/tables"),
     params:
-        names=list(metric_tables()),
-        titles=list(paper_figures()),
+        names=list(PLAN.metric_tables()),
+        titles=list(PLAN.paper_figures()),
         config=config,
         code=code_hash("kd_core.report"),
     log:

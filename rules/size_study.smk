@@ -15,13 +15,13 @@ localrules:
 
 rule train_ddpm:
     input:
-        vae=ddpm_vae_input,
+        vae=PLAN.built_input(PLAN.config["ddpm_teacher"]["vae"]),
     output:
         model=directory(f"{OUT}/models/ddpm_teacher"),
         loss=f"{OUT}/train/ddpm_teacher/loss.parquet",
     params:
-        data=ddpm_data(),
-        vae=ddpm_vae(),
+        data=PLAN.ddpm_data,
+        vae=PLAN.ddpm_vae,
         ddpm=config["ddpm_teacher"],
         seed=config["seed"],
         code=code_hash("kd_core.train.ddpm"),
@@ -41,14 +41,14 @@ rule train_ddpm:
 
 rule train_width_student:
     input:
-        unpack(size_train_input),
+        **PLAN.size_train_inputs(),
     output:
         model=directory(f"{OUT}/models/{{ws}}"),
         loss=f"{OUT}/train/{{ws}}/loss.parquet",
     params:
-        teacher=teacher_source,
-        data=size_data,
-        size=SIZE_TRAIN,
+        teacher=lambda wildcards: PLAN.teacher_source,
+        data=lambda wildcards: PLAN.training_data("size_study"),
+        size=PLAN.size_train,
         factor=size_factor,
         seed=config["seed"],
         code=code_hash("kd_core.train.size_kd"),
@@ -68,15 +68,15 @@ rule train_width_student:
 
 rule timestep_mse:
     input:
-        unpack(size_analysis_input),
+        **PLAN.size_analysis_inputs(),
     output:
         f"{OUT}/metrics/timestep_mse.parquet",
     params:
-        teacher=teacher_source,
-        students=size_student_dirs(),
-        factors=SIZE_FACTORS,
-        settings=SIZE["timestep_mse"],
-        bootstrap=METRICS["bootstrap"],
+        teacher=lambda wildcards: PLAN.teacher_source,
+        students=PLAN.size_student_dirs(),
+        factors=PLAN.size_factors,
+        settings=PLAN.size["timestep_mse"],
+        bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
         code=code_hash("kd_core.metrics.timestep"),
     log:
@@ -95,16 +95,16 @@ rule timestep_mse:
 
 rule size_latency:
     input:
-        unpack(size_analysis_input),
+        **PLAN.size_analysis_inputs(),
     output:
         f"{OUT}/metrics/size_latency.parquet",
     params:
-        teacher=teacher_source,
-        students=size_student_dirs(),
-        factors=SIZE_FACTORS,
-        settings=SIZE["latency"],
+        teacher=lambda wildcards: PLAN.teacher_source,
+        students=PLAN.size_student_dirs(),
+        factors=PLAN.size_factors,
+        settings=PLAN.size["latency"],
         guidance=config["models"]["teacher"]["generation"]["guidance_scale"],
-        bootstrap=METRICS["bootstrap"],
+        bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
         code=code_hash("kd_core.metrics.latency"),
     log:
@@ -123,16 +123,16 @@ rule size_latency:
 
 rule trajectory:
     input:
-        unpack(size_analysis_input),
+        **PLAN.size_analysis_inputs(),
     output:
         table=f"{OUT}/metrics/trajectory.parquet",
         images=f"{OUT}/metrics/trajectory_x0.safetensors",
     params:
-        teacher=teacher_source,
-        students=size_student_dirs(),
-        factors=SIZE_FACTORS,
-        settings=SIZE["trajectory"],
-        bootstrap=METRICS["bootstrap"],
+        teacher=lambda wildcards: PLAN.teacher_source,
+        students=PLAN.size_student_dirs(),
+        factors=PLAN.size_factors,
+        settings=PLAN.size["trajectory"],
+        bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
         code=code_hash("kd_core.metrics.trajectory"),
     log:
@@ -151,11 +151,11 @@ rule trajectory:
 
 rule size_summary:
     input:
-        unpack(size_summary_input),
+        **PLAN.size_summary_inputs(),
     output:
         f"{OUT}/metrics/size_study.parquet",
     params:
-        factors=SIZE_FACTORS,
+        factors=PLAN.size_factors,
         code=code_hash("kd_core.metrics.size"),
     log:
         f"{OUT}/logs/size_summary.log",
@@ -204,5 +204,5 @@ rule figure_size:
 
 rule size_study:
     input:
-        size_figures(),
+        PLAN.size_figures(),
         f"{OUT}/metrics/size_study.parquet",

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from kd_core.generate import GenerationConfig
 from kd_core.io import write_parquet
 from kd_core.models.loading import is_conditional, load_pipeline, model_default_size
+from kd_core.models.params import pipeline_parameters
 from kd_core.seeding import resolve_device, resolve_dtype
 
 EFFICIENCY_SCHEMA = pa.schema([
@@ -34,7 +35,6 @@ EFFICIENCY_SCHEMA = pa.schema([
     ("device", pa.string()), ("dtype", pa.string()), ("steps", pa.int64()), ("resolution", pa.int64()),
     ("batch_size", pa.int64()), ("repeats", pa.int64()),
 ])
-COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "vae", "vqvae")
 
 
 @dataclass(frozen=True)
@@ -80,16 +80,6 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.peak_mb = max(self.peak_mb, _rss_mb())
-
-
-def count_parameters(pipe) -> dict[str, int]:
-    """Parameters per pipeline component (U-Net or transformer, text encoders, VAE)."""
-    out = {}
-    for name in COMPONENTS:
-        module = getattr(pipe, name, None)
-        if isinstance(module, torch.nn.Module):
-            out[name] = sum(p.numel() for p in module.parameters())
-    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -146,7 +136,7 @@ def measure_model(name: str, source: str, spec: GenerationConfig, cfg: Efficienc
             per_step += step_times
         batch_times = [time_pipeline(pipe, device, cfg.prompt, steps, spec.guidance_scale, size, cfg.batch_size, i)[0]
                        for i in range(max(1, cfg.repeats // 2))]
-    params = count_parameters(pipe)
+    params = pipeline_parameters(pipe)
     del pipe
     gc.collect()
     if device.type == "cuda":

@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 
 from kd_core.io import write_parquet
 from kd_core.metrics.bootstrap import bootstrap_ci
-from kd_core.models.bk_sdm import count_parameters
 from kd_core.models.loading import (
     is_conditional,
     latent_scale,
@@ -39,6 +38,7 @@ from kd_core.models.loading import (
     load_unet,
     model_default_size,
 )
+from kd_core.models.params import count_parameters
 from kd_core.seeding import resolve_device, resolve_dtype
 
 LATENCY_SCHEMA = pa.schema([

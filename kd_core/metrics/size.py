@@ -51,13 +51,8 @@ def pareto_front(cost: np.ndarray, error: np.ndarray) -> np.ndarray:
     return front
 
 
-def size_summary(timestep: str | Path, trajectory: str | Path, efficiency: str | Path | None, distribution: str | Path | None,
-                 factors: dict[str, float], out_path: str | Path | None = None, reference: str = "real",
-                 latency: str | Path | None = None) -> pd.DataFrame:
-    """Join the size study's tables (FID/KID against ``reference`` images, eval split). ``step_ms``:
-    the interleaved U-Net step latency at the smallest batch (kd_core.metrics.latency; CI over
-    rounds), ``step_ms_batch`` at the largest; the efficiency table's whole-pipeline latencies and
-    memory beside them."""
+def _errors(timestep: str | Path, factors: dict[str, float]) -> pd.DataFrame:
+    """Per model (teacher, then students by width): parameters and noise-prediction errors over every timestep."""
     ts = pd.read_parquet(timestep)
     models = ["teacher", *sorted(factors, key=factors.get)]
     rows = []
@@ -71,7 +66,13 @@ def size_summary(timestep: str | Path, trajectory: str | Path, efficiency: str |
                      "mse_teacher_ci_low": float(vs["ci_low"].iloc[0]) if len(vs) else 0.0,
                      "mse_teacher_ci_high": float(vs["ci_high"].iloc[0]) if len(vs) else 0.0,
                      "mse_noise": float(t.loc[t["target"] == "noise", "mse"].iloc[0]) if len(t) else float("nan")})
-    out = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def _join_costs(out: pd.DataFrame, trajectory: str | Path, efficiency: str | Path | None, latency: str | Path | None,
+                distribution: str | Path | None, reference: str) -> pd.DataFrame:
+    """Adds to ``out`` (in place) trajectory divergence, pipeline latencies and memory, U-Net step latencies,
+    FID and KID and the cost-weighted errors; returns the U-Net latency table."""
     tr = pd.read_parquet(trajectory)
     final = tr[(tr["quantity"] == "latent") & (tr["step"] == tr["step"].max())].set_index("model")["distance"]
     out["trajectory_final"] = [0.0 if m == "teacher" else float(final.get(m, np.nan)) for m in out["model"]]
@@ -99,6 +100,18 @@ def size_summary(timestep: str | Path, trajectory: str | Path, efficiency: str |
     out["fid_x_mparams"] = out["fid"] * out["params"] / 1e6
     out["fid_x_seconds"] = out["fid"] * out["latency_per_image_ms"] / 1e3
     out["on_frontier"] = pareto_front(out["latency_per_image_ms"].to_numpy(), out["fid"].to_numpy())
+    return lat
+
+
+def size_summary(timestep: str | Path, trajectory: str | Path, efficiency: str | Path | None, distribution: str | Path | None,
+                 factors: dict[str, float], out_path: str | Path | None = None, reference: str = "real",
+                 latency: str | Path | None = None) -> pd.DataFrame:
+    """Join the size study's tables (FID/KID against ``reference`` images, eval split). ``step_ms``:
+    the interleaved U-Net step latency at the smallest batch (kd_core.metrics.latency; CI over
+    rounds), ``step_ms_batch`` at the largest; the efficiency table's whole-pipeline latencies and
+    memory beside them."""
+    out = _errors(timestep, factors)
+    lat = _join_costs(out, trajectory, efficiency, latency, distribution, reference)
     students = out[out["model"] != "teacher"]
     rho_err = _spearman(students["factor"], students["mse_teacher"])
     timed = "step_ms" if students["step_ms"].notna().any() else "latency_per_image_ms"

@@ -143,7 +143,3 @@ def feature_map(teacher: UNet2DConditionModel, student: UNet2DConditionModel, le
     pairs = {f"down_blocks.{i}": f"down_blocks.{i}" for i in range(n_s - 1)}
     pairs[_last_attention_or_resnet(teacher, n_s - 1)] = _last_attention_or_resnet(student, n_s - 1)
     return pairs | {f"up_blocks.{k + 1}": f"up_blocks.{k}" for k in range(n_s)}
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

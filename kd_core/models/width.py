@@ -23,7 +23,7 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 
 from kd_core.errors import KDError
-from kd_core.models.bk_sdm import count_parameters
+from kd_core.models.params import count_parameters
 
 
 def _heads_key(cfg: Mapping[str, Any]) -> tuple[str | None, bool]:

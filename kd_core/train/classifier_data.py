@@ -9,8 +9,7 @@ import pandas as pd
 import torch
 
 from kd_core.errors import KDError
-from kd_core.image_folder import read_uint8, scan_image_folder
-from kd_core.train.classifier_kd import LabelledImages
+from kd_core.image_folder import LabelledImages, read_uint8, scan_image_folder
 
 
 def _labelled(files: list[Path], names: list[str], classes: list[str], size: int | None, what: str) -> LabelledImages:

@@ -22,7 +22,6 @@ random init, or ``from_pretrained`` of a hub id / local folder for a pre-trained
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,41 +32,13 @@ import torch.nn.functional as F
 from transformers import AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification
 
 from kd_core.errors import KDError
+from kd_core.image_folder import LabelledImages, split_validation
 from kd_core.io import atomic_dir, write_parquet
+from kd_core.train import loop
 from kd_core.train.loop import Batch, TrainConfig, Trainer
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet statistics (transformers ResNet's processor)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-@dataclass
-class LabelledImages:
-    """uint8 images (N, 3, H, W) with integer labels into ``classes``; resized per batch, not in memory."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, idx: torch.Tensor) -> LabelledImages:
-        return LabelledImages(self.images[idx], self.labels[idx], self.classes)
-
-
-def split_validation(data: LabelledImages, fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
-    """(train, validation): a seeded, class-stratified hold-out of ``fraction`` of every class."""
-    gen = torch.Generator().manual_seed(seed)
-    val = []
-    for c in range(len(data.classes)):
-        members = torch.nonzero(data.labels == c).flatten()
-        members = members[torch.randperm(len(members), generator=gen)]
-        k = max(1, round(fraction * len(members))) if fraction > 0 and len(members) > 1 else 0
-        val.append(members[:k])
-    val_idx = torch.cat(val).sort().values if val else torch.zeros(0, dtype=torch.long)
-    keep = torch.ones(len(data), dtype=torch.bool)
-    keep[val_idx] = False
-    return data.subset(torch.nonzero(keep).flatten()), data.subset(val_idx)
 
 
 @dataclass(frozen=True)
@@ -175,6 +146,26 @@ PREDICTION_SCHEMA = pa.schema([("index", pa.int64()), ("label", pa.string()), ("
                                ("correct", pa.bool_()), ("confidence", pa.float64())])
 
 
+def prediction_table(model: torch.nn.Module, data: LabelledImages, size: int) -> pd.DataFrame:
+    """Per image of ``data``: its label, the model's prediction, whether it is right, and its confidence."""
+    logits = logits_of(model, data.images, size)
+    pred = logits.argmax(-1)
+    classes = data.classes
+    return pd.DataFrame({"index": range(len(pred)), "label": [classes[i] for i in data.labels.tolist()],
+                         "predicted": [classes[i] for i in pred.tolist()], "correct": (pred == data.labels).tolist(),
+                         "confidence": logits.softmax(-1).max(-1).values.double().tolist()})
+
+
+def _check_run(train_data: LabelledImages, test_data: LabelledImages, cfg: ClassifierKDConfig,
+               teacher: torch.nn.Module | None, name: str) -> None:
+    if cfg.objective not in ("kd", "ce"):
+        raise KDError(f"{name}: objective is {cfg.objective!r}; choose kd or ce")
+    if cfg.objective == "kd" and teacher is None:
+        raise KDError(f"{name}: objective kd needs a teacher classifier")
+    if list(train_data.classes) != list(test_data.classes):
+        raise KDError(f"{name}: training classes {train_data.classes} differ from the test classes {test_data.classes}")
+
+
 def train_classifier(train_data: LabelledImages, test_data: LabelledImages, model_dir: str | Path, train_dir: str | Path,
                      predictions: str | Path, cfg: ClassifierKDConfig, teacher: torch.nn.Module | None = None,
                      name: str = "classifier", run_key: str = "") -> pd.DataFrame:
@@ -184,12 +175,7 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
     ``loss.parquet`` holds every loss term per step and, once per epoch, the validation loss and
     accuracy (split ``val``) and the real-test accuracy (split ``test``, tracked, never used for choices).
     """
-    if cfg.objective not in ("kd", "ce"):
-        raise KDError(f"{name}: objective is {cfg.objective!r}; choose kd or ce")
-    if cfg.objective == "kd" and teacher is None:
-        raise KDError(f"{name}: objective kd needs a teacher classifier")
-    if list(train_data.classes) != list(test_data.classes):
-        raise KDError(f"{name}: training classes {train_data.classes} differ from the test classes {test_data.classes}")
+    _check_run(train_data, test_data, cfg, teacher, name)
     size = cfg.model.image_size
     train, val = split_validation(train_data, cfg.val_fraction, cfg.train.seed)
     if len(train) == 0 or len(val) == 0:
@@ -199,10 +185,8 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
     model = build_classifier(cfg.model, train_data.classes)
     if teacher is not None:
         teacher.requires_grad_(False).eval()
-        # the student's targets on held-out images: the teacher's decisions (KD) or the labels (CE)
-        val_targets = logits_of(teacher, val.images, size).argmax(-1) if cfg.objective == "kd" else val.labels
-    else:
-        val_targets = val.labels
+    # the student's targets on held-out images: the teacher's decisions (KD) or the labels (CE)
+    val_targets = logits_of(teacher, val.images, size).argmax(-1) if cfg.objective == "kd" else val.labels
 
     def loss_fn(model: torch.nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
         device = next(model.parameters()).device
@@ -221,13 +205,12 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
                 "task_ce_weighted": cfg.hard_weight * ce}
 
     def val_fn(model: torch.nn.Module) -> dict[str, float]:
-        v_logits = logits_of(model, val.images, size)
-        t_logits = logits_of(model, test_data.images, size)
+        v_logits, t_logits = logits_of(model, val.images, size), logits_of(model, test_data.images, size)
         return {"loss": float(F.cross_entropy(v_logits, val_targets)),
                 "accuracy": float((v_logits.argmax(-1) == val_targets).float().mean()),
                 "test/accuracy": float((t_logits.argmax(-1) == test_data.labels).float().mean())}
 
-    key = json.dumps({"run": run_key, "kd": {k: v for k, v in asdict(cfg).items() if k != "train"}}, sort_keys=True)
+    key = loop.run_key(run=run_key, kd={k: v for k, v in asdict(cfg).items() if k != "train"})
     trainer = Trainer(model, loss_fn, len(train), train_dir, cfg.train, val_fn, name=name, run_key=key)
     if teacher is not None:
         teacher.to(trainer.accelerator.device)
@@ -237,13 +220,7 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
         return pd.DataFrame()
     with atomic_dir(model_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-    logits = logits_of(model, test_data.images, size)
-    prob = logits.softmax(-1)
-    pred = logits.argmax(-1)
-    classes = test_data.classes
-    table = pd.DataFrame({"index": range(len(pred)), "label": [classes[i] for i in test_data.labels.tolist()],
-                          "predicted": [classes[i] for i in pred.tolist()],
-                          "correct": (pred == test_data.labels).tolist(), "confidence": prob.max(-1).values.double().tolist()})
+    table = prediction_table(model, test_data, size)
     write_parquet(table, predictions, PREDICTION_SCHEMA, "classifier_kd/predictions",
                   {"run": name, "objective": cfg.objective, "temperature": cfg.temperature, "n_train": len(train),
                    "n_val": len(val), "best_step": result.best_step, "best_val_accuracy": result.best_val,

@@ -37,12 +37,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from kd_core.errors import KDError
-from kd_core.image_folder import read_uint8, scan_image_folder
+from kd_core.image_folder import LabelledImages, read_uint8, scan_image_folder, split_validation
 from kd_core.io import atomic_dir, atomic_path, write_json
-from kd_core.models.bk_sdm import count_parameters
+from kd_core.models.params import count_parameters
 from kd_core.seeding import resolve_device
 from kd_core.sources import check_source, fingerprint, local_path
-from kd_core.train.classifier_kd import LabelledImages, split_validation
 from kd_core.train.diffusion import Diffusion, Noised, sample_posterior
 from kd_core.train.loop import (
     VAL_SEED,
@@ -156,49 +155,84 @@ def save_sample_grid(images: list[Image.Image], path: str | Path, cols: int = 8)
         grid.save(tmp, format="PNG")
 
 
+class CleanInputs:
+    """The clean inputs x0 of a DDPM: images in [-1, 1] (pixel space), or draws from the frozen
+    autoencoder's posteriors, encoded once (latent space; mirrored copies too when flipping)."""
+
+    def __init__(self, images: torch.Tensor, autoencoder: AutoencoderKL | None, flip: bool):
+        self.pixels = images if autoencoder is None else None  # uint8, made float and flipped per batch
+        self.latents = {}
+        if autoencoder is not None:
+            self.latents[False] = encode_images(autoencoder, images)
+            if flip:
+                self.latents[True] = encode_images(autoencoder, images.flip(-1))
+
+    def __call__(self, ids: torch.Tensor, mirror: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+        """x0 of images ``ids`` (``mirror``: which to flip; None: none)."""
+        if self.pixels is not None:
+            x0 = self.pixels[ids].float() / 127.5 - 1
+            return x0 if mirror is None else torch.where(mirror.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        (mean, std), flipped = self.latents[False], self.latents.get(True)
+        mean, std = mean[ids], std[ids]
+        if mirror is not None:
+            m = mirror.view(-1, 1, 1, 1)
+            mean, std = torch.where(m, flipped[0][ids], mean), torch.where(m, flipped[1][ids], std)
+        return sample_posterior(mean, std, gen)
+
+
+def _split(data: LabelledImages, cfg: DDPMConfig, seed: int) -> tuple[torch.Tensor, int]:
+    """The images, training ones first, and the number of validation images at the end (a
+    class-stratified share; one image when the share rounds to none)."""
+    train_part, val_part = split_validation(data, cfg.val_fraction, seed)
+    if len(val_part) == 0 or len(train_part) == 0:
+        val_part, train_part = data.subset(torch.arange(1)), data.subset(torch.arange(1, len(data)))
+    return torch.cat([train_part.images, val_part.images]), len(val_part)
+
+
+def _unet_for(cfg: DDPMConfig, autoencoder: AutoencoderKL | None) -> UNet2DModel:
+    if autoencoder is None:
+        return build_ddpm_unet(cfg)
+    scale = 2 ** (len(autoencoder.config.block_out_channels) - 1)
+    if cfg.image_size % scale:
+        raise KDError(f"ddpm_teacher.model.image_size {cfg.image_size} is not a multiple of the autoencoder's "
+                      f"{scale} pixels per latent; change the image size")
+    return build_ddpm_unet(cfg, autoencoder.config.latent_channels, cfg.image_size // scale)
+
+
+def _save_ddpm(out_dir: str | Path, unet: UNet2DModel, sched: DDPMScheduler, autoencoder: AutoencoderKL | None,
+               cfg: DDPMConfig, seed: int, device: torch.device, info: dict) -> None:
+    """The pipeline folder (``DDPMPipeline`` / ``LDMPipeline``), a grid of samples and ``ddpm.json``, atomically."""
+    if autoencoder is None:
+        pipe = DDPMPipeline(unet=unet, scheduler=sched)
+    else:
+        # DDIM by default: LDMPipeline does not hand its generator to a stochastic sampler's step
+        pipe = LDMPipeline(vqvae=autoencoder.to(device), unet=unet, scheduler=DDIMScheduler.from_config(sched.config))
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(cfg.n_samples)]
+    samples = pipe(batch_size=cfg.n_samples, generator=gens, num_inference_steps=cfg.sample_steps).images
+    with atomic_dir(out_dir) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        save_sample_grid(samples, tmp / "samples.png")
+        write_json(tmp / "ddpm.json", {**info, "params": count_parameters(unet)})
+
+
 def train_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Path, cfg: DDPMConfig, train: TrainConfig,
                vae: str | None = None) -> TrainResult:
     """Train a DDPM on ``folder``: in pixel space, or in the latent space of the frozen autoencoder
     ``vae`` (a source: folder or hub id). Writes the best model as a ``DDPMPipeline`` (pixels) or
     ``LDMPipeline`` (latents) folder with ``ddpm.json`` and ``samples.png``."""
-    run_dir = Path(run_dir)
     device = resolve_device(train.device)
-    data = load_training_images(folder, cfg, train.seed)
-    train_part, val_part = split_validation(data, cfg.val_fraction, train.seed)
-    if len(val_part) == 0 or len(train_part) == 0:
-        val_part, train_part = data.subset(torch.arange(1)), data.subset(torch.arange(1, len(data)))  # one image per class
-    images = torch.cat([train_part.images, val_part.images])
-    n, n_val = len(images), len(val_part)
+    images, n_val = _split(load_training_images(folder, cfg, train.seed), cfg, train.seed)
+    n = len(images)
     train_ids, val_ids = torch.arange(n - n_val), torch.arange(n - n_val, n)
     autoencoder = load_autoencoder(vae, device) if vae else None
-    if autoencoder is None:
-        unet = build_ddpm_unet(cfg)
-        pixels = {False: images}  # uint8, made float per batch; flipped per batch
-    else:
-        scale = 2 ** (len(autoencoder.config.block_out_channels) - 1)
-        if cfg.image_size % scale:
-            raise KDError(f"ddpm_teacher.model.image_size {cfg.image_size} is not a multiple of the autoencoder's "
-                          f"{scale} pixels per latent; change the image size")
-        unet = build_ddpm_unet(cfg, autoencoder.config.latent_channels, cfg.image_size // scale)
-        latents = {False: encode_images(autoencoder, images)}
-        if cfg.flip:
-            latents[True] = encode_images(autoencoder, images.flip(-1))
+    unet = _unet_for(cfg, autoencoder).to(device)
+    x0_of = CleanInputs(images, autoencoder, cfg.flip)
+    if autoencoder is not None:
         autoencoder.cpu()
-    unet = unet.to(device)
     sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                           clip_sample=autoencoder is None)  # x0 in [-1, 1] holds for pixels, not for latents
     diffusion = Diffusion(sched.config)
-
-    def x0_of(ids: torch.Tensor, mirror: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
-        """Clean inputs of images ``ids`` (``mirror``: which to flip; None: none)."""
-        if autoencoder is None:
-            x0 = pixels[False][ids].float() / 127.5 - 1
-            return x0 if mirror is None else torch.where(mirror.view(-1, 1, 1, 1), x0.flip(-1), x0)
-        mean, std = latents[False][0][ids], latents[False][1][ids]
-        if mirror is not None:
-            m = mirror.view(-1, 1, 1, 1)
-            mean, std = torch.where(m, latents[True][0][ids], mean), torch.where(m, latents[True][1][ids], std)
-        return sample_posterior(mean, std, gen)
 
     def terms(model: torch.nn.Module, noised: Noised) -> dict[str, torch.Tensor]:
         task, _ = diffusion.loss(model(noised.noisy.to(device), noised.t.to(device)).sample, noised)
@@ -215,30 +249,18 @@ def train_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Path, cfg
         return {"loss": val["loss"]}
 
     # checkpoints every N epochs, as the shared loop counts an epoch
-    train = replace(train, checkpoint_every=cfg.checkpoint_every_epochs * steps_per_epoch(len(train_ids), train.batch_size,
-                                                                                          train.gradient_accumulation),
-                    monitor="loss", monitor_mode="min", restore_best=True)
+    epoch = steps_per_epoch(len(train_ids), train.batch_size, train.gradient_accumulation)
+    train = replace(train, checkpoint_every=cfg.checkpoint_every_epochs * epoch, monitor="loss", monitor_mode="min",
+                    restore_best=True)
     latent_key = {"vae": vae, "vae_weights": fingerprint(vae)} if vae else {}  # pixel runs keep their old keys
     key = run_key(folder=str(folder), n=n, ddpm=asdict(cfg), **latent_key,
                   pixels=hashlib.sha256(images.numpy().tobytes()).hexdigest())
     trainer = Trainer(unet, loss, len(train_ids), run_dir, train, val_fn=val_fn, name="ddpm teacher", run_key=key)
     result = trainer.fit()
-    best = trainer.unwrapped.eval()
     if trainer.accelerator.is_main_process:
-        if autoencoder is None:
-            pipe = DDPMPipeline(unet=best, scheduler=sched)
-        else:
-            # DDIM by default: LDMPipeline does not hand its generator to a stochastic sampler's step
-            pipe = LDMPipeline(vqvae=autoencoder.to(device), unet=best, scheduler=DDIMScheduler.from_config(sched.config))
-        pipe.set_progress_bar_config(disable=True)
-        gens = [torch.Generator("cpu").manual_seed(train.seed + i) for i in range(cfg.n_samples)]
-        samples = pipe(batch_size=cfg.n_samples, generator=gens, num_inference_steps=cfg.sample_steps).images
-        with atomic_dir(out_dir) as tmp:
-            pipe.save_pretrained(tmp, safe_serialization=True)
-            save_sample_grid(samples, tmp / "samples.png")
-            write_json(tmp / "ddpm.json", {"folder": str(folder), "space": "pixel" if autoencoder is None else "latent",
-                                           "vae": vae, "ddpm": asdict(cfg), "train": asdict(train),
-                                           "n_train": len(train_ids), "n_val": n_val, "params": count_parameters(best),
-                                           "steps": result.steps, "best_step": result.best_step,
-                                           "best_val_loss": result.best_val, "stopped_early": result.stopped_early})
+        _save_ddpm(out_dir, trainer.unwrapped.eval(), sched, autoencoder, cfg, train.seed, device, {
+            "folder": str(folder), "space": "pixel" if autoencoder is None else "latent", "vae": vae,
+            "ddpm": asdict(cfg), "train": asdict(train), "n_train": len(train_ids), "n_val": n_val,
+            "steps": result.steps, "best_step": result.best_step, "best_val_loss": result.best_val,
+            "stopped_early": result.stopped_early})
     return result

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from kd_core.errors import KDError
 from kd_core.io import atomic_dir, write_json
-from kd_core.models.bk_sdm import count_parameters
 from kd_core.models.loading import load_pipeline, model_default_size
+from kd_core.models.params import count_parameters
 from kd_core.seeding import resolve_device
 from kd_core.sources import fingerprint
 from kd_core.train.data import DataConfig, encode_pairs, load_pairs
@@ -102,6 +102,47 @@ def kd_terms(student_out: torch.Tensor, teacher_out: torch.Tensor, target: torch
     return terms
 
 
+class UNetKD:
+    """The distillation loss as an object given the prepared student (as NVlabs/edm's loss objects are
+    given the DDP-wrapped network): the frozen teacher, the feature hooks, the noise schedule and the
+    cached latents of the training and validation images live here."""
+
+    def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, fmap: dict[str, str],
+                 cache: dict[str, torch.Tensor], diffusion: Diffusion, cfg: KDWeights, device: torch.device,
+                 split: tuple[torch.Tensor, torch.Tensor], val_seed: int):
+        self.teacher, self.fmap, self.cache, self.diffusion, self.cfg, self.device = teacher, fmap, cache, diffusion, cfg, device
+        self.val_ids, self.train_ids = split
+        self.val_seed = val_seed
+        self.t_hooks, self.s_hooks = FeatureHooks(teacher, list(fmap)), FeatureHooks(student, list(fmap.values()))
+
+    def draw(self, ids: torch.Tensor, gen: torch.Generator) -> Noised:
+        """Latents of images ``ids`` drawn from their cached posteriors, then noised."""
+        return self.diffusion.draw(sample_posterior(self.cache["latent_mean"][ids], self.cache["latent_std"][ids], gen), gen)
+
+    def terms(self, model: torch.nn.Module, ids: torch.Tensor, noised: Noised) -> dict[str, torch.Tensor]:
+        """The KD terms of ``model`` (the student) on images ``ids`` noised as ``noised``."""
+        noisy, t = noised.noisy.to(self.device), noised.t.to(self.device)
+        emb = self.cache.get("prompt_embeds")  # unconditional DDPMs: none
+        cond = {} if emb is None else {"encoder_hidden_states": emb[self.cache["prompt_index"][ids]].to(self.device)}
+        dtype = self.teacher.dtype
+        with torch.no_grad():
+            t_out = self.teacher(noisy.to(dtype), t, **{k: v.to(dtype) for k, v in cond.items()}).sample
+        t_feats = self.t_hooks.pop()
+        s_out = model(noisy, t, **cond).sample
+        return kd_terms(s_out, t_out, noised.target.to(self.device), self.s_hooks.pop(), t_feats, self.fmap, self.cfg)
+
+    def __call__(self, model: torch.nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        ids = self.train_ids[batch.indices]
+        return self.terms(model, batch.shard(ids), batch.shard(self.draw(ids, gen)))
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        return chunked_mean(lambda ids, gen: self.terms(model, ids, self.draw(ids, gen)), self.val_ids, self.val_seed)
+
+    def remove(self) -> None:
+        self.t_hooks.remove()
+        self.s_hooks.remove()
+
+
 def save_student_pipeline(pipe, student: torch.nn.Module, out_dir: str | Path, info_file: str, metadata: dict) -> None:
     """The teacher pipeline with the student U-Net, as a ``save_pretrained`` folder (atomically), plus ``info_file``."""
     teacher_unet = pipe.unet
@@ -140,41 +181,18 @@ def distill_unet(teacher: str, data: DataConfig, out_dir: str | Path, run_dir: s
     if half:
         t_unet.to(torch.float16)
     fmap = make_feature_map(t_unet, student) if make_feature_map is not None else {}
-    t_hooks, s_hooks = FeatureHooks(t_unet, list(fmap)), FeatureHooks(student, list(fmap.values()))
-    diffusion = Diffusion(pipe.scheduler.config)
-    val_ids, train_ids = holdout_split(len(pairs), cfg.val_fraction, train.seed)
-    mean, std, pidx, emb = cache["latent_mean"], cache["latent_std"], cache["prompt_index"], cache.get("prompt_embeds")
-
-    def terms(model: torch.nn.Module, ids: torch.Tensor, noised: Noised) -> dict[str, torch.Tensor]:
-        """The KD terms of ``model`` (the student, as the Trainer prepared it) on images ``ids`` noised as ``noised``."""
-        noisy, t = noised.noisy.to(device), noised.t.to(device)
-        cond = {} if emb is None else {"encoder_hidden_states": emb[pidx[ids]].to(device)}  # unconditional DDPMs: none
-        with torch.no_grad():
-            t_out = t_unet(noisy.to(t_unet.dtype), t, **{k: v.to(t_unet.dtype) for k, v in cond.items()}).sample
-        t_feats = t_hooks.pop()
-        s_out = model(noisy, t, **cond).sample
-        return kd_terms(s_out, t_out, noised.target.to(device), s_hooks.pop(), t_feats, fmap, cfg)
-
-    def draw(ids: torch.Tensor, gen: torch.Generator) -> Noised:
-        return diffusion.draw(sample_posterior(mean[ids], std[ids], gen), gen)
-
-    def loss(model: torch.nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        ids = train_ids[batch.indices]
-        return terms(model, batch.shard(ids), batch.shard(draw(ids, gen)))
-
-    def val_fn(model: torch.nn.Module) -> dict[str, float]:
-        return chunked_mean(lambda ids, gen: terms(model, ids, draw(ids, gen)), val_ids, train.seed + VAL_SEED)
-
+    split = holdout_split(len(pairs), cfg.val_fraction, train.seed)
+    loss = UNetKD(t_unet, student, fmap, cache, Diffusion(pipe.scheduler.config), cfg, device, split,
+                  train.seed + VAL_SEED)
     key = run_key(teacher=teacher, data=asdict(data), kd=asdict(cfg), size=size, files=list(pairs["image"]),
                   # contents, not only names: retrained models or remade images restart the run
                   weights=fingerprint(teacher), data_key=bytes(cache["key"].tolist()).decode())
-    trainer = Trainer(student, loss, len(train_ids), run_dir, train, val_fn=val_fn if len(val_ids) else None,
-                      name=name, run_key=key)
+    trainer = Trainer(student, loss, len(loss.train_ids), run_dir, train,
+                      val_fn=loss.validate if len(loss.val_ids) else None, name=name, run_key=key)
     try:
         result = trainer.fit()
     finally:
-        t_hooks.remove()
-        s_hooks.remove()
+        loss.remove()
     student = trainer.unwrapped.eval()
     if half:
         t_unet.to(torch.float32)

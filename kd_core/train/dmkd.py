@@ -16,16 +16,16 @@ import torch
 from kd_core.class_prompts import grammar_classes
 from kd_core.config import build
 from kd_core.errors import KDError
+from kd_core.image_folder import LabelledImages
 from kd_core.sources import fingerprint
 from kd_core.train.classifier_data import folder_images, manifest_images, world_images
 from kd_core.train.classifier_kd import (
     ClassifierKDConfig,
     ClassifierModelConfig,
-    LabelledImages,
     load_classifier_model,
     train_classifier,
 )
-from kd_core.train.loop import TrainConfig
+from kd_core.train.loop import TrainConfig, steps_per_epoch
 
 
 class RunPaths(NamedTuple):
@@ -106,7 +106,8 @@ def train_student(d: DMKDData, data: str, out: RunPaths, cfg: ClassifierKDConfig
     if fraction < 1.0 and cfg.train.max_steps is None:
         # a share of the set trains for as many optimizer steps as the whole set: set size, not budget, varies
         full = round(len(train) / fraction * (1 - cfg.val_fraction))
-        cfg = replace(cfg, train=replace(cfg.train, max_steps=cfg.train.epochs * max(1, full // cfg.train.batch_size)))
+        per_epoch = steps_per_epoch(full, cfg.train.batch_size, cfg.train.gradient_accumulation)
+        cfg = replace(cfg, train=replace(cfg.train, max_steps=cfg.train.epochs * per_epoch))
     teacher = load_classifier_model(teacher_dir) if cfg.objective == "kd" else None
     if teacher is not None and list(teacher.config.id2label.values()) != classes:
         raise KDError(f"{name}: the teacher in {teacher_dir} knows classes {list(teacher.config.id2label.values())}, "

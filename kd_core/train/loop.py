@@ -287,6 +287,7 @@ class Trainer:
             raise KDError(f"{name}: monitor_mode is {cfg.monitor_mode!r}; choose min or max")
         self.model, self.opt, self.sched = self.accelerator.prepare(model, opt, _scheduler(opt, cfg, self.total))
         self.ema: dict[str, torch.Tensor] | None = None
+        self._ema_pairs = None
         if cfg.ema_decay is not None:
             self.ema = trainable_state(self.unwrapped)
         self.best: dict[str, torch.Tensor] | None = None
@@ -356,6 +357,7 @@ class Trainer:
             self.best = load_file(str(last / "best.safetensors"))
         if self.ema is not None:
             self.ema = load_file(str(last / "ema.safetensors"))
+            self._ema_pairs = None
         tqdm.write(f"{self.name}: resuming from {last} (step {run.step} of {self.total})", file=sys.stderr)
         return run
 
@@ -397,12 +399,15 @@ class Trainer:
         if self.ema is None:
             return
         decay = min(self.cfg.ema_decay, (1 + step) / (10 + step)) if self.cfg.ema_warmup else self.cfg.ema_decay
-        live = self.unwrapped.state_dict(keep_vars=True)
-        params = [n for n in self.ema if isinstance(live[n], torch.nn.Parameter)]
-        torch._foreach_lerp_([self.ema[n] for n in params], [live[n].detach() for n in params], 1.0 - decay)
-        for name, avg in self.ema.items():  # buffers (running statistics) follow the model
-            if not isinstance(live[name], torch.nn.Parameter):
-                avg.copy_(live[name])
+        if self._ema_pairs is None:  # (average, live tensor) of parameters and of buffers, looked up once
+            live = self.unwrapped.state_dict(keep_vars=True)
+            self._ema_pairs = tuple([(self.ema[n], live[n].detach()) for n in self.ema if isinstance(live[n], torch.nn.Parameter) == is_param]
+                                    for is_param in (True, False))
+        params, buffers = self._ema_pairs
+        if params:
+            torch._foreach_lerp_([a for a, _ in params], [v for _, v in params], 1.0 - decay)
+        for avg, value in buffers:  # buffers (running statistics) follow the model
+            avg.copy_(value)
 
     def _evaluate(self, run: _Progress, epoch: int) -> None:
         """Validation terms into the log; the best weights kept, early stopping decided. Ties of the

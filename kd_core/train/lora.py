@@ -129,27 +129,14 @@ def save_lora(pipe, modules: dict[str, torch.nn.Module], out_dir: str | Path, ko
         write_json(tmp / "lora_config.json", metadata or {})
 
 
-def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir: str | Path, cfg: LoRAConfig,
-               train: TrainConfig) -> TrainResult:
-    """LoRA-tune ``student`` (hub id or folder) on ``data``; the adapter goes to ``adapter_dir``.
-
-    ``run_dir`` keeps the encoded-data cache, resumable checkpoints and ``loss.parquet``.
-    """
-    run_dir = Path(run_dir)
-    device = resolve_device(train.device)
-    pipe = load_pipeline(student, device, torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    size = cfg.resolution or model_default_size(pipe)
-    pairs = load_pairs(data)
-    cache = encode_pairs(pipe, pairs, size, run_dir / "cache.safetensors", encode_text=not cfg.text_encoder)
-    prompts = sorted(pairs["prompt"].unique())
-    torch.manual_seed(train.seed)  # LoRA's random initialisation of A
-    modules = add_lora(pipe, cfg)
-    diffusion = Diffusion(pipe.scheduler.config, cfg.snr_gamma)
+def text_conditioning(pipe, cache: dict[str, torch.Tensor], prompts: list[str], cfg: LoRAConfig, size: int,
+                      device: torch.device):
+    """``conditioning(ids, drop) -> U-Net kwargs``: the text conditioning of examples ``ids`` (cached
+    embeddings, or the text encoders run anew when they are tuned); rows where ``drop`` is set get the
+    empty prompt's (SDXL: pooled embedding and size ids too)."""
+    pidx = cache["prompt_index"]
     xl = "pooled_embeds" in cache or getattr(pipe, "text_encoder_2", None) is not None
     empty = encode_text_batch(pipe, [""]) if cfg.proportion_empty_prompts > 0 and not cfg.text_encoder else {}
-    val_ids, train_ids = holdout_split(len(pairs), cfg.val_fraction, train.seed)
-    mean, std, pidx = cache["latent_mean"], cache["latent_std"], cache["prompt_index"]
 
     def conditioning(ids: torch.Tensor, drop: torch.Tensor | None = None) -> dict:
         """The U-Net's text conditioning of ``ids``; rows where ``drop`` is set get the empty prompt's."""
@@ -173,6 +160,31 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
             time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=emb.dtype, device=device).repeat(len(ids), 1)
             kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
         return kw
+
+    return conditioning
+
+
+def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir: str | Path, cfg: LoRAConfig,
+               train: TrainConfig) -> TrainResult:
+    """LoRA-tune ``student`` (hub id or folder) on ``data``; the adapter goes to ``adapter_dir``.
+
+    ``run_dir`` keeps the encoded-data cache, resumable checkpoints and ``loss.parquet``.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(train.device)
+    pipe = load_pipeline(student, device, torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    size = cfg.resolution or model_default_size(pipe)
+    pairs = load_pairs(data)
+    cache = encode_pairs(pipe, pairs, size, run_dir / "cache.safetensors", encode_text=not cfg.text_encoder)
+    prompts = sorted(pairs["prompt"].unique())
+    torch.manual_seed(train.seed)  # LoRA's random initialisation of A
+    modules = add_lora(pipe, cfg)
+    diffusion = Diffusion(pipe.scheduler.config, cfg.snr_gamma)
+    val_ids, train_ids = holdout_split(len(pairs), cfg.val_fraction, train.seed)
+    mean, std = cache["latent_mean"], cache["latent_std"]
+
+    conditioning = text_conditioning(pipe, cache, prompts, cfg, size, device)
 
     def terms(model: torch.nn.Module, ids: torch.Tensor, noised: Noised, drop: torch.Tensor | None = None):
         pred = model(noised.noisy.to(device), noised.t.to(device), ids, drop).float()

@@ -34,11 +34,6 @@ class SizeKDConfig:
     feature_kd: bool = False
 
 
-def student_name(factor: float) -> str:
-    """``w0p25`` for factor 0.25: the model name of a width student (results/<exp>/models/<name>/)."""
-    return "w" + f"{factor:g}".replace(".", "p")
-
-
 def train_width_student(teacher: str, data: DataConfig, out_dir: str | Path, run_dir: str | Path, cfg: SizeKDConfig,
                         train: TrainConfig) -> TrainResult:
     """Distil the U-Net of ``teacher`` into its ``cfg.factor``-wide student on ``data``; save a pipeline folder."""

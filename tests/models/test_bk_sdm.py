@@ -7,11 +7,11 @@ from kd_core.models.bk_sdm import (
     LEVELS,
     SD15_UNET_CONFIG,
     build_student,
-    count_parameters,
     feature_map,
     student_config,
     weight_map,
 )
+from kd_core.models.params import count_parameters
 from kd_core.train.distill import FeatureHooks
 
 SD15 = SD15_UNET_CONFIG

@@ -7,16 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from kd_core.errors import KDError
+from kd_core.image_folder import LabelledImages, split_validation
 from kd_core.train.classifier_kd import (
     ClassifierKDConfig,
     ClassifierModelConfig,
-    LabelledImages,
     build_classifier,
     kd_loss,
     load_classifier_model,
     logits_of,
     preprocess,
-    split_validation,
     train_classifier,
 )
 from kd_core.world.render import render

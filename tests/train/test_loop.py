@@ -326,3 +326,22 @@ def test_best_weights_and_resume_carry_batch_norm_statistics(tmp_path):
         assert torch.equal(v, snapshots[0][k]), k  # running_mean / running_var too, not only the parameters
     saved = load_file(str(complete_checkpoints(tmp_path / "checkpoints")[-1] / "trainable.safetensors"))
     assert {"1.running_mean", "1.running_var"} <= set(saved)
+
+
+def test_shared_helpers():
+    from kd_core.train.loop import Batch, chunked_mean, holdout_split, run_key, steps_per_epoch
+
+    val, train = holdout_split(10, 0.2, seed=1)
+    assert len(val) == 2 and sorted(torch.cat([val, train]).tolist()) == list(range(10))
+    assert torch.equal(holdout_split(10, 0.2, seed=1)[0], val)  # seeded
+    assert len(holdout_split(10, 0.0, 1)[0]) == 0 and len(holdout_split(1, 0.5, 1)[0]) == 0
+    assert len(holdout_split(2, 0.9, 1)[1]) == 1  # never every example
+    assert steps_per_epoch(64, 4, 3) == 5 and steps_per_epoch(3, 8) == 1
+    assert run_key(a=1, b=[2]) == run_key(b=[2], a=1) != run_key(a=2, b=[2]) and len(run_key(a=1)) == 16
+    b = Batch(torch.arange(6), rank=1, world=2)
+    assert b.local.tolist() == [1, 3, 5] and b.shard(list("abcdef")) == ["b", "d", "f"] and len(b) == 6
+    # the mean over examples, not over chunks (a short last chunk weighs less); each chunk's draws fixed
+    means = chunked_mean(lambda ids, gen: {"x": ids.float().mean()}, torch.arange(20), seed=0, chunk=16)
+    assert means["x"] == pytest.approx(9.5)
+    draws = [chunked_mean(lambda ids, gen: {"r": torch.rand(1, generator=gen)}, torch.arange(4), seed=7) for _ in "ab"]
+    assert draws[0] == draws[1]

@@ -7,7 +7,7 @@ from diffusers import DiffusionPipeline
 
 from kd_core.train.data import DataConfig
 from kd_core.train.loop import TrainConfig
-from kd_core.train.size_kd import SizeKDConfig, student_name, train_width_student
+from kd_core.train.size_kd import SizeKDConfig, train_width_student
 
 from ..conftest import random_image_manifest
 
@@ -15,10 +15,6 @@ from ..conftest import random_image_manifest
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     return random_image_manifest(tmp_path_factory.mktemp("images"), 6)
-
-
-def test_student_names():
-    assert [student_name(f) for f in (0.25, 0.5, 1.0, 0.01)] == ["w0p25", "w0p5", "w1", "w0p01"]
 
 
 def test_width_student_trains_saves_and_samples(tiny_sd15, images, tmp_path):

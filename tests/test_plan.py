@@ -1,0 +1,81 @@
+"""The experiment plan from the validated configs, without Snakemake and without torch."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from kd_core.experiment import validate_experiment
+from kd_core.plan import FIGURE_TITLES, Plan, guidance_tag, width_student_name
+
+from .conftest import ROOT
+
+
+def plan_of(name: str, **changes) -> Plan:
+    cfg = yaml.safe_load((ROOT / "config" / name).read_text())
+    for dotted, value in changes.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return Plan(validate_experiment(cfg, ROOT / "config" / "schema.yaml"))
+
+
+def test_names():
+    assert [width_student_name(f) for f in (0.25, 0.5, 1.0, 0.01)] == ["w0p25", "w0p5", "w1", "w0p01"]
+    assert [guidance_tag(g) for g in (2.0, 7.5)] == ["g2", "g7p5"]
+
+
+def test_smoke_plan():
+    plan = plan_of("smoke.yaml")
+    assert plan.out == "results/smoke"
+    assert plan.models == ["teacher", "base_student", "lora_student", "bk_small", "bk_small_nofeat", "w0p5", "w1"]
+    assert plan.size_factors == {"w0p5": 0.5, "w1": 1.0} and plan.bk_models == ["bk_small", "bk_small_nofeat"]
+    assert plan.model_entry("w0p5") == {"source": "results/smoke/models/w0p5", "splits": ["eval"],
+                                        "generation": plan.config["models"]["teacher"]["generation"]}
+    assert plan.model_entry("lora_student")["generation"]["lora"] == "results/smoke/models/lora_student"
+    assert plan.model_dir("toy:teacher") == "results/smoke/models/toy_teacher" and plan.teacher_source == plan.model_dir("toy:teacher")
+    assert plan.grid_models == ["teacher", "base_student", "lora_student"]  # eval and filler images
+    # DM-KD: the real-data student, each set with KD and hard labels, the 50% share; every run per seed
+    assert list(plan.dmkd_runs) == ["real_ce", "g2_kd", "g2_ce", "g2_f50_kd", "g2_f50_ce"]
+    assert plan.dmkd_runs["g2_f50_kd"] == {"data": "g2", "fraction": 0.5, "objective": "kd", "guidance": 2.0,
+                                           "baseline": "g2_f50_ce"}
+    assert len(plan.dmkd_jobs) == 10 and plan.dmkd_job("g2_kd_s1")["seed"] == 1
+    assert plan.dmkd_data("real_ce_s0") == "real"
+    assert plan.dmkd_data("g2_kd_s0") == "results/smoke/dmkd/synthetic/g2/manifest.parquet"
+    assert set(plan.dmkd_student_inputs("g2_kd_s0")) == {"real", "synthetic", "teacher"}
+    assert "teacher" not in plan.dmkd_student_inputs("g2_ce_s0")
+    assert plan.training_data("block_kd") == "results/smoke/images/teacher/manifest.parquet"
+    targets = plan.all_targets()
+    assert len(targets) == len(set(targets)) and "results/smoke/paper/summary.md" in targets
+    assert set(plan.metric_tables()) >= {"pairwise", "summary", "classifier_kd", "size_study", "timestep_mse"}
+    assert set(plan.paper_figures()) >= {FIGURE_TITLES["size_heatmap"], FIGURE_TITLES["dmkd_accuracy"],
+                                         "2x2 prompt/filler grid: lora_student"}
+    assert set(plan.loss_tables()) == {"toy vae", "toy teacher", "toy student", "LoRA", "BK-SDM bk_small",
+                                       "BK-SDM bk_small_nofeat", "width w0p5", "width w1"}
+
+
+def test_disabled_studies_plan_nothing():
+    plan = plan_of("smoke.yaml", **{"lora.enabled": False, "block_kd.enabled": False, "size_study.enabled": False,
+                                    "classifier_kd.enabled": False})
+    assert plan.models == ["teacher", "base_student"]
+    assert plan.lora_inputs() == {} and plan.block_kd_inputs() == {} and plan.size_analysis_inputs() == {}
+    assert plan.dmkd_runs == {} and plan.dmkd_jobs == {} and plan.size_figures() == [] and plan.dmkd_figures() == []
+    assert not any("dmkd" in t or "size_" in t for t in plan.all_targets())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "tiny.yaml"])
+def test_every_figure_has_a_title_and_names_are_unique(name):
+    plan = plan_of(name)
+    assert len(plan.models) == len(set(plan.models))
+    assert len(plan.paper_figures()) == len([f for f in plan.figure_targets() + plan.comparison_targets() if f.endswith(".png")])
+
+
+def test_planning_imports_no_torch():
+    code = ("import sys, yaml; from kd_core.experiment import validate_experiment; from kd_core.plan import Plan; "
+            f"Plan(validate_experiment(yaml.safe_load(open({str(ROOT / 'config' / 'config.yaml')!r})), "
+            f"{str(ROOT / 'config' / 'schema.yaml')!r})).all_targets(); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
