@@ -47,6 +47,18 @@ SCRIPT = textwrap.dedent("""
         elif kind == "block_kd":
             from kd_core.train.block_kd import BlockKDConfig, train_block_kd
             train_block_kd(source, data, out + "/model", out + "/run", BlockKDConfig(level="bk_small", val_fraction=0.25), train)
+        elif kind == "classifier":  # DM-KD: a ResNet student taught by a random teacher on random images
+            import torch
+            from kd_core.image_folder import LabelledImages
+            from kd_core.train.classifier_kd import ClassifierKDConfig, ClassifierModelConfig, build_classifier, train_classifier
+            gen = torch.Generator().manual_seed(0)
+            data = LabelledImages(torch.randint(0, 255, (24, 3, 16, 16), dtype=torch.uint8, generator=gen),
+                                  torch.arange(24) % 2, ["a", "b"])
+            model = ClassifierModelConfig(embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), image_size=16)
+            torch.manual_seed(1)
+            teacher = build_classifier(model, data.classes)
+            cfg = ClassifierKDConfig(objective="kd", model=model, val_fraction=0.25, train=train)
+            train_classifier(data, data, out + "/model", out + "/run", out + "/predictions.parquet", cfg, teacher)
         else:
             from kd_core.train.size_kd import SizeKDConfig, train_width_student
             train_width_student(source, data, out + "/model", out + "/run", SizeKDConfig(factor=0.5, val_fraction=0.25), train)
@@ -88,3 +100,19 @@ def test_two_processes_train_the_weights_of_one(request, tmp_path, images, kind,
     assert moved > 1e-4 and worst < 1e-6, f"largest difference {worst:.2e} (last step moved weights by up to {moved:.2e})"
     if kind != "lora":
         DiffusionPipeline.from_pretrained(tmp_path / "two" / "model")  # the main process wrote the pipeline
+
+
+@pytest.mark.slow  # half a minute; the three diffusion trainers above stay in make test
+def test_two_processes_train_one_classifier(tmp_path):
+    """The DM-KD classifier trains through DDP: both ranks end equal. (Not equal to one process: its
+    batch norm takes statistics over each process's share of the batch, as DDP without SyncBatchNorm
+    does, and SyncBatchNorm needs CUDA.)"""
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    rank0, rank1 = _train(script, "classifier", "-", "-", tmp_path / "two", 2)
+    assert rank0 and rank0.keys() == rank1.keys()
+    # running statistics: each rank's from its last share of the batch (DDP broadcasts rank 0's at each forward)
+    params = [k for k in rank0 if not k.endswith(("running_mean", "running_var"))]
+    assert len(params) < len(rank0)
+    for k in params:
+        assert torch.equal(rank0[k], rank1[k]), f"{k}: the ranks' weights differ"
