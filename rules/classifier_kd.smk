@@ -77,7 +77,7 @@ rule dmkd_teacher:
         "../workflow_scripts/dmkd_train.py"
 
 
-rule dmkd_student:
+use rule dmkd_teacher as dmkd_student with:
     input:
         unpack(dmkd_student_input),
     output:
@@ -95,14 +95,6 @@ rule dmkd_student:
         f"{OUT}/logs/dmkd_student_{{dmkd_run}}.log",
     benchmark:
         f"{OUT}/benchmarks/dmkd_student_{{dmkd_run}}.tsv"
-    threads: MODEL_THREADS
-    resources:
-        mem_mb=16000,
-        gpu=1,
-    conda:
-        "../envs/kd_core.yaml"
-    script:
-        "../workflow_scripts/dmkd_train.py"
 
 
 rule dmkd_summary:

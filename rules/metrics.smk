@@ -49,52 +49,41 @@ rule attribute_summary:
 
 # shards.metrics = N > 1: N pairwise_shard jobs per student, each a contiguous slice of its image
 # pairs; pairwise gathers them into the same per-student table.
+rule pairwise_shard:
+    input:
+        manifest=f"{OUT}/images/{{model}}/manifest.parquet",
+        reference=f"{OUT}/images/teacher/manifest.parquet",
+    output:
+        f"{OUT}/metrics/pairwise/{{model}}/{{shard}}.parquet",
+    params:
+        code=code_hash("kd_core.metrics.pairwise"),
+    log:
+        f"{OUT}/logs/pairwise_{{model}}_{{shard}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/pairwise_{{model}}_{{shard}}.tsv"
+    threads: PLAN.metrics["workers"]
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/pairwise.py"
+
+
 if len(PLAN.metric_shards) == 1:
 
-    rule pairwise:
-        input:
-            manifest=f"{OUT}/images/{{model}}/manifest.parquet",
-            reference=f"{OUT}/images/teacher/manifest.parquet",
+    use rule pairwise_shard as pairwise with:
         output:
             f"{OUT}/metrics/pairwise/{{model}}.parquet",
-        params:
-            code=code_hash("kd_core.metrics.pairwise"),
         log:
             f"{OUT}/logs/pairwise_{{model}}.log",
         benchmark:
             f"{OUT}/benchmarks/pairwise_{{model}}.tsv"
-        threads: PLAN.metrics["workers"]
-        resources:
-            mem_mb=2000,
-        conda:
-            "../envs/kd_core.yaml"
-        script:
-            "../workflow_scripts/pairwise.py"
 
 else:
 
     localrules:
         pairwise,
-
-    rule pairwise_shard:
-        input:
-            manifest=f"{OUT}/images/{{model}}/manifest.parquet",
-            reference=f"{OUT}/images/teacher/manifest.parquet",
-        output:
-            f"{OUT}/metrics/pairwise/{{model}}/{{shard}}.parquet",
-        params:
-            code=code_hash("kd_core.metrics.pairwise"),
-        log:
-            f"{OUT}/logs/pairwise_{{model}}_{{shard}}.log",
-        benchmark:
-            f"{OUT}/benchmarks/pairwise_{{model}}_{{shard}}.tsv"
-        threads: PLAN.metrics["workers"]
-        resources:
-            mem_mb=2000,
-        conda:
-            "../envs/kd_core.yaml"
-        script:
-            "../workflow_scripts/pairwise.py"
 
     rule pairwise:
         input:
