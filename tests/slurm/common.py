@@ -27,15 +27,25 @@ def model_thread_rules() -> set[str]:
 
 
 def gpu_rules(rules_dir: Path = ROOT / "rules") -> set[str]:
-    """Rules whose own resources ask for a GPU (``gpu=1`` in rules/*.smk)."""
-    found = set()
+    """Rules whose resources ask for a GPU (``gpu=1`` in rules/*.smk), their own or, for
+    ``use rule A as B with:``, A's unless B's block sets resources of its own."""
+    found, derived = set(), {}
+    head = r"^[ \t]*(?:(?:rule|checkpoint)[ \t]+(\w+)|use[ \t]+rule[ \t]+(\w+)[ \t]+as[ \t]+(\w+)[ \t]+with)[ \t]*:"
     for smk in sorted(rules_dir.glob("*.smk")):
-        # a rule's block runs from its `rule NAME:` line to the next rule or checkpoint
-        blocks = re.split(r"^\s*(?:rule|checkpoint)\s+(?=\w+:)", smk.read_text(), flags=re.M)[1:]
-        for block in blocks:
-            name = block.split(":", 1)[0]
-            if re.search(r"^\s*gpu\s*=\s*[1-9]", block, flags=re.M):
-                found.add(name)
+        text = smk.read_text()
+        heads = list(re.finditer(head, text, flags=re.M))
+        for i, m in enumerate(heads):
+            # a rule's block runs from its header to the next rule, checkpoint or use rule
+            block = text[m.end(): heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+            asks = re.search(r"^\s*gpu\s*=\s*[1-9]", block, flags=re.M) is not None
+            if m.group(1):
+                if asks:
+                    found.add(m.group(1))
+            elif asks or not re.search(r"^\s*resources\s*:", block, flags=re.M):
+                derived[m.group(3)] = (m.group(2), asks)
+    for name, (parent, asks) in derived.items():
+        if asks or parent in found:
+            found.add(name)
     return found
 
 
