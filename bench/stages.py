@@ -6,7 +6,7 @@ per study, from the Snakemake benchmark files of one experiment.
 
 Each job's ``benchmarks/<rule>_<wildcards>.tsv`` is matched to its rule (the longest rule name in
 ``rules/*.smk`` that prefixes the file name); its study is the rule file (world, generate, lora,
-block_kd, size_study, classifier_kd, metrics, figures, report). ``wall_s`` sums the jobs' own wall
+block_kd, size_study, dmkd, metrics, figures, report). ``wall_s`` sums the jobs' own wall
 times (what the run would take one job after another), ``cpu_s`` their CPU time (the ``job
 resources:`` line kd_core's job wrapper ends each log with); the run's elapsed time, from the first job
 start to the last job end recorded in the newest ``.snakemake/log`` file of this experiment, is

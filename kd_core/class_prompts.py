@@ -66,4 +66,4 @@ def write_class_prompts(table: pd.DataFrame, out_path: str | Path, metadata: dic
     schema = PROMPT_SCHEMA
     for a in table.columns[len(PROMPT_SCHEMA) :]:
         schema = schema.append(pa.field(a, pa.string()))
-    write_parquet(table, out_path, schema, "classifier_kd/class_prompts", metadata)
+    write_parquet(table, out_path, schema, "dmkd/class_prompts", metadata)

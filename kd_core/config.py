@@ -41,6 +41,8 @@ def _with_defaults(validator_class):
 
 _Validator = _with_defaults(jsonschema.Draft7Validator)
 
+RENAMED = {"classifier_kd": "dmkd"}  # config keys of earlier versions -> their names now
+
 
 def _describe(error: ValidationError) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
@@ -50,6 +52,8 @@ def _describe(error: ValidationError) -> str:
         allowed = sorted(schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         where = f"{key}." if error.absolute_path else ""
+        if not error.absolute_path and extra[0] in RENAMED:
+            return f"config key '{extra[0]}' is now called '{RENAMED[extra[0]]}'; rename it in your config file"
         return f"unknown config key '{where}{extra[0]}'; allowed keys here: {', '.join(allowed)}"
     if v == "required":
         return f"config key '{key}' lacks a required entry: {error.message}"

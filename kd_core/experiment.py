@@ -35,7 +35,7 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
                                   "are sampled and evaluated like every model: set evaluate_images: true")
             _check_training_data(cfg, section)
     _check_metrics(cfg)
-    _check_classifier_kd(cfg, main)
+    _check_dmkd(cfg, main)
     return cfg
 
 
@@ -139,28 +139,28 @@ def _check_ddpm_model(m: dict[str, Any], latent: bool = False) -> None:
                           f"down-samplings cannot halve evenly; use a multiple of {2 ** (len(ch) - 1)}")
 
 
-def _check_classifier_kd(cfg: dict[str, Any], grammar) -> None:
+def _check_dmkd(cfg: dict[str, Any], grammar) -> None:
     """DM-KD: real data from the world or an existing folder; labels that the grammar has; a synthetic source."""
-    d = cfg["classifier_kd"]
+    d = cfg["dmkd"]
     if not d["enabled"]:
         return
     if d["real"] is None:
         if not cfg["world"]["enabled"]:
-            raise ConfigError("config key 'classifier_kd.real' is null, which means the shapes world's images, but "
+            raise ConfigError("config key 'dmkd.real' is null, which means the shapes world's images, but "
                               "'world.enabled' is false; give a folder with train/<class>/ and test/<class>/")
         unknown = [a for a in d["labels"] if a not in grammar.attributes]
         if unknown:
-            raise ConfigError(f"config key 'classifier_kd.labels' has {unknown}, not attributes of grammar "
+            raise ConfigError(f"config key 'dmkd.labels' has {unknown}, not attributes of grammar "
                               f"{grammar.name!r}; choose among {grammar.attributes}")
     else:
         root = Path(d["real"]).expanduser()
         missing = [s for s in ("train", "test") if not (root / s).is_dir()]
         if missing:
-            raise ConfigError(f"config key 'classifier_kd.real': {d['real']!r} lacks the sub-folder(s) {missing}; "
+            raise ConfigError(f"config key 'dmkd.real': {d['real']!r} lacks the sub-folder(s) {missing}; "
                               "expected <folder>/train/<class>/ and <folder>/test/<class>/ images")
     folder = d["synthetic"]["folder"]
     if folder is not None and not Path(folder).expanduser().is_dir():
-        raise ConfigError(f"config key 'classifier_kd.synthetic.folder': {folder!r} is not a folder; give "
+        raise ConfigError(f"config key 'dmkd.synthetic.folder': {folder!r} is not a folder; give "
                           "<folder>/<class>/ images or null to generate them with the teacher")
 
 

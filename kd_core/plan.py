@@ -68,7 +68,7 @@ class Plan:
         self.extractor = self.metrics["features"]["extractor"]
         self.clip = self.metrics["clip_model"]
         self.efficiency = self.metrics["efficiency"]["enabled"]
-        self.dmkd = config["classifier_kd"]
+        self.dmkd = config["dmkd"]
         self.images = config["evaluate_images"]  # the text-to-image evaluation (off for a classifier-only study)
         self.image_shards = shard_names(config["shards"]["images"])  # generation jobs per model
         self.metric_shards = shard_names(config["shards"]["metrics"])  # pairwise-metric jobs per student
@@ -392,14 +392,14 @@ class Plan:
 
     def metric_tables(self) -> dict[str, str]:
         if not self.images:
-            return {"classifier_kd": f"{self.out}/metrics/classifier_kd.parquet"} if self.dmkd["enabled"] else {}
+            return {"dmkd": f"{self.out}/metrics/dmkd.parquet"} if self.dmkd["enabled"] else {}
         tables = ["pairwise", "summary"]
         tables += ["improvement"] if "base_student" in self.students and len(self.students) > 1 else []
         tables += ["distribution"] if self.extractor != "none" else []
         tables += ["alignment"] if self.clip else []
         tables += ["efficiency"] if self.efficiency else []
         tables += ["attribute_accuracy"] if self.world else []
-        tables += ["classifier_kd"] if self.dmkd["enabled"] else []
+        tables += ["dmkd"] if self.dmkd["enabled"] else []
         tables += ["size_study", "timestep_mse"] if self.size_models else []
         return {t: f"{self.out}/metrics/{t}.parquet" for t in tables}
 

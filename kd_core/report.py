@@ -26,7 +26,7 @@ TITLES = {
     "efficiency": "Efficiency (median of repeats)",
     "size_study": "Model size: width students against the teacher (MSE to the teacher over all timestep buckets [95% CI over images])",
     "timestep_mse": "Model size: noise-prediction MSE to the teacher per timestep bucket (rows: models by width)",
-    "classifier_kd": "DM-KD: classifiers on the real test split, mean over training seeds [95% CI over seeds and test images]; paired difference to the hard-label student",
+    "dmkd": "DM-KD: classifiers on the real test split, mean over training seeds [95% CI over seeds and test images]; paired difference to the hard-label student",
 }
 
 
@@ -73,7 +73,7 @@ def format_efficiency(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def format_classifier_kd(df: pd.DataFrame) -> pd.DataFrame:
+def format_dmkd(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "run": df["run"], "data": df["data"], "objective": df["objective"],
         "guidance": df["guidance"].map(lambda g: "" if not np.isfinite(g) else f"{g:g}"), "train images": df["n_train"],
@@ -158,7 +158,7 @@ def _batch_latency(s: pd.DataFrame, meta: dict) -> str:
             f"p = {meta.get('spearman_width_vs_latency_batch_p', np.nan):.2g})")
 
 
-FORMATTERS = {"classifier_kd": format_classifier_kd, "size_study": format_size_study, "timestep_mse": format_timestep_mse, "summary": format_summary, "improvement": format_improvement, "distribution": format_distribution,
+FORMATTERS = {"dmkd": format_dmkd, "size_study": format_size_study, "timestep_mse": format_timestep_mse, "summary": format_summary, "improvement": format_improvement, "distribution": format_distribution,
               "attribute_accuracy": format_attributes, "efficiency": format_efficiency}
 
 
@@ -204,7 +204,7 @@ def write_paper(tables: dict[str, str | os.PathLike], figures: dict[str, str | o
              "Every number below is read from the Parquet tables in `metrics/`; every figure is in PNG and PDF.", ""]
     heads = headline(loaded["improvement"]) if "improvement" in loaded and not loaded["improvement"].empty else []
     heads += size_headline(loaded["size_study"], read_metadata(tables["size_study"])) if "size_study" in loaded else []
-    heads += dmkd_headline(loaded["classifier_kd"]) if "classifier_kd" in loaded else []
+    heads += dmkd_headline(loaded["dmkd"]) if "dmkd" in loaded else []
     if heads:
         lines += ["## Headline", ""] + [f"- {s}" for s in heads] + [""]
     lines += ["## Tables", ""]

@@ -3,7 +3,7 @@
 
 
 # Seconds of matplotlib each: on a cluster (profiles/slurm) they run on the submitting host
-# instead of queueing as jobs. figure_dmkd is defined in rules/classifier_kd.smk.
+# instead of queueing as jobs. figure_dmkd is defined in rules/dmkd.smk.
 localrules:
     figure_metrics,
     figure_distribution,

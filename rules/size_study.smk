@@ -3,13 +3,13 @@
 # output-KD loss), each a model w<factor> sampled and evaluated like every other model (rule
 # generate, metrics, efficiency); then the size analyses, each a named target writing Parquet
 # and its figures: timestep_mse (size x timestep heatmap), trajectory (divergence and denoising
-# grid), size_latency (interleaved U-Net step latency and FLOPs), size_summary (cost and quality
+# grid), size_latency (interleaved U-Net step latency and FLOPs), size_study_summary (cost and quality
 # against size, the efficiency frontier). All of it: the
 # target size_study.
 
 
 localrules:
-    figure_size,
+    figure_size_study,
     size_study,
 
 
@@ -43,19 +43,19 @@ rule train_width_student:
     input:
         **PLAN.size_train_inputs(),
     output:
-        model=directory(f"{OUT}/models/{{ws}}"),
-        loss=f"{OUT}/train/{{ws}}/loss.parquet",
+        model=directory(f"{OUT}/models/{{width_student}}"),
+        loss=f"{OUT}/train/{{width_student}}/loss.parquet",
     params:
         teacher=lambda wildcards: PLAN.teacher_source,
         data=lambda wildcards: PLAN.training_data("size_study"),
         size=PLAN.size_train,
         factor=size_factor,
         seed=config["seed"],
-        code=code_hash("kd_core.train.size_kd"),
+        code=code_hash("kd_core.train.size_study"),
     log:
-        f"{OUT}/logs/train_width_student_{{ws}}.log",
+        f"{OUT}/logs/train_width_student_{{width_student}}.log",
     benchmark:
-        f"{OUT}/benchmarks/train_width_student_{{ws}}.tsv"
+        f"{OUT}/benchmarks/train_width_student_{{width_student}}.tsv"
     threads: MODEL_THREADS
     resources:
         mem_mb=32000,
@@ -149,33 +149,33 @@ rule trajectory:
         "../workflow_scripts/trajectory.py"
 
 
-rule size_summary:
+rule size_study_summary:
     input:
         **PLAN.size_summary_inputs(),
     output:
         f"{OUT}/metrics/size_study.parquet",
     params:
         factors=PLAN.size_factors,
-        code=code_hash("kd_core.metrics.size"),
+        code=code_hash("kd_core.metrics.size_study"),
     log:
-        f"{OUT}/logs/size_summary.log",
+        f"{OUT}/logs/size_study_summary.log",
     benchmark:
-        f"{OUT}/benchmarks/size_summary.tsv"
+        f"{OUT}/benchmarks/size_study_summary.tsv"
     threads: 1
     resources:
         mem_mb=2000,
     conda:
         "../envs/kd_core.yaml"
     script:
-        "../workflow_scripts/size_summary.py"
+        "../workflow_scripts/size_study_summary.py"
 
 
-rule figure_size:
+rule figure_size_study:
     input:
         timestep=rules.timestep_mse.output[0],
         trajectory=rules.trajectory.output.table,
         images=rules.trajectory.output.images,
-        summary=rules.size_summary.output[0],
+        summary=rules.size_study_summary.output[0],
     output:
         heatmap=report(f"{OUT}/figures/size_heatmap.png", caption="../report/size_study.rst", category="Model size"),
         heatmap_pdf=f"{OUT}/figures/size_heatmap.pdf",
@@ -190,16 +190,16 @@ rule figure_size:
     params:
         code=code_hash("kd_core.figures.size_study"),
     log:
-        f"{OUT}/logs/figure_size.log",
+        f"{OUT}/logs/figure_size_study.log",
     benchmark:
-        f"{OUT}/benchmarks/figure_size.tsv"
+        f"{OUT}/benchmarks/figure_size_study.tsv"
     threads: 1
     resources:
         mem_mb=2000,
     conda:
         "../envs/kd_core.yaml"
     script:
-        "../workflow_scripts/figure_size.py"
+        "../workflow_scripts/figure_size_study.py"
 
 
 rule size_study:

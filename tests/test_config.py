@@ -47,6 +47,7 @@ def test_every_config_is_checked():
 
 @pytest.mark.parametrize("patch,message", [
     ({"prompts": {"n_evals": 3}}, "unknown config key 'prompts.n_evals'; allowed keys here: filler_grammar"),
+    ({"classifier_kd": {"enabled": False}}, "config key 'classifier_kd' is now called 'dmkd'; rename it in your config file"),
     ({"prompts": {"n_eval": "ten"}}, "config key 'prompts.n_eval' is 'ten', of the wrong type; expected integer"),
     ({"prompts": {"n_eval": 0}}, "config key 'prompts.n_eval' is 0, out of range; allowed: >= 1"),
     ({"world": {"toy": {"teacher": {"channels": [32, 64], "steps": 10, "lr": -1}}}},

@@ -50,7 +50,7 @@ def test_smoke_plan():
     assert plan.training_data("block_kd") == "results/smoke/images/teacher/manifest.parquet"
     targets = plan.all_targets()
     assert len(targets) == len(set(targets)) and "results/smoke/paper/summary.md" in targets
-    assert set(plan.metric_tables()) >= {"pairwise", "summary", "classifier_kd", "size_study", "timestep_mse"}
+    assert set(plan.metric_tables()) >= {"pairwise", "summary", "dmkd", "size_study", "timestep_mse"}
     assert set(plan.paper_figures()) >= {FIGURE_TITLES["size_heatmap"], FIGURE_TITLES["dmkd_accuracy"],
                                          "2x2 prompt/filler grid: lora_student"}
     assert set(plan.loss_tables()) == {"toy vae", "toy teacher", "toy student", "LoRA", "BK-SDM bk_small",
@@ -59,7 +59,7 @@ def test_smoke_plan():
 
 def test_disabled_studies_plan_nothing():
     plan = plan_of("smoke.yaml", **{"lora.enabled": False, "block_kd.enabled": False, "size_study.enabled": False,
-                                    "classifier_kd.enabled": False})
+                                    "dmkd.enabled": False})
     assert plan.models == ["teacher", "base_student"]
     assert plan.lora_inputs() == {} and plan.block_kd_inputs() == {} and plan.size_analysis_inputs() == {}
     assert plan.dmkd_runs == {} and plan.dmkd_jobs == {} and plan.size_figures() == [] and plan.dmkd_figures() == []

@@ -1,6 +1,6 @@
-"""Adapter: rule figure_dmkd -> kd_core.figures.classifier_kd (accuracy panels, per-epoch curves)."""
+"""Adapter: rule figure_dmkd -> kd_core.figures.dmkd (accuracy panels, per-epoch curves)."""
 
-from kd_core.figures.classifier_kd import accuracy_figure, curves_figure
+from kd_core.figures.dmkd import accuracy_figure, curves_figure
 from kd_core.runlog import job
 
 with job(snakemake.log[0], snakemake.threads):

@@ -216,10 +216,10 @@ def _save_ddpm(out_dir: str | Path, unet: UNet2DModel, sched: DDPMScheduler, aut
         write_json(tmp / "ddpm.json", {**info, "params": count_parameters(unet)})
 
 
-def train_ddpm(folder: str | Path, out_dir: str | Path, run_dir: str | Path, cfg: DDPMConfig, train: TrainConfig,
-               vae: str | None = None) -> TrainResult:
-    """Train a DDPM on ``folder``: in pixel space, or in the latent space of the frozen autoencoder
-    ``vae`` (a source: folder or hub id). Writes the best model as a ``DDPMPipeline`` (pixels) or
+def train_ddpm(vae: str | None, folder: str | Path, out_dir: str | Path, run_dir: str | Path, cfg: DDPMConfig,
+               train: TrainConfig) -> TrainResult:
+    """Train a DDPM on the image ``folder``: in the latent space of the frozen autoencoder ``vae``
+    (a source: folder or hub id), or with ``None`` in pixel space. Writes the best model as a ``DDPMPipeline`` (pixels) or
     ``LDMPipeline`` (latents) folder with ``ddpm.json`` and ``samples.png``."""
     device = resolve_device(train.device)
     images, n_val = _split(load_training_images(folder, cfg, train.seed), cfg, train.seed)

@@ -1,6 +1,6 @@
 """Distilling a teacher U-Net into a student U-Net on noised latents: the part BK-SDM block
 distillation (:mod:`kd_core.train.block_kd`) and the width students of the model-size study
-(:mod:`kd_core.train.size_kd`) share.
+(:mod:`kd_core.train.size_study`) share.
 
     loss = w_task * MSE(student noise, true noise)                      (task loss)
          + w_out  * MSE(student output, teacher output)                 (output-level KD)

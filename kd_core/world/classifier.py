@@ -26,7 +26,7 @@ from kd_core.world.dataset import load_images, load_split
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class AttributeClassifierConfig:
     steps: int = 400
     batch_size: int = 64
     lr: float = 2e-3
@@ -91,7 +91,7 @@ def predict(model: AttributeClassifier, images: torch.Tensor, batch_size: int = 
 ACCURACY_SCHEMA = pa.schema([("attribute", pa.string()), ("accuracy", pa.float64()), ("n", pa.int64())])
 
 
-def train_classifier(data_table: str | Path, out_dir: str | Path, cfg: ClassifierConfig,
+def train_attribute_classifier(data_table: str | Path, out_dir: str | Path, cfg: AttributeClassifierConfig,
                      attributes: list[str], image_size: int) -> pd.DataFrame:
     """Train on the real train split; write the model and held-out accuracy per attribute."""
     gen = seed_everything(cfg.seed)

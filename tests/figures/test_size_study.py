@@ -15,7 +15,7 @@ from kd_core.figures.size_study import (
 )
 from kd_core.io import write_parquet
 from kd_core.metrics.latency import LATENCY_SCHEMA
-from kd_core.metrics.size import SIZE_SCHEMA, pareto_front, size_summary
+from kd_core.metrics.size_study import SIZE_SCHEMA, pareto_front, size_study_summary
 from kd_core.metrics.timestep import TIMESTEP_SCHEMA
 from kd_core.metrics.trajectory import TRAJECTORY_SCHEMA
 
@@ -56,7 +56,7 @@ def test_pareto_front():
 
 def test_size_summary_and_figures(tmp_path):
     tables(tmp_path)
-    out = size_summary(tmp_path / "ts.parquet", tmp_path / "tr.parquet", tmp_path / "eff.parquet", tmp_path / "dist.parquet",
+    out = size_study_summary(tmp_path / "ts.parquet", tmp_path / "tr.parquet", tmp_path / "eff.parquet", tmp_path / "dist.parquet",
                        FACTORS, tmp_path / "size.parquet").set_index("model")
     assert list(pd.read_parquet(tmp_path / "size.parquet").columns) == SIZE_SCHEMA.names
     assert list(out.index) == ["teacher", "w0p25", "w0p5", "w1"]
@@ -69,7 +69,7 @@ def test_size_summary_and_figures(tmp_path):
     assert summary.attrs["spearman_width_vs_mse_teacher"] == pytest.approx(-1.0)
     assert summary.attrs["spearman_width_vs_latency"] == pytest.approx(1.0)  # no latency table: per image
     assert summary.attrs["spearman_width_vs_mse_teacher_p"] == pytest.approx(2 / 6)  # exact: 2 of 3! orderings
-    timed = size_summary(tmp_path / "ts.parquet", tmp_path / "tr.parquet", tmp_path / "eff.parquet", tmp_path / "dist.parquet",
+    timed = size_study_summary(tmp_path / "ts.parquet", tmp_path / "tr.parquet", tmp_path / "eff.parquet", tmp_path / "dist.parquet",
                          FACTORS, tmp_path / "size_t.parquet", latency=tmp_path / "lat.parquet").set_index("model")
     assert timed.loc["w0p5", "step_ms"] == 5.0 and timed.loc["w0p5", "step_ms_batch"] == 20.0
     assert timed.loc["w1", "gflops_per_step"] == 10.0 and timed.loc["w0p25", "step_ms_ci_low"] == 5.0

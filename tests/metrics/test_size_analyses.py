@@ -30,9 +30,9 @@ def students(tiny_sd15, tmp_path_factory):
     out = {}
     for f in (0.5, 1.0):
         out[f"w{f:g}".replace(".", "p")] = str(root / str(f))
-        save_student_pipeline(pipe, build_width_student(pipe.unet, f, seed=1), root / str(f), "size_kd.json", {"factor": f})
+        save_student_pipeline(pipe, build_width_student(pipe.unet, f, seed=1), root / str(f), "size_study.json", {"factor": f})
     out["same"] = str(root / "same")  # the teacher's own U-Net: zero distance
-    save_student_pipeline(pipe, pipe.unet, root / "same", "size_kd.json", {})
+    save_student_pipeline(pipe, pipe.unet, root / "same", "size_study.json", {})
     return out
 
 

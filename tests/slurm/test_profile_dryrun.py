@@ -29,7 +29,7 @@ SITE = {"KD_SLURM_PARTITION": "cpuq", "KD_SLURM_GPU_PARTITION": "gpuq", "KD_SLUR
         "KD_SLURM_GPU_MODEL": "h100"}
 # rules that run on the submitting host, never as SLURM jobs (localrules in rules/figures.smk, rules/report.smk)
 LOCAL = {"figure_metrics", "figure_distribution", "figure_attributes", "figure_loss", "figure_efficiency",
-         "comparison_models", "comparison_grid", "figure_dmkd", "figure_size", "size_study", "paper", "pairwise_gather",
+         "comparison_models", "comparison_grid", "figure_dmkd", "figure_size_study", "size_study", "paper", "pairwise_gather",
          "alignment_gather", "all"}
 
 
@@ -68,7 +68,7 @@ def _path_without_slurm(tmp: Path, fakes: Path | None = None) -> str:
 
 
 def _config(name: str, tmp: Path) -> Path:
-    """config/experiments/<name>.yaml; a classifier_kd.real or ddpm_teacher.data folder it names but this
+    """config/experiments/<name>.yaml; a dmkd.real or ddpm_teacher.data folder it names but this
     machine lacks is faked (empty)."""
     path = ROOT / "config" / "experiments" / f"{name}.yaml"
     cfg = yaml.safe_load(path.read_text())
@@ -82,12 +82,12 @@ def _config(name: str, tmp: Path) -> Path:
     if faked:
         path = tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    real = (cfg.get("classifier_kd") or {}).get("real")
+    real = (cfg.get("dmkd") or {}).get("real")
     if real and not (ROOT / real).exists():
         for split in ("train", "test"):
-            for c in cfg["classifier_kd"].get("classes") or ["a", "b"]:
+            for c in cfg["dmkd"].get("classes") or ["a", "b"]:
                 (tmp / "real" / split / c).mkdir(parents=True)
-        cfg["classifier_kd"]["real"] = str(tmp / "real")
+        cfg["dmkd"]["real"] = str(tmp / "real")
         path = tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -64,7 +64,7 @@ def test_train_early_stop_best_model_checkpoints_and_samples(tmp_path):
     data = folder(tmp_path / "data", n=10)
     # lr so large the validation loss cannot keep improving: patience 2 stops the run early
     cfg = TrainConfig(epochs=30, batch_size=8, lr=0.05, patience=2, device="cpu", lr_scheduler="constant")
-    result = train_ddpm(data, tmp_path / "model", tmp_path / "run", TINY, cfg)
+    result = train_ddpm(None, data, tmp_path / "model", tmp_path / "run", TINY, cfg)
     assert result.stopped_early and result.steps < 30 * 2 and result.best_step <= result.steps
     loss = pd.read_parquet(tmp_path / "run" / "loss.parquet")
     val = loss[(loss["split"] == "val") & (loss["term"] == "loss")]
@@ -86,7 +86,7 @@ def test_latent_ddpm_trains_on_a_frozen_autoencoder(tmp_path):
     vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
     before = {k: v.clone() for k, v in vae.state_dict().items()}
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, device="cpu", lr_scheduler="constant")
-    result = train_ddpm(data, tmp_path / "model", tmp_path / "run", TINY, cfg, vae=str(tmp_path / "vae"))
+    result = train_ddpm(str(tmp_path / "vae"), data, tmp_path / "model", tmp_path / "run", TINY, cfg)
     assert result.steps == 4 and result.best_step is not None
     meta = json.loads((tmp_path / "model" / "ddpm.json").read_text())
     assert meta["space"] == "latent" and meta["vae"] == str(tmp_path / "vae")
@@ -112,7 +112,7 @@ def test_latent_ddpm_trains_on_a_frozen_autoencoder(tmp_path):
     # a pipeline folder's vae/ is found
     pipe.save_pretrained(tmp_path / "pipe")
     (tmp_path / "pipe" / "vqvae").rename(tmp_path / "pipe" / "vae")
-    train_ddpm(data, tmp_path / "model2", tmp_path / "run2", TINY, replace(cfg, epochs=1), vae=str(tmp_path / "pipe"))
+    train_ddpm(str(tmp_path / "pipe"), data, tmp_path / "model2", tmp_path / "run2", TINY, replace(cfg, epochs=1))
     assert json.loads((tmp_path / "model2" / "ddpm.json").read_text())["steps"] == 2
 
 
@@ -120,17 +120,17 @@ def test_latent_ddpm_refuses_bad_autoencoders(tmp_path):
     data = folder(tmp_path / "data", n=4)
     cfg = TrainConfig(epochs=1, batch_size=4, device="cpu")
     with pytest.raises(KDError, match="'ddpm_teacher.vae': local path .* does not exist"):
-        train_ddpm(data, tmp_path / "m", tmp_path / "r", TINY, cfg, vae=str(tmp_path / "nowhere"))
+        train_ddpm(str(tmp_path / "nowhere"), data, tmp_path / "m", tmp_path / "r", TINY, cfg)
     (tmp_path / "empty").mkdir()
     with pytest.raises(KDError, match="cannot be loaded"):
-        train_ddpm(data, tmp_path / "m", tmp_path / "r", TINY, cfg, vae=str(tmp_path / "empty"))
+        train_ddpm(str(tmp_path / "empty"), data, tmp_path / "m", tmp_path / "r", TINY, cfg)
     vae = tiny_vae()
     vae.register_to_config(shift_factor=0.1)
     vae.save_pretrained(tmp_path / "shifted")
     with pytest.raises(KDError, match="shift_factor"):
-        train_ddpm(data, tmp_path / "m", tmp_path / "r", TINY, cfg, vae=str(tmp_path / "shifted"))
+        train_ddpm(str(tmp_path / "shifted"), data, tmp_path / "m", tmp_path / "r", TINY, cfg)
     tiny_vae().save_pretrained(tmp_path / "vae")
     with pytest.raises(KDError, match="image_size 15 is not a multiple of the autoencoder's 2 pixels"):
-        train_ddpm(folder(tmp_path / "odd", n=4, size=15), tmp_path / "m", tmp_path / "r",
-                   replace(TINY, image_size=15), cfg, vae=str(tmp_path / "vae"))
+        train_ddpm(str(tmp_path / "vae"), folder(tmp_path / "odd", n=4, size=15), tmp_path / "m", tmp_path / "r",
+                   replace(TINY, image_size=15), cfg)
     assert not (tmp_path / "m").exists()

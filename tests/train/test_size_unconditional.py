@@ -19,7 +19,7 @@ from kd_core.models.tiny import tiny_vae
 from kd_core.train.data import DataConfig
 from kd_core.train.ddpm import DDPMConfig, build_ddpm_unet
 from kd_core.train.loop import TrainConfig
-from kd_core.train.size_kd import SizeKDConfig, train_width_student
+from kd_core.train.size_study import SizeStudyConfig, train_width_student
 
 from ..conftest import random_image_manifest
 
@@ -43,13 +43,13 @@ def teacher_dir(request, tmp_path_factory):
 def test_unconditional_width_student_and_analyses(teacher_dir, tmp_path):
     teacher, manifest = str(teacher_dir / "teacher"), str(teacher_dir / "manifest.parquet")
     pixel = teacher_dir.name.startswith("pixel")
-    train_width_student(teacher, DataConfig(source=manifest), tmp_path / "w0p5", tmp_path / "run", SizeKDConfig(factor=0.5, val_fraction=0.25),
+    train_width_student(teacher, DataConfig(source=manifest), tmp_path / "w0p5", tmp_path / "run", SizeStudyConfig(factor=0.5, val_fraction=0.25),
                         TrainConfig(max_steps=2, batch_size=2, device="cpu", checkpoint_every=1, lr=1e-3))
     student = DiffusionPipeline.from_pretrained(tmp_path / "w0p5")
     assert type(student).__name__ == ("DDPMPipeline" if pixel else "LDMPipeline")
     assert list(student.unet.config.block_out_channels) == [8, 16]
     assert student.scheduler.config.clip_sample == pixel  # pixels keep x0 clipping, latents do not
-    assert json.loads((tmp_path / "w0p5" / "size_kd.json").read_text())["params_student"] > 0
+    assert json.loads((tmp_path / "w0p5" / "size_study.json").read_text())["params_student"] > 0
     # sampled from a prompt table: the prompts are ignored, the seeds fix the images
     prompts = pd.read_parquet(manifest)
     man = generate_images(str(tmp_path / "w0p5"), prompts, tmp_path / "images", GenerationConfig(steps=3, batch_size=4, device="cpu"),

@@ -50,18 +50,18 @@ SCRIPT = textwrap.dedent("""
         elif kind == "classifier":  # DM-KD: a ResNet student taught by a random teacher on random images
             import torch
             from kd_core.image_folder import LabelledImages
-            from kd_core.train.classifier_kd import ClassifierKDConfig, ClassifierModelConfig, build_classifier, train_classifier
+            from kd_core.train.classifier import ClassifierConfig, ClassifierModelConfig, build_classifier, train_classifier
             gen = torch.Generator().manual_seed(0)
             data = LabelledImages(torch.randint(0, 255, (24, 3, 16, 16), dtype=torch.uint8, generator=gen),
                                   torch.arange(24) % 2, ["a", "b"])
             model = ClassifierModelConfig(embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), image_size=16)
             torch.manual_seed(1)
             teacher = build_classifier(model, data.classes)
-            cfg = ClassifierKDConfig(objective="kd", model=model, val_fraction=0.25, train=train)
-            train_classifier(data, data, out + "/model", out + "/run", out + "/predictions.parquet", cfg, teacher)
+            cfg = ClassifierConfig(objective="kd", model=model, val_fraction=0.25)
+            train_classifier(data, data, out + "/model", out + "/run", out + "/predictions.parquet", cfg, train, teacher)
         else:
-            from kd_core.train.size_kd import SizeKDConfig, train_width_student
-            train_width_student(source, data, out + "/model", out + "/run", SizeKDConfig(factor=0.5, val_fraction=0.25), train)
+            from kd_core.train.size_study import SizeStudyConfig, train_width_student
+            train_width_student(source, data, out + "/model", out + "/run", SizeStudyConfig(factor=0.5, val_fraction=0.25), train)
 """)
 
 

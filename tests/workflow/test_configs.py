@@ -54,7 +54,7 @@ def test_size_study_cifar10_config_dry_run(tmp_path):
     cfg.write_text(text.replace("data/cifar10", str(tmp_path / "cifar10")))
     jobs = planned_jobs(ROOT, "--configfile", str(cfg))
     assert jobs == {"prompts": 1, "train_ddpm": 1, "generate": 5, "train_width_student": 4, "timestep_mse": 1,
-                    "trajectory": 1, "size_latency": 1, "size_summary": 1, "figure_size": 1, "pairwise": 4, "pairwise_gather": 1,
+                    "trajectory": 1, "size_latency": 1, "size_study_summary": 1, "figure_size_study": 1, "pairwise": 4, "pairwise_gather": 1,
                     "distribution": 1, "efficiency": 1, "summary": 1, "figure_metrics": 1, "figure_distribution": 1,
                     "figure_efficiency": 1, "figure_loss": 1, "comparison_models": 1, "paper": 1, "all": 1}
     out = run(ROOT, "-n", "--configfile", str(cfg), "--printshellcmds").stdout
@@ -100,10 +100,10 @@ BAD = {
                      "config key 'models.teacher.generation.guidance_scale' is 99, out of range; allowed: <= 50"),
     "missing local path": ("models:\n  teacher: {source: /data/models/sdxl}\n  base_student: {source: 'toy:student'}\n",
                            "config key 'models.teacher.source': local path '/data/models/sdxl' does not exist"),
-    "dmkd label": ("classifier_kd: {enabled: true, labels: [mood]}\n",
-                   "config key 'classifier_kd.labels' has ['mood'], not attributes of grammar 'shapes'"),
-    "dmkd real folder": ("classifier_kd: {enabled: true, real: /nonexistent/cifar10}\n",
-                         "config key 'classifier_kd.real': '/nonexistent/cifar10' lacks the sub-folder(s) ['train', 'test']"),
+    "dmkd label": ("dmkd: {enabled: true, labels: [mood]}\n",
+                   "config key 'dmkd.labels' has ['mood'], not attributes of grammar 'shapes'"),
+    "dmkd real folder": ("dmkd: {enabled: true, real: /nonexistent/cifar10}\n",
+                         "config key 'dmkd.real': '/nonexistent/cifar10' lacks the sub-folder(s) ['train', 'test']"),
 }
 
 

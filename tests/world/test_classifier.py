@@ -1,12 +1,12 @@
 import pandas as pd
 
 from kd_core.world.classifier import (
-    ClassifierConfig,
+    AttributeClassifierConfig,
     attribute_accuracy,
     load_classifier,
     predict,
     summarize_accuracy,
-    train_classifier,
+    train_attribute_classifier,
 )
 from kd_core.world.dataset import WorldDataConfig, load_split, make_real_dataset
 from kd_core.world.render import DEFAULTS
@@ -16,7 +16,7 @@ def test_classifier_learns_and_scores_images(tmp_path):
     table = tmp_path / "data" / "data.parquet"
     df = make_real_dataset(WorldDataConfig(n_train=512, n_test=128, seed=1), table)
     assert len(df) == 640 and (tmp_path / "data" / df["image"].iloc[0]).is_file()
-    acc = train_classifier(table, tmp_path / "clf", ClassifierConfig(steps=150), list(DEFAULTS), 32)
+    acc = train_attribute_classifier(table, tmp_path / "clf", AttributeClassifierConfig(steps=150), list(DEFAULTS), 32)
     # A short run on little data: well above chance on every attribute (full run: >= 99%, see the workflow).
     assert (acc.set_index("attribute")["accuracy"] > 0.8).all(), acc
     clf = load_classifier(tmp_path / "clf")

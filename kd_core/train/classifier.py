@@ -35,7 +35,7 @@ from kd_core.errors import KDError
 from kd_core.image_folder import LabelledImages, split_validation
 from kd_core.io import atomic_dir, write_parquet
 from kd_core.train import loop
-from kd_core.train.loop import Batch, TrainConfig, Trainer
+from kd_core.train.loop import Batch, TrainConfig, Trainer, TrainResult
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet statistics (transformers ResNet's processor)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -123,7 +123,7 @@ def logits_of(model: torch.nn.Module, images: torch.Tensor, size: int, batch_siz
 
 
 @dataclass(frozen=True)
-class ClassifierKDConfig:
+class ClassifierConfig:
     """One classifier run: ``objective`` ce (hard labels) or kd (teacher's soft labels, + ``hard_weight`` x CE)."""
 
     objective: str = "kd"  # kd | ce
@@ -136,10 +136,12 @@ class ClassifierKDConfig:
     augment_blur: float = 0.0  # share of training images blurred (robustness to generated images)
     augment_noise: float = 0.0  # std of added Gaussian noise, in [0, 1] pixel units
     model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=50, batch_size=128, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
-        lr_scheduler="multistep", milestones=(0.5, 0.8), gamma=0.1, max_grad_norm=None,
-        monitor="accuracy", monitor_mode="max", restore_best=True))
+
+
+# DM-KD's recipe for CIFAR-10 students: SGD lr 0.05, momentum 0.9, weight decay 5e-4, decay at 50% and 80%
+CLASSIFIER_TRAIN = TrainConfig(epochs=50, batch_size=128, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
+                               lr_scheduler="multistep", milestones=(0.5, 0.8), gamma=0.1, max_grad_norm=None,
+                               monitor="accuracy", monitor_mode="max", restore_best=True)
 
 
 PREDICTION_SCHEMA = pa.schema([("index", pa.int64()), ("label", pa.string()), ("predicted", pa.string()),
@@ -156,7 +158,7 @@ def prediction_table(model: torch.nn.Module, data: LabelledImages, size: int) ->
                          "confidence": logits.softmax(-1).max(-1).values.double().tolist()})
 
 
-def _check_run(train_data: LabelledImages, test_data: LabelledImages, cfg: ClassifierKDConfig,
+def _check_run(train_data: LabelledImages, test_data: LabelledImages, cfg: ClassifierConfig,
                teacher: torch.nn.Module | None, name: str) -> None:
     if cfg.objective not in ("kd", "ce"):
         raise KDError(f"{name}: objective is {cfg.objective!r}; choose kd or ce")
@@ -167,8 +169,8 @@ def _check_run(train_data: LabelledImages, test_data: LabelledImages, cfg: Class
 
 
 def train_classifier(train_data: LabelledImages, test_data: LabelledImages, model_dir: str | Path, train_dir: str | Path,
-                     predictions: str | Path, cfg: ClassifierKDConfig, teacher: torch.nn.Module | None = None,
-                     name: str = "classifier", run_key: str = "") -> pd.DataFrame:
+                     predictions: str | Path, cfg: ClassifierConfig, train_cfg: TrainConfig = CLASSIFIER_TRAIN,
+                     teacher: torch.nn.Module | None = None, name: str = "classifier", run_key: str = "") -> TrainResult:
     """Train one classifier; write ``model_dir`` (save_pretrained, safetensors), ``train_dir``
     (checkpoints, ``loss.parquet``) and the real-test ``predictions`` table.
 
@@ -177,11 +179,11 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
     """
     _check_run(train_data, test_data, cfg, teacher, name)
     size = cfg.model.image_size
-    train, val = split_validation(train_data, cfg.val_fraction, cfg.train.seed)
+    train, val = split_validation(train_data, cfg.val_fraction, train_cfg.seed)
     if len(train) == 0 or len(val) == 0:
         raise KDError(f"{name}: {len(train)} training and {len(val)} validation images are too few; give every class "
                       "at least two images (generate more, or raise val_fraction)")
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(train_cfg.seed)
     model = build_classifier(cfg.model, train_data.classes)
     if teacher is not None:
         teacher.requires_grad_(False).eval()
@@ -196,13 +198,13 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
         logits = model(pixel_values=x).logits
         ce = F.cross_entropy(logits.float(), train.labels[batch.local].to(device))
         if cfg.objective == "ce":
-            return {"loss": ce, "task_ce": ce}
+            return {"loss": ce, "task": ce}
         with torch.no_grad():
             t_logits = teacher(pixel_values=x.to(next(teacher.parameters()).device)).logits.to(device)
         kd = kd_loss(logits, t_logits, cfg.temperature)
         loss = cfg.kd_weight * kd + cfg.hard_weight * ce
-        return {"loss": loss, "output_kd": kd, "task_ce": ce, "output_kd_weighted": cfg.kd_weight * kd,
-                "task_ce_weighted": cfg.hard_weight * ce}
+        return {"loss": loss, "out_kd": kd, "task": ce, "out_kd_weighted": cfg.kd_weight * kd,
+                "task_weighted": cfg.hard_weight * ce}
 
     def val_fn(model: torch.nn.Module) -> dict[str, float]:
         v_logits, t_logits = logits_of(model, val.images, size), logits_of(model, test_data.images, size)
@@ -210,22 +212,22 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
                 "accuracy": float((v_logits.argmax(-1) == val_targets).float().mean()),
                 "test/accuracy": float((t_logits.argmax(-1) == test_data.labels).float().mean())}
 
-    key = loop.run_key(run=run_key, kd={k: v for k, v in asdict(cfg).items() if k != "train"})
-    trainer = Trainer(model, loss_fn, len(train), train_dir, cfg.train, val_fn, name=name, run_key=key)
+    key = loop.run_key(run=run_key, kd=asdict(cfg))
+    trainer = Trainer(model, loss_fn, len(train), train_dir, train_cfg, val_fn, name=name, run_key=key)
     if teacher is not None:
         teacher.to(trainer.accelerator.device)
     result = trainer.fit()
     model = trainer.unwrapped.cpu()
     if not trainer.accelerator.is_main_process:
-        return pd.DataFrame()
+        return result
     with atomic_dir(model_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     table = prediction_table(model, test_data, size)
-    write_parquet(table, predictions, PREDICTION_SCHEMA, "classifier_kd/predictions",
+    write_parquet(table, predictions, PREDICTION_SCHEMA, "dmkd/predictions",
                   {"run": name, "objective": cfg.objective, "temperature": cfg.temperature, "n_train": len(train),
                    "n_val": len(val), "best_step": result.best_step, "best_val_accuracy": result.best_val,
-                   "steps": result.steps, "config": asdict(cfg)})
-    return table
+                   "steps": result.steps, "config": {**asdict(cfg), "train": asdict(train_cfg)}})
+    return result
 
 
 def load_classifier_model(folder: str | Path) -> torch.nn.Module:

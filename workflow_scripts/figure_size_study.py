@@ -1,4 +1,4 @@
-"""Adapter: rule figure_size -> kd_core.figures.size_study (heatmap, trajectory, denoising grid, cost, quality)."""
+"""Adapter: rule figure_size_study -> kd_core.figures.size_study (heatmap, trajectory, denoising grid, cost, quality)."""
 
 from kd_core.figures import size_study as fig
 from kd_core.runlog import job

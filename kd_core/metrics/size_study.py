@@ -103,7 +103,7 @@ def _join_costs(out: pd.DataFrame, trajectory: str | Path, efficiency: str | Pat
     return lat
 
 
-def size_summary(timestep: str | Path, trajectory: str | Path, efficiency: str | Path | None, distribution: str | Path | None,
+def size_study_summary(timestep: str | Path, trajectory: str | Path, efficiency: str | Path | None, distribution: str | Path | None,
                  factors: dict[str, float], out_path: str | Path | None = None, reference: str = "real",
                  latency: str | Path | None = None) -> pd.DataFrame:
     """Join the size study's tables (FID/KID against ``reference`` images, eval split). ``step_ms``:

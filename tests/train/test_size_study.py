@@ -7,7 +7,7 @@ from diffusers import DiffusionPipeline
 
 from kd_core.train.data import DataConfig
 from kd_core.train.loop import TrainConfig
-from kd_core.train.size_kd import SizeKDConfig, train_width_student
+from kd_core.train.size_study import SizeStudyConfig, train_width_student
 
 from ..conftest import random_image_manifest
 
@@ -20,7 +20,7 @@ def images(tmp_path_factory):
 def test_width_student_trains_saves_and_samples(tiny_sd15, images, tmp_path):
     teacher_cfg = json.loads((tiny_sd15 / "unet" / "config.json").read_text())
     result = train_width_student(str(tiny_sd15), DataConfig(source=str(images)), tmp_path / "model", tmp_path / "run",
-                                 SizeKDConfig(factor=0.5, val_fraction=0.34),
+                                 SizeStudyConfig(factor=0.5, val_fraction=0.34),
                                  TrainConfig(max_steps=2, batch_size=2, device="cpu", checkpoint_every=1, lr=1e-3))
     assert result.steps == 2
     loss = pd.read_parquet(tmp_path / "run" / "loss.parquet")
@@ -34,5 +34,5 @@ def test_width_student_trains_saves_and_samples(tiny_sd15, images, tmp_path):
     image = pipe("a small red circle", num_inference_steps=2, height=64, width=64,
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
-    meta = json.loads((tmp_path / "model" / "size_kd.json").read_text())
-    assert meta["size_kd"]["factor"] == 0.5 and meta["params_student"] < meta["params_teacher"] / 2
+    meta = json.loads((tmp_path / "model" / "size_study.json").read_text())
+    assert meta["size_study"]["factor"] == 0.5 and meta["params_student"] < meta["params_teacher"] / 2

@@ -4,9 +4,9 @@ import pytest
 from matplotlib.collections import PathCollection
 
 from kd_core.errors import KDError
-from kd_core.figures.classifier_kd import accuracy_figure, curves_figure
+from kd_core.figures.dmkd import accuracy_figure, curves_figure
 from kd_core.io import write_parquet
-from kd_core.metrics.classifier import CLASSIFIER_SCHEMA
+from kd_core.metrics.dmkd import DMKD_SCHEMA
 from kd_core.train.loop import LOSS_SCHEMA
 
 
@@ -23,7 +23,7 @@ def table():
 
 
 def test_accuracy_and_curve_figures_are_written(tmp_path):
-    write_parquet(table(), tmp_path / "t.parquet", CLASSIFIER_SCHEMA, "t")
+    write_parquet(table(), tmp_path / "t.parquet", DMKD_SCHEMA, "t")
     fig = accuracy_figure(tmp_path / "t.parquet", tmp_path / "acc.png")
     assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "acc.pdf").read_bytes()[:4] == b"%PDF"
     bars, guidance, size = fig.axes

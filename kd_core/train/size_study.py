@@ -23,7 +23,7 @@ from kd_core.train.loop import TrainConfig, TrainResult
 
 
 @dataclass(frozen=True)
-class SizeKDConfig:
+class SizeStudyConfig:
     factor: float = 0.5
     w_task: float = 1.0
     w_out: float = 1.0
@@ -34,9 +34,9 @@ class SizeKDConfig:
     feature_kd: bool = False
 
 
-def train_width_student(teacher: str, data: DataConfig, out_dir: str | Path, run_dir: str | Path, cfg: SizeKDConfig,
+def train_width_student(teacher: str, data: DataConfig, out_dir: str | Path, run_dir: str | Path, cfg: SizeStudyConfig,
                         train: TrainConfig) -> TrainResult:
     """Distil the U-Net of ``teacher`` into its ``cfg.factor``-wide student on ``data``; save a pipeline folder."""
     return distill_unet(teacher, data, out_dir, run_dir, cfg, train,
                         lambda t_unet: build_width_student(t_unet, cfg.factor, train.seed),
-                        name=f"width {cfg.factor:g}", info_file="size_kd.json", info={"size_kd": asdict(cfg)})
+                        name=f"width {cfg.factor:g}", info_file="size_study.json", info={"size_study": asdict(cfg)})

@@ -22,7 +22,7 @@ from scipy.stats import binomtest
 from kd_core.io import read_metadata, write_parquet
 from kd_core.metrics.bootstrap import bootstrap_ci, percentile_interval, two_level_means
 
-CLASSIFIER_SCHEMA = pa.schema([
+DMKD_SCHEMA = pa.schema([
     ("run", pa.string()), ("data", pa.string()), ("objective", pa.string()), ("guidance", pa.float64()),
     ("n_train", pa.int64()), ("n_seeds", pa.int64()), ("accuracy", pa.float64()), ("ci_low", pa.float64()),
     ("ci_high", pa.float64()), ("seed_sd", pa.float64()), ("seed_accuracies", pa.list_(pa.float64())),
@@ -69,7 +69,7 @@ def _correct(paths: str | Path | list) -> np.ndarray:
     return np.stack(rows)
 
 
-def summarize_classifiers(runs: dict[str, dict], out_path: str | Path | None = None, seed: int = 0,
+def summarize_dmkd(runs: dict[str, dict], out_path: str | Path | None = None, seed: int = 0,
                           n_boot: int = 5000, real_run: str | None = "real_ce") -> pd.DataFrame:
     """``runs``: name -> {predictions (one table, or a list: one per training seed, in the same seed
     order for every run), data, objective, guidance, baseline}. One row per run.
@@ -101,9 +101,9 @@ def summarize_classifiers(runs: dict[str, dict], out_path: str | Path | None = N
                      "relative_to_real": float(c.mean() / real) if real else float("nan"),
                      "baseline": base if base in correct else "", "difference": diff[0], "diff_ci_low": diff[1],
                      "diff_ci_high": diff[2], "p_value": diff[3], "best_step": int(meta.get("best_step") or -1)})
-    out = pd.DataFrame(rows, columns=CLASSIFIER_SCHEMA.names)
+    out = pd.DataFrame(rows, columns=DMKD_SCHEMA.names)
     if out_path is not None:
-        write_parquet(out, out_path, CLASSIFIER_SCHEMA, "metrics/classifier_kd",
+        write_parquet(out, out_path, DMKD_SCHEMA, "metrics/dmkd",
                       {"bootstrap": n_boot, "seed": seed, "real_run": real_run,
                        "ci": "percentile 95%, two-level bootstrap over training seeds and test images",
                        "test": "exact McNemar (paired) with one seed; two-sided two-level bootstrap p with several"})

@@ -1,8 +1,8 @@
 # DM-KD: a classifier teacher trained on real images teaches randomly initialised students only on
 # images the diffusion teacher generates from class prompts (one set per guidance scale); the
 # baselines are a student on the real images and students on the synthetic images with hard
-# labels. Every student run is trained once per seed (classifier_kd.seeds); every classifier is scored
-# on the real test split, and the summary pools the seeds (metrics/classifier_kd.parquet).
+# labels. Every student run is trained once per seed (dmkd.seeds); every classifier is scored
+# on the real test split, and the summary pools the seeds (metrics/dmkd.parquet).
 
 
 rule dmkd_prompts:
@@ -102,13 +102,13 @@ rule dmkd_summary:
         teacher=rules.dmkd_teacher.output.predictions,
         runs=expand(f"{OUT}/metrics/dmkd/{{dmkd_run}}.parquet", dmkd_run=PLAN.dmkd_jobs),
     output:
-        f"{OUT}/metrics/classifier_kd.parquet",
+        f"{OUT}/metrics/dmkd.parquet",
     params:
         runs=PLAN.dmkd_runs,
         jobs=PLAN.dmkd_jobs,
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
-        code=code_hash("kd_core.metrics.classifier"),
+        code=code_hash("kd_core.metrics.dmkd"),
     log:
         f"{OUT}/logs/dmkd_summary.log",
     benchmark:
@@ -133,7 +133,7 @@ rule figure_dmkd:
         curves_pdf=f"{OUT}/figures/dmkd_curves.pdf",
     params:
         runs=list(PLAN.dmkd_loss_tables()),
-        code=code_hash("kd_core.figures.classifier_kd"),
+        code=code_hash("kd_core.figures.dmkd"),
     log:
         f"{OUT}/logs/figure_dmkd.log",
     benchmark:

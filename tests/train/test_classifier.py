@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from kd_core.errors import KDError
 from kd_core.image_folder import LabelledImages, split_validation
-from kd_core.train.classifier_kd import (
-    ClassifierKDConfig,
+from kd_core.train.classifier import (
+    CLASSIFIER_TRAIN,
+    ClassifierConfig,
     ClassifierModelConfig,
     build_classifier,
     kd_loss,
@@ -39,10 +40,17 @@ def shapes_data(n_per_class: int, seed: int) -> LabelledImages:
 SMALL = ClassifierModelConfig(embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1))
 
 
-def config(objective="ce", epochs=6, **kw):
-    base = ClassifierKDConfig()
-    return replace(base, objective=objective, model=SMALL, **kw, train=replace(
-        base.train, epochs=epochs, batch_size=16, lr=0.003, optimizer="adamw", checkpoint_every=1000, device="cpu"))
+def config(objective="ce", **kw):
+    return replace(ClassifierConfig(), objective=objective, model=SMALL, **kw)
+
+
+def train_config(epochs=6):
+    return replace(CLASSIFIER_TRAIN, epochs=epochs, batch_size=16, lr=0.003, optimizer="adamw", checkpoint_every=1000,
+                   device="cpu")
+
+
+def predictions(folder):
+    return pd.read_parquet(folder / "pred.parquet")
 
 
 def test_kd_loss_is_hintons_term():
@@ -81,38 +89,41 @@ def test_preprocess_normalises_and_augments_deterministically():
 
 def test_teacher_learns_saves_and_a_kd_student_follows_it(tmp_path):
     train, test = shapes_data(40, 0), shapes_data(20, 1)
-    pred = train_classifier(train, test, tmp_path / "t" / "model", tmp_path / "t" / "train", tmp_path / "t" / "pred.parquet",
-                            config(epochs=30), name="teacher")
+    result = train_classifier(train, test, tmp_path / "t" / "model", tmp_path / "t" / "train", tmp_path / "t" / "pred.parquet",
+                              config(), train_config(30), name="teacher")
+    pred = predictions(tmp_path / "t")
+    assert result.steps > 0 and result.best_val is not None
     assert pred["correct"].mean() >= 0.9 and len(pred) == 40
     teacher = load_classifier_model(tmp_path / "t" / "model")  # transformers from_pretrained, safetensors
     assert (tmp_path / "t" / "model" / "model.safetensors").is_file()
     assert teacher.config.id2label == {0: "circle", 1: "square"}
     assert (logits_of(teacher, test.images, 32).argmax(-1) == test.labels).float().mean() == pytest.approx(pred["correct"].mean())
     loss = pd.read_parquet(tmp_path / "t" / "train" / "loss.parquet")
-    assert {("val", "accuracy"), ("test", "accuracy"), ("val", "loss"), ("train", "task_ce")} <= set(zip(loss["split"], loss["term"], strict=True))
+    assert {("val", "accuracy"), ("test", "accuracy"), ("val", "loss"), ("train", "task")} <= set(zip(loss["split"], loss["term"], strict=True))
     # the student sees only its own images; labels are ignored by a pure KD objective (a seeded
     # permutation: the validation accuracy that picks the best epoch still reads these labels)
     shuffled = LabelledImages(train.images, train.labels[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))],
                               SHAPES)
-    kd = train_classifier(shuffled, test, tmp_path / "s" / "model", tmp_path / "s" / "train", tmp_path / "s" / "pred.parquet",
-                          config("kd", epochs=30, temperature=4.0), teacher=teacher, name="student")
-    hard = train_classifier(shuffled, test, tmp_path / "h" / "model", tmp_path / "h" / "train", tmp_path / "h" / "pred.parquet",
-                            config("ce", epochs=30), name="hard")
+    train_classifier(shuffled, test, tmp_path / "s" / "model", tmp_path / "s" / "train", tmp_path / "s" / "pred.parquet",
+                     config("kd", temperature=4.0), train_config(30), teacher=teacher, name="student")
+    train_classifier(shuffled, test, tmp_path / "h" / "model", tmp_path / "h" / "train", tmp_path / "h" / "pred.parquet",
+                     config("ce"), train_config(30), name="hard")
+    kd, hard = predictions(tmp_path / "s"), predictions(tmp_path / "h")
     assert kd["correct"].mean() >= 0.85 and hard["correct"].mean() < 0.75, (kd["correct"].mean(), hard["correct"].mean())
     terms = set(pd.read_parquet(tmp_path / "s" / "train" / "loss.parquet")["term"])
-    assert {"output_kd", "task_ce", "output_kd_weighted", "task_ce_weighted"} <= terms
+    assert {"out_kd", "task", "out_kd_weighted", "task_weighted"} <= terms
 
 
 def test_bad_runs_get_one_line(tmp_path):
     data = shapes_data(4, 0)
     args = (data, data, tmp_path / "m", tmp_path / "t", tmp_path / "p.parquet")
     with pytest.raises(KDError, match="objective kd needs a teacher"):
-        train_classifier(*args, config("kd"))
+        train_classifier(*args, config("kd"), train_config())
     one = LabelledImages(data.images[:1], data.labels[:1], SHAPES)
     with pytest.raises(KDError, match="0 validation images are too few"):
-        train_classifier(one, data, *args[2:], config("ce"))
+        train_classifier(one, data, *args[2:], config("ce"), train_config())
     other = LabelledImages(data.images, data.labels, ["a", "b"])
     with pytest.raises(KDError, match="differ from the test classes"):
-        train_classifier(data, other, *args[2:], config("ce"))
+        train_classifier(data, other, *args[2:], config("ce"), train_config())
     with pytest.raises(KDError, match="cannot load the classifier"):
         build_classifier(ClassifierModelConfig(source=str(tmp_path / "nothing")), SHAPES)

@@ -4,13 +4,13 @@ import pytest
 
 from kd_core.io import write_parquet
 from kd_core.metrics.bootstrap import percentile_interval, two_level_means
-from kd_core.metrics.classifier import (
-    CLASSIFIER_SCHEMA,
+from kd_core.metrics.dmkd import (
+    DMKD_SCHEMA,
     paired_difference,
     paired_seed_difference,
-    summarize_classifiers,
+    summarize_dmkd,
 )
-from kd_core.train.classifier_kd import PREDICTION_SCHEMA
+from kd_core.train.classifier import PREDICTION_SCHEMA
 
 
 def predictions(path, correct, n_train=100):
@@ -40,8 +40,8 @@ def test_summary_accuracy_ci_relative_and_baseline(tmp_path):
         "g2_ce": {"predictions": predictions(tmp_path / "c.parquet", [1] * 70 + [0] * 30), "data": "synthetic",
                   "objective": "ce", "guidance": 2.0},
     }
-    out = summarize_classifiers(runs, tmp_path / "s.parquet", n_boot=500).set_index("run")
-    assert list(pd.read_parquet(tmp_path / "s.parquet").columns) == CLASSIFIER_SCHEMA.names
+    out = summarize_dmkd(runs, tmp_path / "s.parquet", n_boot=500).set_index("run")
+    assert list(pd.read_parquet(tmp_path / "s.parquet").columns) == DMKD_SCHEMA.names
     assert out.loc["g2_kd", "accuracy"] == pytest.approx(0.81) and out.loc["g2_kd", "relative_to_real"] == pytest.approx(0.9)
     assert out.loc["g2_kd", "ci_low"] < 0.81 < out.loc["g2_kd", "ci_high"]
     assert out.loc["g2_kd", "difference"] == pytest.approx(0.11) and out.loc["g2_kd", "diff_ci_low"] > 0
@@ -54,7 +54,7 @@ def test_runs_on_different_test_sets_are_refused(tmp_path):
     runs = {"a": {"predictions": predictions(tmp_path / "a.parquet", [1, 0]), "data": "real", "objective": "ce"},
             "b": {"predictions": predictions(tmp_path / "b.parquet", [1, 0, 1]), "data": "real", "objective": "ce"}}
     with pytest.raises(ValueError, match="different test sets"):
-        summarize_classifiers(runs)
+        summarize_dmkd(runs)
 
 
 def test_two_level_bootstrap_widens_with_seed_spread():
@@ -90,7 +90,7 @@ def test_summary_pools_seeds(tmp_path):
 
     runs = {"real_ce": run("r", [90, 92, 94], objective="ce", data="real"),
             "g2_kd": run("k", [80, 90, 85], baseline="g2_ce"), "g2_ce": run("c", [70, 80, 75], objective="ce")}
-    out = summarize_classifiers(runs, tmp_path / "s.parquet", n_boot=1000).set_index("run")
+    out = summarize_dmkd(runs, tmp_path / "s.parquet", n_boot=1000).set_index("run")
     k = out.loc["g2_kd"]
     assert k["n_seeds"] == 3 and k["accuracy"] == pytest.approx(0.85) and k["seed_sd"] == pytest.approx(0.05)
     assert list(k["seed_accuracies"]) == pytest.approx([0.8, 0.9, 0.85])

@@ -7,7 +7,7 @@ from kd_core.class_prompts import class_prompts, grammar_classes, write_class_pr
 from kd_core.errors import KDError
 from kd_core.generate import MANIFEST_SCHEMA
 from kd_core.io import write_parquet
-from kd_core.train.classifier_data import folder_images, manifest_images, world_images
+from kd_core.train.dmkd_data import folder_images, manifest_images, world_images
 from kd_core.world.dataset import WorldDataConfig, make_real_dataset
 
 

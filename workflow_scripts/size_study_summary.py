@@ -1,10 +1,10 @@
-"""Adapter: rule size_summary -> kd_core.metrics.size.size_summary."""
+"""Adapter: rule size_study_summary -> kd_core.metrics.size_study.size_study_summary."""
 
-from kd_core.metrics.size import size_summary
+from kd_core.metrics.size_study import size_study_summary
 from kd_core.runlog import job
 
 with job(snakemake.log[0], snakemake.threads) as log:
     i = snakemake.input
-    table = size_summary(i.timestep, i.trajectory, i.get("efficiency"), i.get("distribution"), snakemake.params.factors,
+    table = size_study_summary(i.timestep, i.trajectory, i.get("efficiency"), i.get("distribution"), snakemake.params.factors,
                          snakemake.output[0], latency=i.latency)
     log.info("\n%s\n%s", table.to_string(index=False), {k: round(v, 4) for k, v in table.attrs.items() if isinstance(v, float)})
