@@ -15,7 +15,9 @@ would over the same global batch. The loop adds what a researcher expects of a l
   clipping, seeding;
 - resumable checkpoints every N optimizer steps (accelerate ``save_state``: trainable weights,
   optimizer, scheduler, RNG), written to a temporary folder and renamed when complete; at most K
-  kept, and the newest complete one is never deleted before a newer one is complete;
+  kept, and the newest complete one is never deleted before a newer one is complete; each
+  records the SHA-256 of each of its files, and resume takes the newest intact one (a damaged
+  one is set aside as ``damaged-step-*`` with a warning naming the file);
 - bit-exact resumption on CPU: the batch order and every random draw are functions of
   (seed, step), so a run resumed from a checkpoint ends with the weights of an uninterrupted run;
 - early stopping on a validation metric (``monitor``, default the loss) with a patience, and/or
@@ -58,8 +60,9 @@ from kd_core.io import write_json, write_parquet
 
 LOSS_SCHEMA = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("split", pa.string()), ("term", pa.string()),
                          ("value", pa.float64())])
-#: Bumped when what a checkpoint holds changes (2: buffers of trained modules), so older ones are not resumed.
-CHECKPOINT_FORMAT = 2
+#: Bumped when what a checkpoint holds changes (2: buffers of trained modules, 3: file checksums), so older
+#: ones are not resumed.
+CHECKPOINT_FORMAT = 3
 #: Seed offset of the fixed draws of a validation loss (noise, timesteps), apart from any training step's.
 VAL_SEED = 12_345
 LR_SCHEDULERS = ("constant", "linear", "cosine", "multistep", "onecycle")
@@ -238,6 +241,38 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(p for p in ckpt_dir.glob("step-*") if (p / "trainer.json").is_file())
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by path relative to it."""
+    return {str(f.relative_to(folder)): _sha256(f) for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def checkpoint_meta(ckpt: Path) -> tuple[dict | None, str | None]:
+    """A finished checkpoint's ``trainer.json`` once every file it lists matches its checksum, or
+    ``(None, what is wrong)``: a file missing, changed since it was written, or trainer.json unreadable."""
+    try:
+        meta = json.loads((ckpt / "trainer.json").read_text())
+        files = meta["files"]
+        if not isinstance(files, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "trainer.json is unreadable or incomplete"
+    for name, digest in files.items():
+        path = ckpt / name
+        if not path.is_file():
+            return None, f"{name} is missing"
+        if _sha256(path) != digest:
+            return None, f"{name} does not match its checksum"
+    return meta, None
+
+
 @dataclass
 class _Progress:
     """Where a run stands: what a checkpoint's ``trainer.json`` and ``loss_rows.parquet`` restore."""
@@ -338,17 +373,11 @@ class Trainer:
         return self._finish(run)
 
     def _resume(self) -> _Progress:
-        """The newest complete checkpoint of this run key, loaded (optimizer, RNG, best and EMA weights), or a fresh start."""
-        done = complete_checkpoints(self.ckpt_dir)
-        if done and json.loads((done[-1] / "trainer.json").read_text()).get("run_key") != self.run_key:
-            tqdm.write(f"{self.name}: checkpoints in {self.ckpt_dir} are of other settings or data; starting afresh", file=sys.stderr)
-            shutil.rmtree(self.ckpt_dir)
-            done = []
-        if not done:
+        """The newest intact checkpoint of this run key, loaded (optimizer, RNG, best and EMA weights), or a fresh start."""
+        last, meta = self._intact_checkpoint()
+        if last is None:
             return _Progress()
-        last = done[-1]
         self.accelerator.load_state(str(last))
-        meta = json.loads((last / "trainer.json").read_text())
         run = _Progress(step=meta["step"], bad_evals=meta["bad_evals"], best_val=meta["best_val"],
                         best_tie=meta.get("best_tie", 0.0), best_step=meta["best_step"],
                         stopped=meta.get("stopped_early", False), finished=bool(meta.get("finished")),
@@ -360,6 +389,33 @@ class Trainer:
             self._ema_pairs = None
         tqdm.write(f"{self.name}: resuming from {last} (step {run.step} of {self.total})", file=sys.stderr)
         return run
+
+    def _intact_checkpoint(self) -> tuple[Path | None, dict | None]:
+        """Newest first: a damaged checkpoint is set aside (renamed ``damaged-step-*``, warning naming the
+        file); the first intact one of this run key is the answer; one of another key discards them all."""
+        done = complete_checkpoints(self.ckpt_dir)
+        self.accelerator.wait_for_everyone()  # every process has listed them before the main one renames any
+        damaged = False
+        for ckpt in reversed(done):
+            meta, problem = checkpoint_meta(ckpt)
+            if meta is None:
+                tqdm.write(f"{self.name}: checkpoint {ckpt} is damaged ({problem}); trying the previous one", file=sys.stderr)
+                damaged = True
+                if self.accelerator.is_main_process:
+                    shutil.rmtree(ckpt.with_name(f"damaged-{ckpt.name}"), ignore_errors=True)
+                    ckpt.rename(ckpt.with_name(f"damaged-{ckpt.name}"))
+                continue
+            if meta.get("run_key") == self.run_key:
+                return ckpt, meta
+            tqdm.write(f"{self.name}: checkpoints in {self.ckpt_dir} are of other settings or data; starting afresh",
+                       file=sys.stderr)
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                shutil.rmtree(self.ckpt_dir)
+            return None, None
+        if damaged:
+            tqdm.write(f"{self.name}: no intact checkpoint in {self.ckpt_dir}; starting afresh", file=sys.stderr)
+        return None, None
 
     def _step(self, step: int) -> tuple[dict[str, float], int]:
         """One optimizer step over ``gradient_accumulation`` micro-batches; the loss terms (mean over
@@ -453,7 +509,8 @@ class Trainer:
             if self.ema is not None:
                 save_file(self.ema, str(tmp / "ema.safetensors"))
             pd.DataFrame(run.rows, columns=LOSS_SCHEMA.names).to_parquet(tmp / "loss_rows.parquet")
-            write_json(tmp / "trainer.json", run.meta(self.run_key, self.cfg))  # written last: marks the checkpoint complete
+            # written last, with every other file's checksum: marks the checkpoint complete
+            write_json(tmp / "trainer.json", {**run.meta(self.run_key, self.cfg), "files": file_checksums(tmp)})
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             for old in complete_checkpoints(self.ckpt_dir)[: -max(1, self.cfg.keep_checkpoints)]:

@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +70,53 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
         assert torch.equal(a, b)
     ref_loss = pd.read_parquet(tmp_path / "ref" / "loss.parquet")
     pd.testing.assert_frame_equal(ref_loss, pd.read_parquet(tmp_path / "run" / "loss.parquet"))
+
+
+def _damage(path, kind):
+    data = path.read_bytes()
+    if kind == "deleted":
+        path.unlink()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # one flipped byte in the middle
+        path.write_bytes(data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1:])
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "truncated", "empty", "deleted"])
+def test_a_damaged_checkpoint_gives_way_to_the_previous_one(tmp_path, kind, capsys):
+    reference, _ = final_weights(tmp_path / "ref")
+    ref_loss = pd.read_parquet(tmp_path / "ref" / "loss.parquet")
+    with pytest.raises(KeyboardInterrupt):
+        final_weights(tmp_path / "run", stop_at=11)  # dies during step 11: checkpoints step-6 and step-9 kept
+    newest = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    files = sorted(f.name for f in newest.iterdir())
+    assert newest.name == "step-00000009" and {"trainable.safetensors", "optimizer.bin", "trainer.json",
+                                               "loss_rows.parquet"} <= set(files)
+    for name in files:  # each file of the newest checkpoint in turn
+        work = tmp_path / f"run-{name}"
+        shutil.copytree(tmp_path / "run", work)
+        _damage(work / "checkpoints" / newest.name / name, kind)
+        capsys.readouterr()
+        resumed, result = final_weights(work)
+        assert result.resumed_from == 6, name
+        assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), resumed.parameters(), strict=True)), name
+        pd.testing.assert_frame_equal(ref_loss, pd.read_parquet(work / "loss.parquet"))
+        if not (name == "trainer.json" and kind == "deleted"):  # without trainer.json the save never completed
+            assert f"checkpoint {work / 'checkpoints' / newest.name} is damaged" in capsys.readouterr().err, name
+            assert (work / "checkpoints" / f"damaged-{newest.name}").is_dir()
+
+
+def test_with_every_checkpoint_damaged_the_run_starts_afresh(tmp_path, capsys):
+    reference, _ = final_weights(tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        final_weights(tmp_path / "run", stop_at=11)
+    for ckpt in complete_checkpoints(tmp_path / "run" / "checkpoints"):
+        _damage(ckpt / "optimizer.bin", "corrupt")
+    resumed, result = final_weights(tmp_path / "run")
+    assert result.resumed_from is None and "no intact checkpoint" in capsys.readouterr().err
+    assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), resumed.parameters(), strict=True))
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path):
