@@ -20,8 +20,9 @@ from diffusers import (
 )
 
 from kd_core.errors import KDError
+from kd_core.models.integrity import check_adapter_folder, check_model_folder
 from kd_core.models.width import unet_class
-from kd_core.sources import check_source, local_path
+from kd_core.sources import check_source, is_local, local_path
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -54,6 +55,8 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     """
     check_source(source, "model")
     path = local_path(source)
+    if is_local(source):
+        check_model_folder(path)
     kwargs: dict = {"dtype": dtype, "use_safetensors": True}
     if variant:
         kwargs["variant"] = variant
@@ -70,6 +73,8 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if vae:
         check_source(vae, "vae")
+        if is_local(vae):
+            check_model_folder(local_path(vae), "vae")
         # an unconditional latent DDPM (LDMPipeline) names its autoencoder "vqvae"
         kwargs["vqvae" if "vqvae" in index else "vae"] = AutoencoderKL.from_pretrained(local_path(vae), dtype=dtype,
                                                                                       use_safetensors=True)
@@ -89,6 +94,8 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
         pipe.scheduler.register_to_config(clip_sample=False)  # pixel DDPMs keep it: x0 in [-1, 1] is right for pixels
     if lora:
         check_source(lora, "lora adapter")
+        if is_local(lora):
+            check_adapter_folder(local_path(lora))
         pipe.load_lora_weights(local_path(lora))
         # the injected LoRA layers (with their dropout) are created in training mode: sample in eval mode
         for name in ("unet", "text_encoder", "text_encoder_2"):
@@ -130,6 +137,8 @@ def load_unet(source: str, device: torch.device, dtype: torch.dtype = torch.floa
     ``UNet2DConditionModel`` or ``UNet2DModel`` as its config says."""
     check_source(source, "model")
     path = local_path(source)
+    if is_local(source):
+        check_model_folder(path)
     sub = "unet" if (Path(path) / "unet" / "config.json").is_file() else None
     config = UNet2DConditionModel.load_config(path, subfolder=sub)
     return unet_class(config).from_pretrained(path, subfolder=sub, dtype=dtype, use_safetensors=True).to(device)

@@ -34,6 +34,8 @@ from transformers import AutoModelForImageClassification, ResNetConfig, ResNetFo
 from kd_core.errors import KDError
 from kd_core.image_folder import LabelledImages, split_validation
 from kd_core.io import atomic_dir, write_parquet
+from kd_core.models.integrity import check_model_component
+from kd_core.sources import is_local, local_path
 from kd_core.train import loop
 from kd_core.train.loop import Batch, TrainConfig, Trainer, TrainResult
 
@@ -56,6 +58,8 @@ class ClassifierModelConfig:
 def build_classifier(cfg: ClassifierModelConfig, classes: list[str]) -> torch.nn.Module:
     labels = {"id2label": dict(enumerate(classes)), "label2id": {c: i for i, c in enumerate(classes)}}
     if cfg.source:
+        if is_local(cfg.source) and Path(local_path(cfg.source)).exists():
+            check_model_component(Path(local_path(cfg.source)), "classifier")
         try:
             return AutoModelForImageClassification.from_pretrained(
                 cfg.source, num_labels=len(classes), ignore_mismatched_sizes=True, use_safetensors=True, **labels)
@@ -232,4 +236,5 @@ def train_classifier(train_data: LabelledImages, test_data: LabelledImages, mode
 
 def load_classifier_model(folder: str | Path) -> torch.nn.Module:
     """A classifier written by :func:`train_classifier` (or any transformers image classifier folder)."""
+    check_model_component(Path(folder), "classifier")
     return AutoModelForImageClassification.from_pretrained(str(folder), use_safetensors=True).eval()

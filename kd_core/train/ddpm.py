@@ -39,9 +39,10 @@ from tqdm.auto import tqdm
 from kd_core.errors import KDError
 from kd_core.image_folder import LabelledImages, read_uint8, scan_image_folder, split_validation
 from kd_core.io import atomic_dir, atomic_path, write_json
+from kd_core.models.integrity import check_model_component
 from kd_core.models.params import count_parameters
 from kd_core.seeding import resolve_device
-from kd_core.sources import check_source, fingerprint, local_path
+from kd_core.sources import check_source, fingerprint, is_local, local_path
 from kd_core.train.diffusion import Diffusion, Noised, sample_posterior
 from kd_core.train.loop import (
     VAL_SEED,
@@ -122,6 +123,8 @@ def load_autoencoder(source: str, device: torch.device) -> AutoencoderKL:
         if config.get("shift_factor"):
             raise KDError(f"ddpm_teacher.vae {source!r} has a shift_factor, which LDMPipeline does not apply; "
                           "use an SD 1.x / SDXL-style VAE")
+        if is_local(source):
+            check_model_component(Path(path) / sub if sub else Path(path), "ddpm_teacher.vae")
         try:
             vae = AutoencoderKL.from_pretrained(path, subfolder=sub, use_safetensors=True)
         except (OSError, ValueError) as exc:

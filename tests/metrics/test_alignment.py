@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from torchmetrics.functional.multimodal import clip_score
 
-from kd_core.errors import ConfigError
+from kd_core.errors import ConfigError, KDError
 from kd_core.metrics.alignment import clip_score_table, clip_scores, load_clip
 from kd_core.models.tiny import build_tiny_clip
 
@@ -44,5 +44,7 @@ def test_clip_score_table(clip_dir, tmp_path):
 
 
 def test_missing_clip_model_is_one_line(tmp_path):
+    with pytest.raises(KDError, match="CLIP model folder .* has no config.json"):
+        load_clip(str(tmp_path))  # a folder, but not a model
     with pytest.raises(ConfigError, match="cannot be loaded"):
-        load_clip(str(tmp_path))
+        load_clip(str(tmp_path / "nowhere"))

@@ -108,7 +108,7 @@ def test_extractor_errors_are_one_line(tmp_path):
         build_extractor(FeatureConfig(extractor="inception", model=str(tmp_path / "missing.pth")))
     with pytest.raises(ConfigError, match="needs the shapes world"):
         build_extractor(FeatureConfig(extractor="classifier"))
-    with pytest.raises(ConfigError, match="cannot be loaded"):
+    with pytest.raises(KDError, match="CLIP model folder .* has no config.json"):
         build_extractor(FeatureConfig(extractor="clip", model=str(tmp_path)))
     with pytest.raises(ConfigError, match="holds no images"):
         folder_images(tmp_path)
