@@ -104,3 +104,52 @@ def build(cls: type[T], values: Mapping[str, Any] | None, **overrides: Any) -> T
 
 def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(f"{loader.name}, line {line}: key {key!r} is given twice (first on line {seen[key]}); "
+                              "keep one (YAML would silently drop the first)")
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping: a duplicate key, a syntax error (file, line and column), an
+    empty file or a file that is not a mapping is one :class:`ConfigError` line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc}); check the --configfile path") from None
+    loader = _StrictLoader(text)
+    loader.name = str(path)
+    try:
+        value = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}{where}: {exc.problem or exc.context}; fix the YAML there") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: {str(exc).splitlines()[0]}") from None
+    finally:
+        loader.dispose()
+    if value is None:
+        raise ConfigError(f"config file {path} is empty; give at least 'experiment: <name>', or leave out "
+                          "--configfile to run the default experiment")
+    if not isinstance(value, dict):
+        raise ConfigError(f"config file {path} holds a {type(value).__name__}, not a mapping of config keys")
+    return value

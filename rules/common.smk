@@ -4,6 +4,7 @@
 import sys
 from pathlib import Path
 
+from kd_core.config import read_config_file
 from kd_core.devices import visible_devices
 from kd_core.errors import KDError
 from kd_core.experiment import validate_experiment
@@ -11,6 +12,8 @@ from kd_core.plan import Plan
 from kd_core.provenance import code_hash
 
 try:
+    for _file in workflow.configfiles:  # duplicate keys, which Snakemake's YAML reading drops silently
+        read_config_file(_file)
     _validated = validate_experiment(config, Path(workflow.basedir) / "config" / "schema.yaml")
 except KDError as _exc:
     sys.stderr.write(f"config error: {_exc}\n")

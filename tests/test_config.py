@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from kd_core.config import build, validate_config
+from kd_core.config import build, read_config_file, validate_config
 from kd_core.errors import ConfigError
 from kd_core.experiment import validate_experiment
 from kd_core.generate import GenerationConfig
@@ -93,3 +93,26 @@ def test_feature_extractor_auto(schema):
     assert validate_experiment(real, schema)["metrics"]["features"]["extractor"] == "none"
     real["metrics"] = {"clip_model": "tiny:clip"}
     assert validate_experiment(real, schema)["metrics"]["features"]["extractor"] == "clip"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("a: 1\nb:\n  c: 2\n  c: 3\n", "line 4: key 'c' is given twice (first on line 3)"),
+    ("a: 1\nb: {c: 2\n", "line 3, column 1: expected ',' or '}', but got '<stream end>'"),
+    ("a: 1\n\tb: 2\n", "line 2, column 1: found character '\\t' that cannot start any token"),
+    ("", "is empty; give at least 'experiment: <name>'"),
+    ("- a\n- b\n", "holds a list, not a mapping of config keys"),
+])
+def test_config_files_are_read_strictly(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        read_config_file(path)
+    assert message in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_merge_keys_and_missing_files(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &b {x: 1, y: 1}\nother:\n  <<: *b\n  y: 2\n")
+    assert read_config_file(path) == {"base": {"x": 1, "y": 1}, "other": {"x": 1, "y": 2}}
+    with pytest.raises(ConfigError, match="cannot be read"):
+        read_config_file(tmp_path / "none.yaml")

@@ -94,6 +94,9 @@ BAD = {
                           "config key 'models.teacher.generation.dtype' is 'auto'; a latent DDPM teacher (LDMPipeline) "
                           "samples in fp32 only"),
     "unknown key": ("prompts: {n_evals: 3}\n", "unknown config key 'prompts.n_evals'"),
+    "duplicate key": ("prompts: {n_train: 6}\nseed: 1\nprompts: {n_train: 256}\n",
+                      "bad.yaml, line 3: key 'prompts' is given twice (first on line 1); keep one"),
+    "old dmkd key": ("classifier_kd: {enabled: false}\n", "config key 'classifier_kd' is now called 'dmkd'"),
     "wrong type": ("prompts: {n_eval: ten}\n", "config key 'prompts.n_eval' is 'ten', of the wrong type"),
     "out of range": ("models:\n  teacher: {source: 'toy:teacher', generation: {guidance_scale: 99}}\n"
                      "  base_student: {source: 'toy:student'}\n",
