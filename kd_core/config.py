@@ -39,7 +39,14 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft7Validator)
+def _strict_integer(checker, instance) -> bool:
+    """Only ints count as integers (JSON schema draft 7 also takes 2.0, which range() and slicing refuse)."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    _with_defaults(jsonschema.Draft7Validator),
+    type_checker=jsonschema.Draft7Validator.TYPE_CHECKER.redefine("integer", _strict_integer))
 
 RENAMED = {"classifier_kd": "dmkd"}  # config keys of earlier versions -> their names now
 
@@ -60,7 +67,12 @@ def _describe(error: ValidationError) -> str:
     if v == "enum":
         return f"config key '{key}' is {error.instance!r}; allowed: {', '.join(map(repr, error.validator_value))}"
     if v == "type":
-        return f"config key '{key}' is {error.instance!r}, of the wrong type; expected {error.validator_value}"
+        hint = f" (write {int(error.instance)})" if isinstance(error.instance, float) and error.instance.is_integer() else ""
+        return f"config key '{key}' is {error.instance!r}, of the wrong type; expected {error.validator_value}{hint}"
+    if v == "pattern" and key.endswith("device"):
+        return f"config key '{key}' is {error.instance!r}; allowed: auto, cpu, cuda, cuda:<index>, mps"
+    if v == "pattern":
+        return f"config key '{key}' is {error.instance!r}; allowed: strings matching {error.validator_value}"
     if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
         return f"config key '{key}' is {error.instance!r}, out of range; allowed: {op} {error.validator_value}"

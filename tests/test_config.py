@@ -48,6 +48,11 @@ def test_every_config_is_checked():
 @pytest.mark.parametrize("patch,message", [
     ({"prompts": {"n_evals": 3}}, "unknown config key 'prompts.n_evals'; allowed keys here: filler_grammar"),
     ({"classifier_kd": {"enabled": False}}, "config key 'classifier_kd' is now called 'dmkd'; rename it in your config file"),
+    ({"shards": {"images": 2.0}}, "config key 'shards.images' is 2.0, of the wrong type; expected integer (write 2)"),
+    ({"size_study": {"timestep_mse": {"device": "gpu"}}},
+     "config key 'size_study.timestep_mse.device' is 'gpu'; allowed: auto, cpu, cuda, cuda:<index>, mps"),
+    ({"size_study": {"trajectory": {"scheduler": "foo"}}}, "config key 'size_study.trajectory.scheduler' is 'foo'; allowed: 'default'"),
+    ({"prompts": {"n_eval": True}}, "config key 'prompts.n_eval' is True, of the wrong type; expected integer"),
     ({"prompts": {"n_eval": "ten"}}, "config key 'prompts.n_eval' is 'ten', of the wrong type; expected integer"),
     ({"prompts": {"n_eval": 0}}, "config key 'prompts.n_eval' is 0, out of range; allowed: >= 1"),
     ({"world": {"toy": {"teacher": {"channels": [32, 64], "steps": 10, "lr": -1}}}},
