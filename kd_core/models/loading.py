@@ -40,6 +40,14 @@ STOCHASTIC_SCHEDULERS = ("ddpm", "euler_a", "lcm")
 PIXEL_SCHEDULERS = ("ddpm", "ddim")
 
 
+def _resolved(source: str, what: str, check=check_model_folder) -> str:
+    """``source`` as ``from_pretrained`` takes it: a local folder (checked whole first) or a hub id."""
+    check_source(source, what)
+    if is_local(source):
+        check(local_path(source), what)
+    return local_path(source)
+
+
 def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant: str | None = None,
                   vae: str | None = None, scheduler: str = "default", lora: str | None = None,
                   seeded_steps: bool = False) -> DiffusionPipeline:
@@ -53,10 +61,7 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     dtype) and, unless the caller seeds every step itself (``seeded_steps``), with a deterministic
     sampler (it does not pass its generator to the sampler's step).
     """
-    check_source(source, "model")
-    path = local_path(source)
-    if is_local(source):
-        check_model_folder(path)
+    path = _resolved(source, "model")
     kwargs: dict = {"dtype": dtype, "use_safetensors": True}
     if variant:
         kwargs["variant"] = variant
@@ -72,11 +77,8 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if vae:
-        check_source(vae, "vae")
-        if is_local(vae):
-            check_model_folder(local_path(vae), "vae")
         # an unconditional latent DDPM (LDMPipeline) names its autoencoder "vqvae"
-        kwargs["vqvae" if "vqvae" in index else "vae"] = AutoencoderKL.from_pretrained(local_path(vae), dtype=dtype,
+        kwargs["vqvae" if "vqvae" in index else "vae"] = AutoencoderKL.from_pretrained(_resolved(vae, "vae"), dtype=dtype,
                                                                                       use_safetensors=True)
     pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
     if scheduler != "default":
@@ -93,10 +95,7 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     if is_latent(pipe) and "clip_sample" in pipe.scheduler.config and pipe.scheduler.config.clip_sample:
         pipe.scheduler.register_to_config(clip_sample=False)  # pixel DDPMs keep it: x0 in [-1, 1] is right for pixels
     if lora:
-        check_source(lora, "lora adapter")
-        if is_local(lora):
-            check_adapter_folder(local_path(lora))
-        pipe.load_lora_weights(local_path(lora))
+        pipe.load_lora_weights(_resolved(lora, "lora adapter", check_adapter_folder))
         # the injected LoRA layers (with their dropout) are created in training mode: sample in eval mode
         for name in ("unet", "text_encoder", "text_encoder_2"):
             if getattr(pipe, name, None) is not None:
@@ -135,10 +134,7 @@ def model_default_size(pipe: DiffusionPipeline) -> int:
 def load_unet(source: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The denoiser U-Net of a pipeline folder (its ``unet/``) or of a U-Net folder, safetensors only;
     ``UNet2DConditionModel`` or ``UNet2DModel`` as its config says."""
-    check_source(source, "model")
-    path = local_path(source)
-    if is_local(source):
-        check_model_folder(path)
+    path = _resolved(source, "model")
     sub = "unet" if (Path(path) / "unet" / "config.json").is_file() else None
     config = UNet2DConditionModel.load_config(path, subfolder=sub)
     return unet_class(config).from_pretrained(path, subfolder=sub, dtype=dtype, use_safetensors=True).to(device)
