@@ -76,3 +76,25 @@ def random_image_manifest(folder: Path, n: int, size: int = 64, split: str = "tr
                      "negative_prompt": "", "split": split if first_split is None or i < first_split else "eval"})
     pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
     return folder / "manifest.parquet"
+
+
+def damage(path: Path, kind: str) -> None:
+    """Damage a file as disks and interrupted copies do: ``flipped`` (one byte in the middle),
+    ``corrupt`` (garbage over its first 64 bytes), ``truncated`` (half), ``empty``, ``deleted`` or
+    ``appended`` (16 trailing bytes)."""
+    data = path.read_bytes()
+    mid = len(data) // 2
+    if kind == "deleted":
+        path.unlink()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(data[:mid])
+    elif kind == "appended":
+        path.write_bytes(data + b"\0" * 16)
+    elif kind == "flipped":
+        path.write_bytes(data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:])
+    elif kind == "corrupt":
+        path.write_bytes(b"\xff" * 64 + data[64:])
+    else:
+        raise ValueError(f"unknown damage {kind!r}")

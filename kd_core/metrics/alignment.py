@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from kd_core.errors import ConfigError
 from kd_core.io import load_rgb, write_parquet
 from kd_core.metrics.tables import PER_IMAGE_SCHEMA
-from kd_core.models.integrity import check_clip_folder
+from kd_core.models.integrity import check_local_model, check_model_component
 
 ALIGNMENT_SCHEMA = PER_IMAGE_SCHEMA  # reference: the CLIP model
 
@@ -47,7 +47,7 @@ def load_clip(source: str):
     """(CLIPModel, CLIPProcessor) from a hub id or folder, safetensors only."""
     from transformers import CLIPModel, CLIPProcessor
 
-    check_clip_folder(source)
+    check_local_model(source, "CLIP model", check_model_component)
     try:
         model = CLIPModel.from_pretrained(source, use_safetensors=True).eval()
         processor = CLIPProcessor.from_pretrained(source)

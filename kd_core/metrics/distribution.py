@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from kd_core.errors import ConfigError, KDError
 from kd_core.io import load_rgb, write_parquet
-from kd_core.models.integrity import check_clip_folder
+from kd_core.models.integrity import check_local_model, check_model_component
 
 DISTRIBUTION_SCHEMA = pa.schema([
     ("model", pa.string()), ("reference", pa.string()), ("split", pa.string()), ("metric", pa.string()),
@@ -72,7 +72,7 @@ class CLIPFeatures(nn.Module):
         super().__init__()
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-        check_clip_folder(source)
+        check_local_model(source, "CLIP model", check_model_component)
         try:
             self.net = CLIPVisionModelWithProjection.from_pretrained(source, use_safetensors=True).eval()
             self.processor = CLIPImageProcessor.from_pretrained(source)

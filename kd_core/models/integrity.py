@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from kd_core.errors import KDError
+from kd_core.sources import is_local, local_path
 
 #: Component classes without weights (their folders hold vocabularies and settings).
 WEIGHTLESS = ("Tokenizer", "TokenizerFast", "Scheduler", "FeatureExtractor", "ImageProcessor", "Processor")
@@ -71,7 +72,8 @@ def _weights(folder: Path) -> list[Path]:
 def check_model_component(folder: Path, what: str) -> None:
     """A model folder (``config.json`` and safetensors weights) is whole, or one line naming the file."""
     if not folder.is_dir():
-        raise KDError(f"{what} folder {folder} is missing; {FIX}")
+        state = "is not a folder" if folder.exists() else "is missing"
+        raise KDError(f"{what} folder {folder} {state}; {FIX}")
     config = folder / "config.json"
     if not config.is_file():
         raise KDError(f"{what} folder {folder} has no config.json; {FIX}")
@@ -118,9 +120,9 @@ def check_adapter_folder(path: str | Path, what: str = "lora adapter") -> None:
             raise KDError(f"{f} {problem}; {FIX}")
 
 
-def check_clip_folder(source: str) -> None:
-    """A local CLIP folder (``CLIPModel`` and its processor files) is whole; a hub id is left to the cache."""
-    from kd_core.sources import is_local, local_path
 
-    if is_local(source) and Path(local_path(source)).is_dir():
-        check_model_component(Path(local_path(source)), "CLIP model")
+def check_local_model(source: str, what: str = "model", check=check_model_folder) -> None:
+    """``check`` a local folder ``source``; a hub id, or a path that does not exist, is left to the loader."""
+    path = Path(local_path(source))
+    if is_local(source) and path.exists():
+        check(path, what)

@@ -20,9 +20,9 @@ from diffusers import (
 )
 
 from kd_core.errors import KDError
-from kd_core.models.integrity import check_adapter_folder, check_model_folder
+from kd_core.models.integrity import check_adapter_folder, check_local_model, check_model_folder
 from kd_core.models.width import unet_class
-from kd_core.sources import check_source, is_local, local_path
+from kd_core.sources import check_source, local_path
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -43,8 +43,7 @@ PIXEL_SCHEDULERS = ("ddpm", "ddim")
 def _resolved(source: str, what: str, check=check_model_folder) -> str:
     """``source`` as ``from_pretrained`` takes it: a local folder (checked whole first) or a hub id."""
     check_source(source, what)
-    if is_local(source):
-        check(local_path(source), what)
+    check_local_model(source, what, check)
     return local_path(source)
 
 

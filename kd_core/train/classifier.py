@@ -34,8 +34,7 @@ from transformers import AutoModelForImageClassification, ResNetConfig, ResNetFo
 from kd_core.errors import KDError
 from kd_core.image_folder import LabelledImages, split_validation
 from kd_core.io import atomic_dir, write_parquet
-from kd_core.models.integrity import check_model_component
-from kd_core.sources import is_local, local_path
+from kd_core.models.integrity import check_local_model, check_model_component
 from kd_core.train import loop
 from kd_core.train.loop import Batch, TrainConfig, Trainer, TrainResult
 
@@ -58,8 +57,7 @@ class ClassifierModelConfig:
 def build_classifier(cfg: ClassifierModelConfig, classes: list[str]) -> torch.nn.Module:
     labels = {"id2label": dict(enumerate(classes)), "label2id": {c: i for i, c in enumerate(classes)}}
     if cfg.source:
-        if is_local(cfg.source) and Path(local_path(cfg.source)).exists():
-            check_model_component(Path(local_path(cfg.source)), "classifier")
+        check_local_model(cfg.source, "classifier", check_model_component)
         try:
             return AutoModelForImageClassification.from_pretrained(
                 cfg.source, num_labels=len(classes), ignore_mismatched_sizes=True, use_safetensors=True, **labels)

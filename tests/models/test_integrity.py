@@ -9,20 +9,7 @@ from kd_core.errors import KDError
 from kd_core.models.integrity import check_adapter_folder, check_model_folder, safetensors_problem
 from kd_core.models.loading import load_pipeline, load_unet
 
-
-def _damage(path, kind):
-    data = path.read_bytes()
-    if kind == "deleted":
-        path.unlink()
-    elif kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "truncated":
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "appended":
-        path.write_bytes(data + b"\0" * 16)
-    else:  # garbage over the start (header)
-        path.write_bytes(b"\xff" * 64 + data[64:])
-
+from ..conftest import damage
 
 FILES = ["unet/diffusion_pytorch_model.safetensors", "unet/config.json", "vae/diffusion_pytorch_model.safetensors",
          "text_encoder/model.safetensors", "text_encoder/config.json", "model_index.json"]
@@ -36,7 +23,7 @@ CASES = [(name, kind) for name in FILES for kind in ("corrupt", "truncated", "em
 def test_a_damaged_file_is_one_line_naming_it(tiny_sd, tmp_path, name, kind):
     folder = tmp_path / "model"
     shutil.copytree(tiny_sd, folder)
-    _damage(folder / name, kind)
+    damage(folder / name, kind)
     with pytest.raises(KDError) as info:
         load_pipeline(str(folder), torch.device("cpu"), torch.float32)
     msg = str(info.value)
