@@ -11,10 +11,11 @@ SNAKEMAKE_ARGS ?=
 
 EXPERIMENT := $(or $(shell sed -n 's/^experiment: *//p' $(CONFIG)),shapes)
 
-.PHONY: setup demo report profile test test-slurm lint dag clean help
+.PHONY: setup check demo report profile test test-slurm lint dag clean help
 
 help:
 	@echo "make demo   - run the default experiment (config/config.yaml) with profiles/default, then its report"
+	@echo "make check  - check CONFIG as the workflow does, naming file and line of a YAML error (make demo runs it first)"
 	@echo "make report - the Snakemake HTML report: results/<experiment>/report.html"
 	@echo "make profile - wall time, CPU time and peak memory per rule and per study of results/<experiment>"
 	@echo "make test   - the test suite without its slow tier (TIERS=all: every test; SLURM=1: with the SLURM cluster tests, as CI)"
@@ -33,7 +34,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 
 setup: $(VENV)/.installed
 
-demo: setup
+# Snakemake reads --configfile before the workflow's checks, and reports a YAML error without its
+# line: kd_core.check reads the file strictly first (one line naming file, line and column).
+check: setup
+	@$(BIN)/python -m kd_core.check $(CONFIG)
+
+demo: check
 	$(BIN)/snakemake --profile profiles/default --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 	@case " $(SNAKEMAKE_ARGS) " in *" -n "*|*--dry-run*) ;; *) $(MAKE) --no-print-directory report ;; esac
 

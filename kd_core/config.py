@@ -69,6 +69,9 @@ def _describe(error: ValidationError) -> str:
     if v == "type":
         hint = f" (write {int(error.instance)})" if isinstance(error.instance, float) and error.instance.is_integer() else ""
         return f"config key '{key}' is {error.instance!r}, of the wrong type; expected {error.validator_value}{hint}"
+    if v == "pattern" and key == "experiment":
+        return (f"config key 'experiment' is {error.instance!r}; use a name of letters, digits, '_', '-' and '.' "
+                "(not '.' or '..'): it names the folder results/<experiment>/")
     if v == "pattern" and key.endswith("device"):
         return f"config key '{key}' is {error.instance!r}; allowed: auto, cpu, cuda, cuda:<index>, mps"
     if v == "pattern":
@@ -139,14 +142,15 @@ def _unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML config file as a mapping: a duplicate key, a syntax error (file, line and column), an
-    empty file or a file that is not a mapping is one :class:`ConfigError` line."""
+def read_config_file(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file of settings (a config file, a grammar) as a mapping: a duplicate key, a syntax error
+    (file, line and column), an empty file or a file that is not a mapping is one :class:`ConfigError` line."""
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc}); check the --configfile path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        hint = "; check the --configfile path" if what == "config file" else ""
+        raise ConfigError(f"{what} {path} cannot be read ({getattr(exc, 'strerror', None) or exc}){hint}") from None
     loader = _StrictLoader(text)
     loader.name = str(path)
     try:
@@ -154,14 +158,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path}{where}: {exc.problem or exc.context}; fix the YAML there") from None
+        raise ConfigError(f"{what} {path}{where}: {exc.problem or exc.context}; fix the YAML there") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{what} {path}: {str(exc).splitlines()[0]}") from None
     finally:
         loader.dispose()
     if value is None:
-        raise ConfigError(f"config file {path} is empty; give at least 'experiment: <name>', or leave out "
-                          "--configfile to run the default experiment")
+        hint = ("; give at least 'experiment: <name>', or leave out --configfile to run the default experiment"
+                if what == "config file" else "")
+        raise ConfigError(f"{what} {path} is empty{hint}")
     if not isinstance(value, dict):
-        raise ConfigError(f"config file {path} holds a {type(value).__name__}, not a mapping of config keys")
+        raise ConfigError(f"{what} {path} holds a {type(value).__name__}, not a mapping of keys")
     return value

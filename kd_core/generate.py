@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from kd_core.errors import KDError
 from kd_core.io import read_metadata, save_png, write_parquet
-from kd_core.models.loading import is_conditional, load_pipeline, model_default_size
+from kd_core.models.loading import image_size, is_conditional, load_pipeline
 from kd_core.seeding import resolve_device, resolve_dtype
 from kd_core.shards import Shard, shard_bounds
 from kd_core.sources import fingerprint
@@ -117,7 +117,7 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
     dtype = resolve_dtype(cfg.dtype, device)
     pipe = load_pipeline(source, device, dtype, cfg.variant, cfg.vae, cfg.scheduler, cfg.lora)
     pipe.set_progress_bar_config(disable=True)
-    size = cfg.resolution or model_default_size(pipe)
+    size = image_size(pipe, cfg.resolution, "generation resolution")
     settings = _settings(source, cfg, size, device, dtype)
     shash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     attrs = [c for c in prompts.columns if c not in MANIFEST_SCHEMA.names and c != "grammar"]

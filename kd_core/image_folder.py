@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 from kd_core.errors import KDError
 
@@ -32,11 +35,14 @@ class ImageFolder:
     size: tuple[int, int] | None  # (width, height) when every image has it
 
 
-def scan_image_folder(root: str | Path, classes: list[str] | None = None, same_size: bool = True) -> ImageFolder:
-    """Every image under ``root/<class>/``; ``classes`` fixes the class order (default: sorted sub-folders)."""
+def scan_image_folder(root: str | Path, classes: list[str] | None = None, same_size: bool = True,
+                      verify: str = "all") -> ImageFolder:
+    """Every image under ``root/<class>/``; ``classes`` fixes the class order (default: sorted sub-folders).
+    ``verify``: decode every image (``all``) or the first of each class (``first``)."""
     root = Path(root)
     if not root.is_dir():
-        raise KDError(f"image folder {root} does not exist; expected <folder>/<class>/<image>.png")
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise KDError(f"image folder {root} {state}; expected <folder>/<class>/<image>.png")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     classes = list(classes) if classes is not None else found
     if not classes:
@@ -49,7 +55,11 @@ def scan_image_folder(root: str | Path, classes: list[str] | None = None, same_s
         members = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not members:
             raise KDError(f"class folder {root / name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        for p in members:
+        for i, p in enumerate(members):
+            files.append(p)
+            labels.append(label)
+            if verify == "first" and i:
+                continue
             try:
                 with Image.open(p) as im:
                     im.verify()
@@ -57,8 +67,6 @@ def scan_image_folder(root: str | Path, classes: list[str] | None = None, same_s
                     sizes.add(im.size)
             except (UnidentifiedImageError, OSError, SyntaxError) as exc:
                 raise KDError(f"unreadable image {p} ({type(exc).__name__}); remove or replace it") from None
-            files.append(p)
-            labels.append(label)
     if same_size and len(sizes) > 1:
         raise KDError(f"image folder {root} mixes image sizes {sorted(sizes)[:4]}; resize them to one size first")
     return ImageFolder(root, files, labels, classes, next(iter(sizes)) if len(sizes) == 1 else None)
@@ -66,6 +74,8 @@ def scan_image_folder(root: str | Path, classes: list[str] | None = None, same_s
 
 def read_uint8(files: list[Path], size: int | None = None) -> torch.Tensor:
     """Images as a uint8 tensor (N, 3, H, W), resized to ``size`` x ``size`` when given (bicubic)."""
+    import torch
+
     arrs = []
     for p in files:
         with Image.open(p) as im:
@@ -95,6 +105,8 @@ class LabelledImages:
 
 def split_validation(data: LabelledImages, fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
     """(train, validation): a seeded, class-stratified hold-out of ``fraction`` of every class."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     val = []
     for c in range(len(data.classes)):

@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from kd_core.errors import KDError
 from kd_core.shards import shard_names
 from kd_core.sources import BUILT, is_built, local_path
 
@@ -54,6 +55,11 @@ def guidance_tag(guidance: float) -> str:
     return f"g{guidance:g}".replace(".", "p")
 
 
+def fraction_tag(fraction: float) -> str:
+    """``f25`` for 0.25: the suffix of a DM-KD run on that share of the main synthetic set."""
+    return f"f{round(100 * fraction)}"
+
+
 class Plan:
     """What one validated config makes: models, runs, names and output paths under ``results/<experiment>``."""
 
@@ -72,6 +78,22 @@ class Plan:
         self.images = config["evaluate_images"]  # the text-to-image evaluation (off for a classifier-only study)
         self.image_shards = shard_names(config["shards"]["images"])  # generation jobs per model
         self.metric_shards = shard_names(config["shards"]["metrics"])  # pairwise-metric jobs per student
+
+    def check_names(self) -> None:
+        """Every name the plan derives from a list of numbers is unique: two width factors, guidance
+        scales or set fractions that make one name (0.5 and 0.500001 both make w0p5) are refused."""
+        synthetic = self.dmkd["synthetic"]
+        lists = [("size_study.factors", self.size["factors"] if self.size["enabled"] else [], width_student_name)]
+        if self.dmkd["enabled"] and not synthetic["folder"]:
+            lists += [("dmkd.synthetic.guidance", synthetic["guidance"], guidance_tag),
+                      ("dmkd.synthetic.fractions", synthetic["fractions"], fraction_tag)]
+        for key, values, name in lists:
+            seen: dict[str, Any] = {}
+            for v in values:
+                if name(v) in seen:
+                    raise KDError(f"config key '{key}' has {seen[name(v)]!r} and {v!r}, which both make the name "
+                                  f"{name(v)!r}; keep one, or make them differ more")
+                seen[name(v)] = v
 
     # ---- models -------------------------------------------------------------------------------
     @cached_property
@@ -282,7 +304,7 @@ class Plan:
         runs = {"real_ce": {"data": "real", "fraction": 1.0, "objective": "ce", "guidance": None, "baseline": None}}
         sets = [(tag, tag, 1.0) for tag in self.dmkd_sets]
         main = next(iter(self.dmkd_sets))
-        sets += [(f"{main}_f{round(100 * f)}", main, f) for f in sorted(self.dmkd["synthetic"]["fractions"])]
+        sets += [(f"{main}_{fraction_tag(f)}", main, f) for f in sorted(self.dmkd["synthetic"]["fractions"])]
         for name, tag, share in sets:
             for objective in ("kd", "ce"):
                 runs[f"{name}_{objective}"] = {"data": tag, "fraction": share, "objective": objective,

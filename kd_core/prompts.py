@@ -23,6 +23,7 @@ import pyarrow as pa
 import yaml
 
 from kd_core import grammars as builtin_grammars
+from kd_core.config import read_config_file
 from kd_core.errors import ConfigError
 from kd_core.io import write_parquet
 
@@ -105,26 +106,41 @@ class Grammar:
 
 
 def load_grammar(name_or_path: str) -> Grammar:
-    """Load a built-in grammar by name (``shapes``, ``dogs``, ``artistic``) or a YAML file."""
+    """Load a built-in grammar by name (``shapes``, ``dogs``, ``artistic``) or a YAML file.
+
+    A file is read strictly (:func:`kd_core.config.read_config_file`) and its layout checked: a
+    ``name``, a non-empty list of ``templates`` (each a ``template`` string whose ``{slots}`` have
+    value lists, in the template or in the shared ``slots``); each problem is one line naming the file.
+    """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ConfigError(f"grammar file {name_or_path!r} does not exist")
-        data = yaml.safe_load(path.read_text())
+        data, where = read_config_file(path, "grammar file"), f"grammar file {path}"
     else:
         ref = resources.files(builtin_grammars) / f"{name_or_path}.yaml"
         if not ref.is_file():
             builtin = sorted(p.name.removesuffix(".yaml") for p in resources.files(builtin_grammars).iterdir() if p.name.endswith(".yaml"))
             raise ConfigError(f"unknown grammar {name_or_path!r}; built-in grammars: {builtin}, or a path to a .yaml file")
-        data = yaml.safe_load(ref.read_text())
-    shared = data.get("slots", {})
+        data, where = yaml.safe_load(ref.read_text()), f"grammar {name_or_path!r}"
+    layout = "see kd_core/grammars/shapes.yaml for the layout"
+    if not isinstance(data.get("name"), str) or not data["name"]:
+        raise ConfigError(f"{where} lacks 'name: <grammar name>'; {layout}")
+    if not isinstance(data.get("templates"), list) or not data["templates"]:
+        raise ConfigError(f"{where} lacks a non-empty list 'templates'; {layout}")
+    shared = data.get("slots") or {}
     templates = []
-    for t in data["templates"]:
-        slots = {**shared, **t.get("slots", {})}
+    for i, t in enumerate(data["templates"]):
+        if not isinstance(t, dict) or not isinstance(t.get("template"), str):
+            raise ConfigError(f"{where}: templates[{i}] is not a mapping with a 'template' string; {layout}")
+        slots = {**shared, **(t.get("slots") or {})}
         used = [name for _, name, _, _ in string.Formatter().parse(t["template"]) if name]
         missing = [u for u in used if u not in slots]
         if missing:
             raise ConfigError(f"grammar {data['name']!r}: template {t['template']!r} uses undefined slot(s) {missing}")
+        bad = [u for u in used if not isinstance(slots[u], list) or not slots[u]]
+        if bad:
+            raise ConfigError(f"{where}: slot(s) {bad} of templates[{i}] are not non-empty lists of values; {layout}")
         templates.append(Template(t["template"], {u: list(map(str, slots[u])) for u in used}, t.get("category")))
     return Grammar(data["name"], templates, data.get("negative_prompt", ""))
 

@@ -7,14 +7,18 @@ job that needs none (figures, tables, the paper) starts in about a second.
 
 Progress bars and messages go both to the terminal and to the job's log file. A
 :class:`~kd_core.errors.KDError` (bad input) ends the job with one line and no traceback; any
-other exception is a bug and keeps its traceback (in the log too).
+other exception is a bug and keeps its traceback (in the log too). A write that fails for want of
+room (disk full, quota, file size limit) is one line too: outputs are written to temporary files
+and renamed into place (:mod:`kd_core.io`), so nothing half-written is left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import re
 import resource
 import sys
 import traceback
@@ -25,6 +29,8 @@ from typing import TextIO
 from kd_core.devices import claim_devices
 from kd_core.errors import KDError
 
+#: A write that failed for want of room: no space left, quota exceeded, file size limit.
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 LAUNCHED = "KD_LAUNCHED"  # set in the processes kd_core.launch starts
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -86,8 +92,16 @@ def job(log_path: str | Path | None, threads: int | None = None, name: str = "kd
         with claim_devices(gpus):  # steps aside in a launched rank (LOCAL_RANK): the parent holds them
             yield logger
     except KDError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        sys.stderr.flush()
+        _say(f"error: {exc}")
+        raise SystemExit(1) from None
+    except Exception as exc:
+        problem = write_failure(exc)
+        if problem is None:
+            if fh is not None:
+                traceback.print_exc(file=fh)
+            raise
+        _say(f"error: {problem}; free space (or raise the quota) and rerun: every output is written to a "
+             "temporary file first, so nothing half-written was kept")
         raise SystemExit(1) from None
     except BaseException:
         if fh is not None:
@@ -102,6 +116,31 @@ def job(log_path: str | Path | None, threads: int | None = None, name: str = "kd
         sys.stderr = old
         if fh is not None:
             fh.close()
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr, on a line of its own: open progress bars are closed first."""
+    bars = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(bars, "_instances", ())):
+        bar.close()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """What failed, when ``exc`` says a write failed for want of room; None for any other exception.
+
+    Python, pyarrow and PIL raise OSError with its errno; safetensors (Rust) names the OS error in
+    its message; torch.save's zip writer only reports that the file came out short."""
+    if isinstance(exc, OSError) and exc.errno in WRITE_FAILURES:
+        return f"{exc.strerror or os.strerror(exc.errno)}" + (f" writing {exc.filename}" if exc.filename else "")
+    text = str(exc)
+    code = re.search(r"os error (\d+)", text)
+    if code and int(code.group(1)) in WRITE_FAILURES:
+        return f"{os.strerror(int(code.group(1)))} ({type(exc).__name__})"
+    if "inline_container.cc" in text and "unexpected pos" in text:
+        return "torch.save wrote a short file (disk full or a file size limit)"
+    return None
 
 
 def _leave_process_group() -> None:

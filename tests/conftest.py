@@ -98,3 +98,15 @@ def damage(path: Path, kind: str) -> None:
         path.write_bytes(b"\xff" * 64 + data[64:])
     else:
         raise ValueError(f"unknown damage {kind!r}")
+
+
+def image_folder(root: Path, classes: list[str] | tuple[str, ...], n: int = 1, size: int = 8) -> Path:
+    """``root/<class>/<i>.png``: ``n`` small seeded random images per class (a labelled image folder)."""
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = torch.randint(0, 255, (size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(100 * c + i))
+            Image.fromarray(pixels.numpy()).save(root / name / f"{i}.png")
+    return root

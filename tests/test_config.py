@@ -7,7 +7,7 @@ from kd_core.experiment import validate_experiment
 from kd_core.generate import GenerationConfig
 from kd_core.world.toy import ToyConfig, UNetConfig
 
-from .conftest import ROOT
+from .conftest import ROOT, image_folder
 
 
 @pytest.fixture
@@ -25,12 +25,16 @@ def test_defaults_are_filled(schema):
 SHIPPED = sorted(str(p.relative_to(ROOT / "config")) for p in (ROOT / "config").rglob("*.yaml") if p.name != "schema.yaml")
 
 
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_are_valid(root, schema, name, tmp_path, monkeypatch):
-    """Every config under config/ validates; the CIFAR-10 ones against the image folders they name (made empty here)."""
+    """Every config under config/ validates; the CIFAR-10 ones against the image folders they name (one image a class here)."""
     for split in ("train", "test"):
-        (tmp_path / "data" / "cifar10" / split / "cat").mkdir(parents=True)
+        image_folder(tmp_path / "data" / "cifar10" / split, CIFAR10)
     monkeypatch.chdir(tmp_path)  # relative data paths resolve against the working directory, as in a run
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # their hub ids are not in this machine's cache
     raw = yaml.safe_load((root / "config" / name).read_text())
     cfg = validate_experiment(raw, schema)
     top = yaml.safe_load(schema.read_text())["properties"]
@@ -105,7 +109,7 @@ def test_feature_extractor_auto(schema):
     ("a: 1\nb: {c: 2\n", "line 3, column 1: expected ',' or '}', but got '<stream end>'"),
     ("a: 1\n\tb: 2\n", "line 2, column 1: found character '\\t' that cannot start any token"),
     ("", "is empty; give at least 'experiment: <name>'"),
-    ("- a\n- b\n", "holds a list, not a mapping of config keys"),
+    ("- a\n- b\n", "holds a list, not a mapping of keys"),
 ])
 def test_config_files_are_read_strictly(tmp_path, text, message):
     path = tmp_path / "c.yaml"

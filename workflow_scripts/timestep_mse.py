@@ -1,9 +1,9 @@
 """Adapter: rule timestep_mse -> kd_core.metrics.timestep.timestep_mse (teacher's eval images)."""
 
+from kd_core.captions import DataConfig
 from kd_core.config import build
 from kd_core.metrics.timestep import TimestepConfig, timestep_mse
 from kd_core.runlog import job
-from kd_core.train.data import DataConfig
 
 with job(snakemake.log[0], snakemake.threads, gpus=snakemake.resources.gpu) as log:
     p = snakemake.params

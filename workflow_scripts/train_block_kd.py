@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
+from kd_core.captions import DataConfig
 from kd_core.config import build
 from kd_core.launch import launch_processes
 from kd_core.runlog import job
 from kd_core.train.block_kd import BlockKDConfig, train_block_kd
-from kd_core.train.data import DataConfig
 from kd_core.train.loop import TrainConfig
 
 with job(snakemake.log[0], snakemake.threads, gpus=snakemake.resources.gpu) as log:

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
+from kd_core.captions import DataConfig
 from kd_core.config import build
 from kd_core.launch import launch_processes
 from kd_core.runlog import job
-from kd_core.train.data import DataConfig
 from kd_core.train.loop import TrainConfig
 from kd_core.train.lora import LoRAConfig, train_lora
 

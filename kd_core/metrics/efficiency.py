@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from kd_core.generate import GenerationConfig
 from kd_core.io import write_parquet
-from kd_core.models.loading import is_conditional, load_pipeline, model_default_size
+from kd_core.models.loading import image_size, is_conditional, load_pipeline
 from kd_core.models.params import pipeline_parameters
 from kd_core.seeding import resolve_device, resolve_dtype
 
@@ -125,7 +125,7 @@ def measure_model(name: str, source: str, spec: GenerationConfig, cfg: Efficienc
         if spec.lora and cfg.fuse_lora:
             pipe.fuse_lora()
             pipe.unload_lora_weights()
-        size = spec.resolution or model_default_size(pipe)
+        size = image_size(pipe, spec.resolution, "efficiency resolution")
         steps = cfg.steps or spec.steps
         for i in range(cfg.warmup):
             time_pipeline(pipe, device, cfg.prompt, steps, spec.guidance_scale, size, seed=i)

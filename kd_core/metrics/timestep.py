@@ -23,13 +23,14 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from kd_core.captions import DataConfig, load_pairs
 from kd_core.errors import KDError
 from kd_core.io import write_parquet
 from kd_core.metrics.bootstrap import bootstrap_ci
 from kd_core.models.loading import load_pipeline, load_unet, model_default_size
 from kd_core.models.params import count_parameters
 from kd_core.seeding import resolve_device
-from kd_core.train.data import DataConfig, encode_pairs, load_pairs
+from kd_core.train.data import encode_pairs
 from kd_core.train.diffusion import Diffusion
 
 TIMESTEP_SCHEMA = pa.schema([

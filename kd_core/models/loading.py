@@ -20,6 +20,7 @@ from diffusers import (
 )
 
 from kd_core.errors import KDError
+from kd_core.models.folders import check_size, size_multiple
 from kd_core.models.integrity import check_adapter_folder, check_local_model, check_model_folder
 from kd_core.models.width import unet_class
 from kd_core.sources import check_source, local_path
@@ -127,6 +128,15 @@ def is_conditional(pipe: DiffusionPipeline) -> bool:
 
 def model_default_size(pipe: DiffusionPipeline) -> int:
     return int(pipe.unet.config.sample_size * latent_scale(pipe))
+
+
+def image_size(pipe: DiffusionPipeline, resolution: int | None, what: str = "resolution") -> int:
+    """``resolution`` (None: the model's native size), after checking the pipeline can take it: one
+    line naming ``what`` and the nearest sizes that suit its autoencoder and U-Net otherwise."""
+    size = resolution or model_default_size(pipe)
+    ae = autoencoder(pipe)
+    check_size(size, size_multiple(pipe.unet.config, ae.config if ae is not None else None, is_conditional(pipe)), what)
+    return size
 
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kd_core.captions import DataConfig
 from kd_core.models.bk_sdm import build_student, feature_map
-from kd_core.train.data import DataConfig
 from kd_core.train.distill import distill_unet
 from kd_core.train.loop import TrainConfig, TrainResult
 

@@ -27,13 +27,14 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from kd_core.captions import DataConfig, load_pairs
 from kd_core.errors import KDError
 from kd_core.io import atomic_dir, write_json
-from kd_core.models.loading import load_pipeline, model_default_size
+from kd_core.models.loading import image_size, load_pipeline
 from kd_core.models.params import count_parameters
 from kd_core.seeding import resolve_device
 from kd_core.sources import fingerprint
-from kd_core.train.data import DataConfig, encode_pairs, load_pairs
+from kd_core.train.data import encode_pairs
 from kd_core.train.diffusion import Diffusion, Noised, sample_posterior
 from kd_core.train.loop import (
     VAL_SEED,
@@ -172,7 +173,7 @@ def distill_unet(teacher: str, data: DataConfig, out_dir: str | Path, run_dir: s
     pipe.set_progress_bar_config(disable=True)
     if getattr(pipe, "text_encoder_2", None) is not None:
         raise KDError(f"{name}: U-Net distillation is defined for SD 1.x-style U-Nets; the teacher has SDXL's two text encoders")
-    size = cfg.resolution or model_default_size(pipe)
+    size = image_size(pipe, cfg.resolution, "the training resolution")
     pairs = load_pairs(data)
     cache = encode_pairs(pipe, pairs, size, run_dir / "cache.safetensors")
     t_unet = pipe.unet.eval().requires_grad_(False)

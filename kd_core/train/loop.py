@@ -303,6 +303,10 @@ class Trainer:
         self.run_key = f"format={CHECKPOINT_FORMAT}|{run_key}|{json.dumps(asdict(cfg), sort_keys=True)}|n={n_examples}"
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
+        for folder in (self.out_dir, self.ckpt_dir):
+            if folder.exists() and not folder.is_dir():
+                what = "checkpoints folder" if folder == self.ckpt_dir else "run folder"
+                raise KDError(f"{folder} is a file, where the training run needs its {what}; move or delete it")
         cpu = cfg.device == "cpu" or not torch.cuda.is_available()
         mixed = cfg.mixed_precision or "no"  # YAML reads a bare `no` as false
         self.accelerator = _accelerator(mixed if not cpu or mixed == "bf16" else "no", cpu)
@@ -501,16 +505,21 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(tmp))
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                if self.best is not None:
+                    save_file(self.best, str(tmp / "best.safetensors"))
+                if self.ema is not None:
+                    save_file(self.ema, str(tmp / "ema.safetensors"))
+                pd.DataFrame(run.rows, columns=LOSS_SCHEMA.names).to_parquet(tmp / "loss_rows.parquet")
+                # written last, with every other file's checksum: marks the checkpoint complete
+                write_json(tmp / "trainer.json", {**run.meta(self.run_key, self.cfg), "files": file_checksums(tmp)})
+        except BaseException:  # a failed write (disk full) or an interrupt: no half-written checkpoint stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if acc.is_main_process:
-            if self.best is not None:
-                save_file(self.best, str(tmp / "best.safetensors"))
-            if self.ema is not None:
-                save_file(self.ema, str(tmp / "ema.safetensors"))
-            pd.DataFrame(run.rows, columns=LOSS_SCHEMA.names).to_parquet(tmp / "loss_rows.parquet")
-            # written last, with every other file's checksum: marks the checkpoint complete
-            write_json(tmp / "trainer.json", {**run.meta(self.run_key, self.cfg), "files": file_checksums(tmp)})
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             for old in complete_checkpoints(self.ckpt_dir)[: -max(1, self.cfg.keep_checkpoints)]:

@@ -22,11 +22,14 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from kd_core.captions import DataConfig, load_pairs
+from kd_core.errors import KDError
 from kd_core.io import atomic_dir, write_json
-from kd_core.models.loading import load_pipeline, model_default_size
+from kd_core.models.folders import missing_targets
+from kd_core.models.loading import image_size, load_pipeline
 from kd_core.seeding import resolve_device
 from kd_core.sources import fingerprint
-from kd_core.train.data import DataConfig, encode_pairs, encode_text_batch, load_pairs
+from kd_core.train.data import encode_pairs, encode_text_batch
 from kd_core.train.diffusion import Diffusion, Noised, sample_posterior
 from kd_core.train.loop import (
     VAL_SEED,
@@ -66,17 +69,29 @@ def _peft_config(cfg: LoRAConfig, targets: tuple[str, ...]) -> LoraConfig:
                       target_modules=list(targets))
 
 
+def _require_targets(module: torch.nn.Module, targets: tuple[str, ...], key: str, part: str) -> None:
+    """Every target names a module (peft would skip one that names none, or fail with a traceback)."""
+    missing = missing_targets((name for name, _ in module.named_modules()), targets)
+    if missing:
+        layers = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules()
+                         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and not n.rsplit(".", 1)[-1].isdigit()})
+        raise KDError(f"config key '{key}' has {missing}, which name no module of the student's {part}; "
+                      f"its Linear and Conv layers are named e.g. {layers[:8]}")
+
+
 def add_lora(pipe, cfg: LoRAConfig) -> dict[str, torch.nn.Module]:
     """Freeze the pipeline, add LoRA adapters; returns the modules that carry trainable weights."""
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False)
+    _require_targets(pipe.unet, cfg.unet_targets, "lora.unet_targets", "unet")
     pipe.unet.add_adapter(_peft_config(cfg, cfg.unet_targets))
     modules = {"unet": pipe.unet}
     if cfg.text_encoder:
         for name in ("text_encoder", "text_encoder_2"):
             if getattr(pipe, name, None) is not None:
+                _require_targets(getattr(pipe, name), cfg.text_targets, "lora.text_targets", name)
                 getattr(pipe, name).add_adapter(_peft_config(cfg, cfg.text_targets))
                 modules[name] = getattr(pipe, name)
     for m in modules.values():  # adapters train in fp32 even when the base weights are half precision
@@ -174,7 +189,7 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
     device = resolve_device(train.device)
     pipe = load_pipeline(student, device, torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    size = cfg.resolution or model_default_size(pipe)
+    size = image_size(pipe, cfg.resolution, "lora.resolution")
     pairs = load_pairs(data)
     cache = encode_pairs(pipe, pairs, size, run_dir / "cache.safetensors", encode_text=not cfg.text_encoder)
     prompts = sorted(pairs["prompt"].unique())

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kd_core.captions import DataConfig
 from kd_core.models.width import build_width_student
-from kd_core.train.data import DataConfig
 from kd_core.train.distill import distill_unet
 from kd_core.train.loop import TrainConfig, TrainResult
 

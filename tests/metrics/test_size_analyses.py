@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from kd_core.captions import DataConfig
 from kd_core.errors import KDError
 from kd_core.metrics.latency import LATENCY_SCHEMA, LatencyConfig, denoiser_latency
 from kd_core.metrics.timestep import TIMESTEP_SCHEMA, TimestepConfig, bucket_edges, timestep_mse
@@ -17,7 +18,6 @@ from kd_core.metrics.trajectory import (
 )
 from kd_core.models.loading import load_pipeline
 from kd_core.models.width import build_width_student
-from kd_core.train.data import DataConfig
 from kd_core.train.distill import save_student_pipeline
 
 from ..conftest import random_image_manifest

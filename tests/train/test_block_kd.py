@@ -12,9 +12,9 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
+from kd_core.captions import DataConfig
 from kd_core.models.bk_sdm import LEVELS
 from kd_core.train.block_kd import BlockKDConfig, train_block_kd
-from kd_core.train.data import DataConfig
 from kd_core.train.distill import kd_terms
 from kd_core.train.loop import TrainConfig, complete_checkpoints
 
@@ -62,7 +62,7 @@ def test_train_save_and_load_every_level(tiny_sd15, teacher_images, tmp_path, le
 SCRIPT = textwrap.dedent("""
     import sys, time, torch
     from kd_core.train import block_kd, distill
-    from kd_core.train.data import DataConfig
+    from kd_core.captions import DataConfig
     from kd_core.train.loop import TrainConfig
     delay = float(sys.argv[4])
     terms = distill.kd_terms

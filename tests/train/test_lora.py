@@ -5,10 +5,10 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
+from kd_core.captions import DataConfig, load_pairs
 from kd_core.errors import KDError
 from kd_core.generate import GenerationConfig, generate_images
 from kd_core.prompts import PromptConfig, synthesize_prompts
-from kd_core.train.data import DataConfig, load_pairs
 from kd_core.train.loop import TrainConfig
 from kd_core.train.lora import KOHYA_FILE, UNET_TARGETS, LoRAConfig, train_lora
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from kd_core.train.data import DataConfig
+from kd_core.captions import DataConfig
 from kd_core.train.loop import TrainConfig
 from kd_core.train.size_study import SizeStudyConfig, train_width_student
 

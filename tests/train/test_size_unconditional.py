@@ -11,12 +11,12 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipel
 from PIL import Image
 from safetensors import safe_open
 
+from kd_core.captions import DataConfig
 from kd_core.generate import GenerationConfig, generate_images
 from kd_core.metrics.efficiency import EfficiencyConfig, measure_model
 from kd_core.metrics.timestep import TimestepConfig, timestep_mse
 from kd_core.metrics.trajectory import TrajectoryConfig, trajectories
 from kd_core.models.tiny import tiny_vae
-from kd_core.train.data import DataConfig
 from kd_core.train.ddpm import DDPMConfig, build_ddpm_unet
 from kd_core.train.loop import TrainConfig
 from kd_core.train.size_study import SizeStudyConfig, train_width_student

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     from safetensors.torch import save_file
     from kd_core.launch import launch_processes
     from kd_core.train import loop
-    from kd_core.train.data import DataConfig
+    from kd_core.captions import DataConfig
 
     kind, source, images, out, n = sys.argv[1:6]
     if not launch_processes(__file__, int(n)):

@@ -27,6 +27,8 @@ def copy_repo(dest: Path) -> Path:
 def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Snakemake in ``repo`` with its own kd_core copy first on the path."""
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "2", "TQDM_MININTERVAL": "5"}
+    if "-n" in args:  # a dry run of a real config names hub ids this machine's cache lacks; it downloads nothing
+        env["HF_HUB_OFFLINE"] = "0"
     proc = subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=repo, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
