@@ -69,8 +69,18 @@ def _peft_config(cfg: LoRAConfig, targets: tuple[str, ...]) -> LoraConfig:
                       target_modules=list(targets))
 
 
+def require_targets(pipe, cfg: LoRAConfig) -> None:
+    """Every LoRA target names a module of the modules it adapts (peft skips a target that names none,
+    or fails with a traceback when none matches); one line naming the key otherwise."""
+    parts = [("unet", cfg.unet_targets, "lora.unet_targets")]
+    if cfg.text_encoder:
+        parts += [(name, cfg.text_targets, "lora.text_targets") for name in ("text_encoder", "text_encoder_2")
+                  if getattr(pipe, name, None) is not None]
+    for part, targets, key in parts:
+        _require_targets(getattr(pipe, part), targets, key, part)
+
+
 def _require_targets(module: torch.nn.Module, targets: tuple[str, ...], key: str, part: str) -> None:
-    """Every target names a module (peft would skip one that names none, or fail with a traceback)."""
     missing = missing_targets((name for name, _ in module.named_modules()), targets)
     if missing:
         layers = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules()
@@ -85,13 +95,11 @@ def add_lora(pipe, cfg: LoRAConfig) -> dict[str, torch.nn.Module]:
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False)
-    _require_targets(pipe.unet, cfg.unet_targets, "lora.unet_targets", "unet")
     pipe.unet.add_adapter(_peft_config(cfg, cfg.unet_targets))
     modules = {"unet": pipe.unet}
     if cfg.text_encoder:
         for name in ("text_encoder", "text_encoder_2"):
             if getattr(pipe, name, None) is not None:
-                _require_targets(getattr(pipe, name), cfg.text_targets, "lora.text_targets", name)
                 getattr(pipe, name).add_adapter(_peft_config(cfg, cfg.text_targets))
                 modules[name] = getattr(pipe, name)
     for m in modules.values():  # adapters train in fp32 even when the base weights are half precision
@@ -190,6 +198,7 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
     pipe = load_pipeline(student, device, torch.float32)
     pipe.set_progress_bar_config(disable=True)
     size = image_size(pipe, cfg.resolution, "lora.resolution")
+    require_targets(pipe, cfg)
     pairs = load_pairs(data)
     cache = encode_pairs(pipe, pairs, size, run_dir / "cache.safetensors", encode_text=not cfg.text_encoder)
     prompts = sorted(pairs["prompt"].unique())

@@ -158,3 +158,12 @@ def test_kohya_file_samples_as_the_diffusers_adapter(request, tmp_path, teacher_
     base, a, b = _sample(DiffusionPipeline.from_pretrained(source)), _sample(diffusers_format), _sample(kohya)
     assert np.abs(base - a).max() > 1e-3  # the adapter matters
     assert np.abs(a - b).max() < 1e-5, f"kohya and diffusers adapters sample {np.abs(a - b).max():.3g} apart"
+
+
+def test_a_lora_target_that_names_no_module_stops_before_any_work(tmp_path, tiny_sd, teacher_images):
+    """A built model's targets are checked by the job (a local folder's, when the config is read)."""
+    cfg = LoRAConfig(**{**LORA.__dict__, "unet_targets": ("to_q", "nosuch_proj")})
+    with pytest.raises(KDError, match=r"config key 'lora.unet_targets' has \['nosuch_proj'\], which name no module of the "
+                                      r"student's unet; its Linear and Conv layers are named e\.g\. \["):
+        train_lora(str(tiny_sd), DataConfig(str(teacher_images)), tmp_path / "adapter", tmp_path / "run", cfg, TRAIN)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "adapter").exists()
