@@ -1,4 +1,6 @@
-"""Whole-experiment checks run when the workflow starts, before any job: schema, grammars, paths."""
+"""Whole-experiment checks run when the workflow starts, before any job: the schema, then what the
+config points at (grammars, model folders and hub ids, data folders, caption tables), image sizes
+against the models, LoRA targets and derived names."""
 
 from __future__ import annotations
 

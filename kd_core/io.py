@@ -1,12 +1,14 @@
 """Atomic file writes and schema-checked Parquet tables with provenance metadata.
 
 Every file the workflow produces is written to a temporary sibling and renamed into place, so an
-interrupted job never leaves a half-written output behind.
+interrupted job never leaves a half-written output behind; the temporary siblings a killed job
+leaves (SIGKILL runs no cleanup) are removed when its rerun writes the same output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -27,11 +29,19 @@ def _umask() -> int:
     return mask
 
 
+def _remove_stale(path: Path) -> None:
+    """Temporary siblings of ``path`` left by a writer that was killed (SIGKILL runs no cleanup)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success. Temporary
+    files of an earlier, killed write of ``path`` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
     os.close(fd)
     tmp = Path(tmp)
@@ -49,6 +59,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; on success it replaces ``path`` (a whole folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp

@@ -59,3 +59,16 @@ def test_outputs_get_usual_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "d" / "g.txt").stat().st_mode) == 0o644
+
+
+def test_a_killed_writers_temporary_files_go_when_the_output_is_written_again(tmp_path):
+    from kd_core.io import atomic_dir, write_text
+
+    (tmp_path / ".table.parquet.x1.parquet").write_text("half")  # what SIGKILL leaves mid-write
+    (tmp_path / ".model.abc").mkdir()
+    (tmp_path / ".model.abc" / "config.json").write_text("{")
+    (tmp_path / ".other.parquet.x2.parquet").write_text("another output's")
+    write_text(tmp_path / "table.parquet", "whole")
+    with atomic_dir(tmp_path / "model") as d:
+        (d / "config.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.parquet.x2.parquet", "model", "table.parquet"]

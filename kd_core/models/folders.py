@@ -49,9 +49,10 @@ def require_cached(repo_id: str, what: str, repo_type: str = "model") -> Path | 
         from huggingface_hub import constants
 
         flag = " --repo-type dataset" if repo_type == "dataset" else ""
-        raise KDError(f"{what} is the hub id {repo_id!r}, which is not in the Hugging Face cache "
-                      f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading it; run "
-                      f"'hf download {repo_id}{flag}' on a machine with network (same HF_HOME), or unset HF_HUB_OFFLINE")
+        raise KDError(f"{what} is the hub id {repo_id!r} (no such local folder in {os.getcwd()} either), which is "
+                      f"not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids "
+                      f"downloading it; run 'hf download {repo_id}{flag}' on a machine with network (same HF_HOME), "
+                      "or unset HF_HUB_OFFLINE")
     return snapshot
 
 

@@ -60,9 +60,10 @@ from kd_core.io import write_json, write_parquet
 
 LOSS_SCHEMA = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("split", pa.string()), ("term", pa.string()),
                          ("value", pa.float64())])
-#: Bumped when what a checkpoint holds changes (2: buffers of trained modules, 3: file checksums), so older
+#: Bumped when what a checkpoint holds changes (2: buffers of trained modules, 3: file checksums, 4: integer
+#: buffers too: batch norm's num_batches_tracked), so older
 #: ones are not resumed.
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4
 #: Seed offset of the fixed draws of a validation loss (noise, timesteps), apart from any training step's.
 VAL_SEED = 12_345
 LR_SCHEDULERS = ("constant", "linear", "cosine", "multistep", "onecycle")
@@ -225,13 +226,14 @@ def batch_indices(n: int, batch_size: int, seed: int, micro_step: int) -> tuple[
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trained parameters, and the floating-point buffers of the modules that own them (batch-norm
-    running statistics): what a checkpoint, the best weights and the EMA must hold to restore a model."""
+    """The trained parameters, and the buffers of the modules that own them (batch norm's running
+    statistics and its ``num_batches_tracked`` count): what a checkpoint, the best weights and the EMA
+    must hold to restore a model."""
     state = {k: p.detach().clone().contiguous() for k, p in model.named_parameters() if p.requires_grad}
     for name, module in model.named_modules():
         if any(p.requires_grad for p in module.parameters(recurse=False)):
             for b, buf in module.named_buffers(recurse=False):
-                if buf is not None and buf.is_floating_point():
+                if buf is not None:
                     state[f"{name}.{b}" if name else b] = buf.detach().clone().contiguous()
     return state
 

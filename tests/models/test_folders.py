@@ -78,7 +78,7 @@ def _snapshot(cache: Path, repo: str, source: Path) -> Path:
 
 def test_a_hub_id_missing_offline_names_the_download_command(tmp_path, monkeypatch):
     _cache(tmp_path, monkeypatch, offline=True)
-    with pytest.raises(KDError, match="'org/model', which is not in the Hugging Face cache .* run 'hf download org/model' on a"):
+    with pytest.raises(KDError, match="'org/model' \\(no such local folder in .* either\\), which is not in the Hugging Face cache .* run 'hf download org/model' on a"):
         require_cached("org/model", "config key 'models.teacher.source'")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online: the loader downloads it
     assert require_cached("org/model", "x") is None

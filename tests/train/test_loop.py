@@ -74,6 +74,34 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
     pd.testing.assert_frame_equal(ref_loss, pd.read_parquet(tmp_path / "run" / "loss.parquet"))
 
 
+def test_resume_restores_every_buffer_of_batch_norm(tmp_path):
+    """Running statistics and the integer num_batches_tracked come back with the weights (the SIGKILL
+    test of the DM-KD classifiers found num_batches_tracked reset to 0 after a resume)."""
+    def bn_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 1))
+
+    def fit(out, stop_at=None):
+        model, calls = bn_model(), {"n": 0}
+
+        def loss(m, batch, gen):
+            calls["n"] += 1
+            if calls["n"] == stop_at:
+                raise KeyboardInterrupt
+            return {"loss": ((m(X[batch.local]).squeeze(-1) - Y[batch.local]) ** 2).mean()}
+
+        Trainer(model, loss, len(X), out, CFG).fit()
+        return model.state_dict()
+
+    reference = fit(tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "run", stop_at=8)
+    resumed = fit(tmp_path / "run")
+    assert int(resumed["1.num_batches_tracked"]) == CFG.max_steps
+    for k in reference:
+        assert torch.equal(reference[k], resumed[k]), k
+
+
 @pytest.mark.parametrize("kind", ["flipped", "truncated", "empty", "deleted"])
 def test_a_damaged_checkpoint_gives_way_to_the_previous_one(tmp_path, kind, capsys):
     reference, _ = final_weights(tmp_path / "ref")

@@ -201,10 +201,13 @@ CASES = [
     Case("config", "ddpm latent dtype", "ddpm_teacher: {data: '@images', vae: 'toy:teacher'}\n" + DDPM,
          "config key 'models.teacher.generation.dtype' is 'auto'; a latent DDPM teacher (LDMPipeline) samples in fp32 only",
          images("images")),
+    Case("config", "relative path that is no folder: a hub id", "models:\n  teacher: {source: models/sd15}\n"
+         "  base_student: {source: 'toy:student'}\n", "is the hub id 'models/sd15' (no such local folder in @case either)"),
     Case("config", "missing local model", "models:\n  teacher: {source: /data/models/sdxl}\n  base_student: {source: 'toy:student'}\n",
          "config key 'models.teacher.source': local path '/data/models/sdxl' does not exist"),
     Case("config", "hub id not cached, offline", "models:\n  teacher: {source: stabilityai/sdxl-turbo}\n  base_student: {source: 'toy:student'}\n",
-         "config key 'models.teacher.source' is the hub id 'stabilityai/sdxl-turbo', which is not in the Hugging Face cache"),
+         "config key 'models.teacher.source' is the hub id 'stabilityai/sdxl-turbo' (no such local folder in @case either), "
+         "which is not in the Hugging Face cache"),
     Case("config", "hub dataset not cached, offline", "lora: {enabled: true, data: huggan/wikiart}\n",
          "'hf download huggan/wikiart --repo-type dataset'"),
     Case("config", "hub CLIP model not cached, offline", "metrics: {clip_model: openai/clip-vit-base-patch32}\n",

@@ -1,20 +1,24 @@
-"""SIGKILL the LoRA training job mid-run, rerun the workflow: it resumes and ends bit-identical."""
+"""SIGKILL jobs mid-run, rerun the workflow: training resumes, every job ends as if never interrupted."""
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from kd_core.runlog import RESOURCES
 from kd_core.train.loop import complete_checkpoints
 
-from .conftest import SNAKEMAKE, edited_config, run
+from .conftest import SNAKEMAKE, copy_repo, edited_config, planned_jobs, run
+from .outputs import differences
 
 pytestmark = pytest.mark.workflow  # runs Snakemake end to end
 
@@ -54,3 +58,68 @@ def test_sigkill_during_lora_training_resumes_to_the_same_adapter(smoke_repo, tm
     assert resumed.keys() == fresh.keys()
     for k in fresh:  # bit for bit, as the README promises for CPU runs
         assert torch.equal(resumed[k], fresh[k]), k
+
+
+#: Every kind of job of the smoke run -> (its rule, the name its logs start with). A job opens its log
+#: when its work begins (after its imports), so a kill after the log appears lands in the work
+#: itself, which takes 0.2-3 s per job in the smoke run.
+JOB_KINDS = {
+    "world data": ("world_data", "world_data"), "toy autoencoder and text encoder": ("toy_base", "toy_base"),
+    "toy U-Net": ("toy_unet", "toy_unet_"), "attribute classifier": ("world_classifier", "world_classifier"),
+    "generation": ("generate", "generate_"), "pairwise metrics": ("pairwise", "pairwise_"),
+    "distribution metrics": ("distribution", "distribution"), "LoRA training": ("train_lora", "train_lora"),
+    "block-KD training": ("train_block_kd", "train_block_kd_"),
+    "width-student training": ("train_width_student", "train_width_student_"),
+    "timestep MSE": ("timestep_mse", "timestep_mse"), "trajectories": ("trajectory", "trajectory"),
+    "DM-KD generation": ("dmkd_generate", "dmkd_generate_"), "DM-KD teacher training": ("dmkd_teacher", "dmkd_teacher"),
+    "DM-KD student training": ("dmkd_student", "dmkd_student_"), "efficiency": ("efficiency", "efficiency"),
+    "figures": ("figure_loss", "figure_"), "paper": ("paper", "paper"),
+}
+
+
+def _kill_once(repo: Path, prefix: str, delay: float, env: dict, *args: str) -> Path | None:
+    """Run the workflow, SIGKILL it ``delay`` seconds after a job whose log starts with ``prefix``
+    begins; the killed job's log if that job was still running, else None."""
+    logs = repo / "results" / "smoke" / "logs"
+    started = time.time()
+    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "2", "--configfile", "config/smoke.yaml", *args], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    fresh = []
+    try:
+        while not fresh and proc.poll() is None:
+            fresh = [p for p in logs.glob(f"{prefix}*.log") if p.stat().st_mtime >= started] if logs.is_dir() else []
+            time.sleep(0.02)
+        if fresh:
+            time.sleep(delay)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return next((p for p in fresh if RESOURCES not in p.read_text()), None)
+
+
+@pytest.mark.slow
+def test_sigkill_in_every_kind_of_job_then_a_rerun_equals_the_uninterrupted_run(smoke_repo, tmp_path):
+    """The smoke run from scratch, killed (SIGKILL, the whole process group) at a random point of the
+    work of one job of each kind in turn, rerun each time; the finished run equals the uninterrupted
+    one: every table by value, every weights file tensor by tensor, every sampled image byte by byte."""
+    (tmp_path / "repo").mkdir()
+    repo = copy_repo(tmp_path / "repo")
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "2", "TQDM_MININTERVAL": "5"}
+    rng = random.Random(16)
+    killed = {}
+    for kind, (rule, prefix) in JOB_KINDS.items():
+        delay, again = rng.uniform(0.05, 0.8), ()
+        for _ in range(4):
+            log = _kill_once(repo, prefix, delay, env, *again)
+            run(repo, "--unlock", "--configfile", "config/smoke.yaml")
+            if log is not None:
+                killed[kind] = f"{log.stem} after {delay:.2f} s"
+                print(f"{kind}: killed {killed[kind]}")
+                break
+            # the job ended before the kill: run one of its kind again (and nothing after it), kill sooner
+            delay, again = delay / 3, ("--forcerun", rule, "--until", rule)
+    assert set(killed) == set(JOB_KINDS), f"never caught running: {set(JOB_KINDS) - set(killed)}"
+    run(repo, "--configfile", "config/smoke.yaml")
+    assert differences(smoke_repo / "results" / "smoke", repo / "results" / "smoke") == []
+    assert planned_jobs(repo, "--configfile", "config/smoke.yaml") == {}
