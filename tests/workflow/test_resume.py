@@ -99,6 +99,7 @@ def _kill_once(repo: Path, prefix: str, delay: float, env: dict, *args: str) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # ~15 min on 2 cores: outside .ci/run's budget (make test TIERS=soak)
 def test_sigkill_in_every_kind_of_job_then_a_rerun_equals_the_uninterrupted_run(smoke_repo, tmp_path):
     """The smoke run from scratch, killed (SIGKILL, the whole process group) at a random point of the
     work of one job of each kind in turn, rerun each time; the finished run equals the uninterrupted
