@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 #: Tables of measured times only (their other columns follow from the config: model, batch size...).
 TIMED_TABLES = {"metrics/efficiency.parquet", "metrics/size_latency.parquet"}
 #: Columns of measured times and memory, and the fingerprints of model folders (file mtimes) that manifests keep.
-TIMED_COLUMNS = re.compile(r"wall_time|settings_hash|step_ms|latency|seconds|memory")
+#: ``on_frontier``: the size study's Pareto front over quality and measured latency.
+TIMED_COLUMNS = re.compile(r"wall_time|settings_hash|step_ms|latency|seconds|memory|on_frontier")
 #: Tensors holding a model fingerprint (file mtimes): latent caches' ``key``.
 FINGERPRINTS = {"key"}
 IMAGES = ("images/", "dmkd/synthetic/", "data/")
