@@ -13,6 +13,7 @@ from kd_core.errors import ConfigError, KDError
 from kd_core.image_folder import scan_image_folder
 from kd_core.models.folders import (
     check_size,
+    example_targets,
     hub_offline,
     missing_targets,
     pipeline_size_multiple,
@@ -275,16 +276,11 @@ def _check_lora_targets(lora: dict[str, Any], folder: Path | None) -> None:
         parts += [(te, "lora.text_targets", lora["text_targets"]) for te in ("text_encoder", "text_encoder_2")
                   if (folder / te).is_dir()]
     for part, key, targets in parts:
-        missing = missing_targets(weight_modules(folder / part), targets)
+        modules = weight_modules(folder / part)
+        missing = missing_targets(modules, targets)
         if missing:
             raise ConfigError(f"config key '{key}' has {missing}, which name no module of the student's {part} "
-                              f"({folder / part}); use module names such as {_example_targets(folder / part)}")
-
-
-def _example_targets(folder: Path) -> list[str]:
-    """A few distinct last parts of module names: what a LoRA target list could name."""
-    tails = sorted({m.rsplit(".", 1)[-1] for m in weight_modules(folder) if not m.rsplit(".", 1)[-1].isdigit()})
-    return tails[:8]
+                              f"({folder / part}); use module names such as {example_targets(modules)}")
 
 
 def _size_multiple(cfg: dict[str, Any], source: str, folder: Path | None) -> int | None:

@@ -35,8 +35,9 @@ def cached_snapshot(repo_id: str, repo_type: str = "model") -> Path | None:
     repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
     snapshots = repo / "snapshots"
     ref = repo / "refs" / "main"
-    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
-        return snapshots / ref.read_text().strip()
+    main = snapshots / ref.read_text().strip() if ref.is_file() else None
+    if main is not None and main.is_dir():
+        return main
     found = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
     return found[-1] if found else None
 
@@ -140,6 +141,11 @@ def missing_targets(module_names: Iterable[str], targets: Iterable[str]) -> list
     after a dot (``to_q`` matches ``down_blocks.0.attentions.0...attn1.to_q``)."""
     names = list(module_names)
     return [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+
+
+def example_targets(module_names: Iterable[str], n: int = 8) -> list[str]:
+    """A few distinct last parts of module names (``to_q``, ``proj_in``...): what a LoRA target list could name."""
+    return sorted({m.rsplit(".", 1)[-1] for m in module_names if not m.rsplit(".", 1)[-1].isdigit()})[:n]
 
 
 def weight_modules(folder: Path) -> list[str]:

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from kd_core.captions import DataConfig, load_pairs
 from kd_core.errors import KDError
 from kd_core.io import atomic_dir, write_json
-from kd_core.models.folders import missing_targets
+from kd_core.models.folders import example_targets, missing_targets
 from kd_core.models.loading import image_size, load_pipeline
 from kd_core.seeding import resolve_device
 from kd_core.sources import fingerprint
@@ -83,10 +83,9 @@ def require_targets(pipe, cfg: LoRAConfig) -> None:
 def _require_targets(module: torch.nn.Module, targets: tuple[str, ...], key: str, part: str) -> None:
     missing = missing_targets((name for name, _ in module.named_modules()), targets)
     if missing:
-        layers = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules()
-                         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and not n.rsplit(".", 1)[-1].isdigit()})
+        layers = example_targets(n for n, m in module.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
         raise KDError(f"config key '{key}' has {missing}, which name no module of the student's {part}; "
-                      f"its Linear and Conv layers are named e.g. {layers[:8]}")
+                      f"its Linear and Conv layers are named e.g. {layers}")
 
 
 def add_lora(pipe, cfg: LoRAConfig) -> dict[str, torch.nn.Module]:
