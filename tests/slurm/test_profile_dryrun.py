@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 import yte
+from PIL import Image
 
 from .common import PROFILE, ROOT, SITE_VARS, gpu_rules, printed_jobs
 
@@ -67,16 +68,21 @@ def _path_without_slurm(tmp: Path, fakes: Path | None = None) -> str:
     return str(bin_dir)
 
 
+def _image_class(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8), (120, 60, 30)).save(folder / "0.png")
+
+
 def _config(name: str, tmp: Path) -> Path:
     """config/experiments/<name>.yaml; a dmkd.real or ddpm_teacher.data folder it names but this
-    machine lacks is faked (empty)."""
+    machine lacks is faked (one small image per class: the config check decodes the first)."""
     path = ROOT / "config" / "experiments" / f"{name}.yaml"
     cfg = yaml.safe_load(path.read_text())
     faked = False
     for section, key in (("ddpm_teacher", "data"), ("features", "real_images")):
         where = cfg.get(section) or (cfg.get("metrics") or {}).get(section) or {}
         if where.get(key) and not (ROOT / where[key]).exists():
-            (tmp / section / "a").mkdir(parents=True)
+            _image_class(tmp / section / "a")
             where[key] = str(tmp / section)
             faked = True
     if faked:
@@ -86,7 +92,7 @@ def _config(name: str, tmp: Path) -> Path:
     if real and not (ROOT / real).exists():
         for split in ("train", "test"):
             for c in cfg["dmkd"].get("classes") or ["a", "b"]:
-                (tmp / "real" / split / c).mkdir(parents=True)
+                _image_class(tmp / "real" / split / c)
         cfg["dmkd"]["real"] = str(tmp / "real")
         path = tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -98,7 +104,9 @@ def dry_run(config: Path, env: dict[str, str], path: str, *args: str) -> subproc
     # --cores: a real run has none and leaves threads uncapped; a dry run would default to 1
     cmd = [sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "--workflow-profile", "none",
            "--cores", "64", "--configfile", str(config), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**base, **env, "PATH": path, "PYTHONPATH": str(ROOT)},
+    # downloads on: the experiments' hub ids are not in this machine's cache (a GPU host would fetch them)
+    proc = subprocess.run(cmd, cwd=ROOT, env={**base, "HF_HUB_OFFLINE": "0", **env, "PATH": path,
+                                              "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
