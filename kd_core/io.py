@@ -11,7 +11,9 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,9 +31,30 @@ def _umask() -> int:
     return mask
 
 
+def _owner() -> str:
+    """``<pid>@<host>``: who writes a temporary file, in its name (see :func:`_remove_stale`)."""
+    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _remove_stale(path: Path) -> None:
-    """Temporary siblings of ``path`` left by a writer that was killed (SIGKILL runs no cleanup)."""
+    """Temporary siblings of ``path`` left by a writer that was killed (SIGKILL runs no cleanup): those
+    of a process of this host that no longer runs. A live writer's (another rank of the same job) and
+    another host's are left alone."""
+    host = _owner().split("@", 1)[1]
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        owner = re.match(r"(\d+)@([A-Za-z0-9-]+)\.", stale.name[len(path.name) + 2:])
+        if owner and (owner[2] != host or _alive(int(owner[1]))):
+            continue
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
@@ -42,7 +65,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=suffix or path.suffix)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -60,7 +83,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{_owner()}."))
     try:
         yield tmp
         mask = _umask()

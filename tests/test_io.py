@@ -72,3 +72,24 @@ def test_a_killed_writers_temporary_files_go_when_the_output_is_written_again(tm
     with atomic_dir(tmp_path / "model") as d:
         (d / "config.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.parquet.x2.parquet", "model", "table.parquet"]
+
+
+def test_only_dead_writers_temporaries_are_removed(tmp_path):
+    """Two ranks of one job may write the same output at once: a live writer's temporary file (and one
+    of another host, whose processes this one cannot see) is kept; a finished process's goes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from kd_core.io import _owner, write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = _owner().split("@", 1)[1]
+    assert host and "." not in host and host[:3] == socket.gethostname()[:3].replace(".", "-")
+    live, gone = f".t.txt.{os.getpid()}@{host}.a1.txt", f".t.txt.{int(dead.stdout)}@{host}.b2.txt"
+    elsewhere = f".t.txt.{int(dead.stdout)}@another-host.c3.txt"
+    for name in (live, gone, elsewhere):
+        (tmp_path / name).write_text("half")
+    write_text(tmp_path / "t.txt", "whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live, elsewhere, "t.txt"])

@@ -186,6 +186,40 @@ def text_conditioning(pipe, cache: dict[str, torch.Tensor], prompts: list[str], 
     return conditioning
 
 
+class LoRALoss:
+    """The LoRA task loss as an object given the prepared student (a :class:`LoRAStudent`, DDP-wrapped
+    with several processes): the noise schedule and the cached latents of the training and
+    validation images live here. A step draws each example's latent from its cached posterior, noises
+    it, and, with ``proportion_empty_prompts``, drops its caption (diffusers' ``--proportion_empty_prompts``)."""
+
+    def __init__(self, diffusion: Diffusion, cache: dict[str, torch.Tensor], cfg: LoRAConfig, device: torch.device,
+                 split: tuple[torch.Tensor, torch.Tensor], val_seed: int):
+        self.diffusion, self.cfg, self.device = diffusion, cfg, device
+        self.mean, self.std = cache["latent_mean"], cache["latent_std"]
+        self.val_ids, self.train_ids = split
+        self.val_seed = val_seed
+
+    def draw(self, ids: torch.Tensor, gen: torch.Generator) -> Noised:
+        return self.diffusion.draw(sample_posterior(self.mean[ids], self.std[ids], gen), gen)
+
+    def terms(self, model: torch.nn.Module, ids: torch.Tensor, noised: Noised,
+              drop: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        pred = model(noised.noisy.to(self.device), noised.t.to(self.device), ids, drop).float()
+        weighted, per = self.diffusion.loss(pred, noised)
+        return {"loss": weighted, "task_mse": per.mean()}
+
+    def __call__(self, model: torch.nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        ids = self.train_ids[batch.indices]
+        noised = self.draw(ids, gen)
+        p_empty = self.cfg.proportion_empty_prompts
+        drop = torch.rand(len(ids), generator=gen) < p_empty if p_empty > 0 else None
+        return self.terms(model, batch.shard(ids), batch.shard(noised), None if drop is None else batch.shard(drop))
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        return {"loss": chunked_mean(lambda ids, gen: self.terms(model, ids, self.draw(ids, gen)), self.val_ids,
+                                     self.val_seed)["task_mse"]}
+
+
 def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir: str | Path, cfg: LoRAConfig,
                train: TrainConfig) -> TrainResult:
     """LoRA-tune ``student`` (hub id or folder) on ``data``; the adapter goes to ``adapter_dir``.
@@ -203,38 +237,17 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
     prompts = sorted(pairs["prompt"].unique())
     torch.manual_seed(train.seed)  # LoRA's random initialisation of A
     modules = add_lora(pipe, cfg)
-    diffusion = Diffusion(pipe.scheduler.config, cfg.snr_gamma)
-    val_ids, train_ids = holdout_split(len(pairs), cfg.val_fraction, train.seed)
-    mean, std = cache["latent_mean"], cache["latent_std"]
-
     conditioning = text_conditioning(pipe, cache, prompts, cfg, size, device)
-
-    def terms(model: torch.nn.Module, ids: torch.Tensor, noised: Noised, drop: torch.Tensor | None = None):
-        pred = model(noised.noisy.to(device), noised.t.to(device), ids, drop).float()
-        weighted, per = diffusion.loss(pred, noised)
-        return {"loss": weighted, "task_mse": per.mean()}
-
-    def draw(ids: torch.Tensor, gen: torch.Generator) -> Noised:
-        return diffusion.draw(sample_posterior(mean[ids], std[ids], gen), gen)
-
-    def loss(model: torch.nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        ids = train_ids[batch.indices]
-        noised = draw(ids, gen)
-        p_empty = cfg.proportion_empty_prompts
-        drop = torch.rand(len(ids), generator=gen) < p_empty if p_empty > 0 else None
-        return terms(model, batch.shard(ids), batch.shard(noised), None if drop is None else batch.shard(drop))
-
-    def val_fn(model: torch.nn.Module) -> dict[str, float]:
-        return {"loss": chunked_mean(lambda ids, gen: terms(model, ids, draw(ids, gen)), val_ids,
-                                     train.seed + VAL_SEED)["task_mse"]}
-
+    loss = LoRALoss(Diffusion(pipe.scheduler.config, cfg.snr_gamma), cache, cfg, device,
+                    holdout_split(len(pairs), cfg.val_fraction, train.seed), train.seed + VAL_SEED)
     key = run_key(student=student, data=asdict(data), lora=asdict(cfg), size=size, files=list(pairs["image"]),
                   # contents, not only names: retrained models or remade images restart the run
                   weights=fingerprint(student), data_key=bytes(cache["key"].tolist()).decode())
-    trainer = Trainer(LoRAStudent(modules, conditioning), loss, len(train_ids), run_dir, train,
-                      val_fn=val_fn if len(val_ids) else None, name="lora", run_key=key)
+    trainer = Trainer(LoRAStudent(modules, conditioning), loss, len(loss.train_ids), run_dir, train,
+                      val_fn=loss.validate if len(loss.val_ids) else None, name="lora", run_key=key)
     result = trainer.fit()
-    save_lora(pipe, modules, adapter_dir, cfg.kohya,
-              {"base_model": student, "lora": asdict(cfg), "train": asdict(train), "data": asdict(data),
-               "resolution": size, "steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early})
+    if trainer.accelerator.is_main_process:  # one writer: every rank ends with the same weights
+        save_lora(pipe, modules, adapter_dir, cfg.kohya,
+                  {"base_model": student, "lora": asdict(cfg), "train": asdict(train), "data": asdict(data), "resolution": size,
+                   "steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early})
     return result
