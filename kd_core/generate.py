@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kd_core.errors import KDError
+from kd_core.fast_paths import FastPaths, apply_to_pipeline
 from kd_core.io import read_metadata, save_png, write_parquet
 from kd_core.models.loading import image_size, is_conditional, load_pipeline
 from kd_core.seeding import resolve_device, resolve_dtype
@@ -56,13 +57,16 @@ class GenerationConfig:
     variant: str | None = None
     vae: str | None = None
     lora: str | None = None  # a LoRA adapter folder applied to the model
+    fast_paths: FastPaths = FastPaths()  # speed switches (kd_core.fast_paths); all off: plain diffusers
 
 
 def _settings(source: str, cfg: GenerationConfig, size: int, device: torch.device, dtype: torch.dtype) -> dict:
     return {"source": source, "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
             "height": size, "width": size, "dtype": str(dtype).removeprefix("torch."), "device": device.type,
             "variant": cfg.variant, "vae": cfg.vae, "lora": cfg.lora,
-            "weights": [fingerprint(source), fingerprint(cfg.vae), fingerprint(cfg.lora)]}
+            "weights": [fingerprint(source), fingerprint(cfg.vae), fingerprint(cfg.lora)],
+            # the switches can move pixels (TF32, other kernels): part of the settings once one is on
+            **({"fast_paths": asdict(cfg.fast_paths)} if cfg.fast_paths != FastPaths() else {})}
 
 
 def _progress_tables(out_dir: Path) -> list[Path]:
@@ -117,6 +121,7 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
     dtype = resolve_dtype(cfg.dtype, device)
     pipe = load_pipeline(source, device, dtype, cfg.variant, cfg.vae, cfg.scheduler, cfg.lora)
     pipe.set_progress_bar_config(disable=True)
+    apply_to_pipeline(pipe, cfg.fast_paths)
     size = image_size(pipe, cfg.resolution, "generation resolution")
     settings = _settings(source, cfg, size, device, dtype)
     shash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

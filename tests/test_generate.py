@@ -128,3 +128,20 @@ def test_three_shards_gather_to_the_unsharded_images_and_manifest(tmp_path, prom
     # more shards than batches: the surplus shard is empty and needs no model
     empty = generate_images("/nonexistent/model", prompts.iloc[:1], tmp_path / "four", CFG, "m", shard=Shard(0, 4))
     assert empty.empty and manifest_path(tmp_path / "four", Shard(0, 4)).is_file()
+
+
+def test_fast_paths_are_settings_of_the_images_once_on(tmp_path, prompts, tiny_sd):
+    """Off (the default), the manifest's settings are those of a plain run; channels-last on is another
+    setting (its images are remade) and gives the same pixels to a grey level."""
+    from dataclasses import replace
+
+    from kd_core.fast_paths import FastPaths
+
+    plain = generate_images(str(tiny_sd), prompts, tmp_path / "plain", CFG, "m")
+    assert "fast_paths" not in read_metadata(tmp_path / "plain" / "manifest.parquet")["settings"]
+    fast_cfg = replace(CFG, fast_paths=FastPaths(channels_last=True))
+    fast = generate_images(str(tiny_sd), prompts, tmp_path / "fast", fast_cfg, "m")
+    assert read_metadata(tmp_path / "fast" / "manifest.parquet")["settings"]["fast_paths"]["channels_last"] is True
+    assert set(fast["settings_hash"]) != set(plain["settings_hash"])
+    a, b = _pixels(tmp_path / "plain", plain), _pixels(tmp_path / "fast", fast)
+    assert max(int(np.abs(a[f].astype(int) - b[f].astype(int)).max()) for f in a) <= 1

@@ -24,6 +24,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from kd_core.fast_paths import apply_to_pipeline
 from kd_core.generate import GenerationConfig
 from kd_core.io import write_parquet
 from kd_core.models.loading import image_size, is_conditional, load_pipeline
@@ -125,6 +126,7 @@ def measure_model(name: str, source: str, spec: GenerationConfig, cfg: Efficienc
         if spec.lora and cfg.fuse_lora:
             pipe.fuse_lora()
             pipe.unload_lora_weights()
+        apply_to_pipeline(pipe, spec.fast_paths)  # timed as the images were made
         size = image_size(pipe, spec.resolution, "efficiency resolution")
         steps = cfg.steps or spec.steps
         for i in range(cfg.warmup):

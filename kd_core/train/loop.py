@@ -56,6 +56,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from kd_core.errors import KDError
+from kd_core.fast_paths import TrainFastPaths, apply_to_training, fused_adamw
 from kd_core.io import write_json, write_parquet
 
 LOSS_SCHEMA = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("split", pa.string()), ("term", pa.string()),
@@ -124,6 +125,7 @@ class TrainConfig:
     device: str = "auto"
     ema_decay: float | None = None  # EMA of the trained weights, used at the end; None: off
     ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) at update n, as diffusers' EMAModel
+    fast_paths: TrainFastPaths = field(default_factory=TrainFastPaths)
 
 
 @dataclass
@@ -314,6 +316,7 @@ class Trainer:
         self.accelerator = _accelerator(mixed if not cpu or mixed == "bf16" else "no", cpu)
         self.steps_per_epoch = steps_per_epoch(n_examples, cfg.batch_size, cfg.gradient_accumulation)
         self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        apply_to_training(model, cfg.fast_paths)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise KDError(f"{name}: the model has no trainable parameters")
@@ -321,7 +324,8 @@ class Trainer:
             opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
         elif cfg.optimizer == "adamw":
             # fused: one kernel for all parameters (the default per-parameter loop is ~10% of a toy step on a CPU)
-            opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+            fused = fused_adamw(cfg.fast_paths.fused_optimizer, self.accelerator.device)
+            opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
         else:
             raise KDError(f"{name}: unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
         if cfg.monitor_mode not in ("min", "max"):

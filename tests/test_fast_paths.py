@@ -1,0 +1,126 @@
+"""The speed switches: each off by default, each leaves the model's outputs as they were (to float
+rounding), a failing compiler falls back to eager with one warning."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from kd_core.config import build
+from kd_core.fast_paths import (
+    FastPaths,
+    TrainFastPaths,
+    apply_to_pipeline,
+    compile_guarded,
+    enable_gradient_checkpointing,
+    fused_adamw,
+    set_tf32,
+)
+from kd_core.generate import GenerationConfig
+from kd_core.train.loop import TrainConfig
+
+
+def _unet() -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                attention_head_dim=2, norm_num_groups=4).eval()
+
+
+def _inputs(n: int = 2) -> tuple:
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(n, 4, 8, 8, generator=gen), torch.tensor([10] * n),
+            torch.randn(n, 3, 8, generator=gen))
+
+
+class _Pipe:
+    def __init__(self):
+        self.unet = _unet()
+        self.vae = None
+
+
+def test_defaults_are_plain_diffusers():
+    assert GenerationConfig().fast_paths == FastPaths(False, False, "default", False)
+    assert TrainConfig().fast_paths == TrainFastPaths(False, False, False, None)
+    # built from a config section as the workflow does
+    cfg = build(GenerationConfig, {"fast_paths": {"channels_last": True, "compile": False, "compile_mode": "default",
+                                                  "tf32": False}})
+    assert cfg.fast_paths == FastPaths(channels_last=True)
+    train = build(TrainConfig, {"fast_paths": {"gradient_checkpointing": True, "fused_optimizer": False}})
+    assert train.fast_paths.gradient_checkpointing and train.fast_paths.fused_optimizer is False
+
+
+def test_fused_optimizer_by_device():
+    assert fused_adamw(None, torch.device("cpu")) is True
+    assert fused_adamw(None, torch.device("cuda")) is False
+    assert fused_adamw(True, torch.device("cuda")) is True and fused_adamw(False, torch.device("cpu")) is False
+
+
+def test_tf32_switch_sets_and_restores_matmul_precision():
+    try:
+        set_tf32(True)
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        set_tf32(False)
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+
+
+def test_channels_last_keeps_the_outputs():
+    x, t, cond = _inputs()
+    pipe = _Pipe()
+    with torch.no_grad():
+        ref = pipe.unet(x, t, cond).sample
+        apply_to_pipeline(pipe, FastPaths(channels_last=True))
+        conv = pipe.unet.conv_in.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        out = pipe.unet(x, t, cond).sample
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_guarded_runs_compiled_then_falls_back_with_one_warning(capfd):
+    x, t, cond = _inputs()
+    unet = _unet()
+    with torch.no_grad():
+        ref = unet(x, t, cond).sample
+    calls = []
+
+    def counting_backend(gm, example_inputs):  # a backend that works: the compiled graph runs
+        calls.append(len(example_inputs))
+        return gm.forward
+
+    compile_guarded(unet, "U-Net", backend=counting_backend)
+    with torch.no_grad():
+        out = unet(x, t, cond).sample
+    assert calls, "the compiled path did not run"
+    torch.testing.assert_close(out, ref)
+    assert unet.config.sample_size == 8 and "conv_in.weight" in unet.state_dict()  # compiled in place
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    unet2 = _unet()
+    compile_guarded(unet2, "U-Net", backend=broken_backend)
+    with torch.no_grad():
+        first = unet2(x, t, cond).sample
+        second = unet2(x, t, cond).sample
+    torch.testing.assert_close(first, ref)
+    torch.testing.assert_close(second, ref)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "torch.compile of the U-Net failed" in line]
+    assert len(lines) == 1 and "running it uncompiled" in lines[0], err
+    assert unet2._compiled_call_impl is None
+
+
+def test_gradient_checkpointing_keeps_the_gradients():
+    x, t, cond = _inputs()
+    grads = []
+    for checkpointing in (False, True):
+        unet = _unet().train()
+        if checkpointing:
+            assert enable_gradient_checkpointing(unet) == 1 and unet.is_gradient_checkpointing
+        unet(x, t, cond).sample.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in unet.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    frozen = _unet().requires_grad_(False)
+    assert enable_gradient_checkpointing(frozen) == 0  # nothing trained, nothing switched
