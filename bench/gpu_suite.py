@@ -11,8 +11,10 @@ precision (``--dtype auto``: bf16 on a GPU that has it, else fp16; fp32 on the C
   U-Net sees twice the images), at batch 1 and 8, in native resolution. ``diffusers`` is the
   U-Net as ``from_pretrained`` gives it; the variants are kd_core's switches
   (:mod:`kd_core.fast_paths`): ``channels_last``, ``compile`` (inductor) and ``cuda_graphs``
-  (``torch.compile`` ``reduce-overhead``; CUDA only). Each round times a block of steps of the
-  plain U-Net and of the variant, in random order, so a ratio is paired within its round;
+  (``torch.compile`` ``reduce-overhead``; CUDA only), the compiled ones for SD 1.5 and SDXL at batch 1
+  (each is a compilation; ``--compile-models``, ``--compile-batch-sizes``). Each round times a block
+  of steps (``--block-seconds`` of them) of the plain U-Net and of every variant, in random order, so
+  a ratio is paired within its round;
 - ``end_to_end``: images per second through ``kd_core.generate.generate_images`` against a plain
   ``DiffusionPipeline.from_pretrained(...)`` / ``pipe(...)`` loop, same folder, settings and seeds
   (sampling time: each side's pipeline calls, without loading and PNG writing);
@@ -191,27 +193,29 @@ def sampling(models, args, device, dtype, rng) -> list[dict]:
 
 
 def _sample_one(model: str, args, device, dtype, rng) -> list[dict]:
-    variants = ["diffusers", "channels_last"]
-    if model in args.compile_models:
-        variants += ["compile"] + (["cuda_graphs"] if device.type == "cuda" else [])
+    compiled = [] if model not in args.compile_models else ["compile"] + (["cuda_graphs"] if device.type == "cuda" else [])
     peak = peak_tflops(device, args.peak_tflops)
     pipe = reference_pipeline(model, device, dtype, tiny=args.tiny)
     unet = pipe.unet.eval().requires_grad_(False)
     v = UNetVariants(pipe, device)
     for name, mode in (("compile", "default"), ("cuda_graphs", "reduce-overhead")):
-        if name in variants:
+        if name in compiled:
             v.add_compiled(name, mode, args.compile_backend)
     size = resolution(model, args.tiny)
     rows = []
     for batch in args.batch_sizes:
+        variants = ["diffusers", "channels_last"] + (compiled if batch in args.compile_batch_sizes else [])
         inputs = unet_inputs(pipe, batch, size, device, dtype)
         with torch.inference_mode():
             v.set("diffusers")
             gflop = count_flops(lambda: unet(**inputs)) / 1e9  # noqa: B023 -- called at once
-            blocks = {name: v.block(name, inputs, args.steps_per_block) for name in variants}
+            # steps per timed block: given, or as many as fill --block-seconds of the plain U-Net
+            steps = args.steps_per_block or max(1, min(50, round(args.block_seconds / (
+                _timed(lambda: [unet(**inputs) for _ in range(3)], device) / 3))))  # noqa: B023
+            blocks = {name: v.block(name, inputs, steps) for name in variants}
             secs = paired_rounds(blocks, args.rounds, args.warmup, device, rng)
             mem = {name: peak_memory(v.block(name, inputs, 1), device) for name in variants}
-        stats = summarize({n: args.steps_per_block / s for n, s in secs.items()}, "diffusers", rng)
+        stats = summarize({n: steps / s for n, s in secs.items()}, "diffusers", rng)
         for name in variants:
             s = stats[name]
             tflops = gflop * s["value"] / 1e3
@@ -485,9 +489,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     # None: the real-size default, or with --tiny the small one after it (a CPU run of every code path in ~1 min)
     ap.add_argument("--batch-sizes", type=int, nargs="+", help="images per sampling step (1 8; --tiny 1 2)")
     ap.add_argument("--train-batch-sizes", type=int, nargs="+", help="training batches (8 16; --tiny 2 4)")
-    ap.add_argument("--rounds", type=int, help="timed rounds (10; --tiny 2)")
+    ap.add_argument("--rounds", type=int, help="timed rounds (8; --tiny 2)")
     ap.add_argument("--warmup", type=int, help="untimed rounds first, where compilation happens (2; --tiny 1)")
-    ap.add_argument("--steps-per-block", type=int, help="U-Net steps per timed block (10; --tiny 1)")
+    ap.add_argument("--steps-per-block", type=int, help="U-Net steps per timed block (as many as fill "
+                                                         "--block-seconds; --tiny 1)")
+    ap.add_argument("--block-seconds", type=float, default=0.3, help="time of a timed block of U-Net steps")
     ap.add_argument("--train-steps-per-block", type=int, help="optimizer steps per timed block (5; --tiny 1)")
     ap.add_argument("--images", type=int, help="end to end: images per run (16; --tiny 4)")
     ap.add_argument("--e2e-batch", type=int, help="end to end: batch size (8; --tiny 2)")
@@ -495,15 +501,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--sampling-steps", type=int, help="end to end: denoising steps per image (20; --tiny 2)")
     ap.add_argument("--compile-models", nargs="*", choices=MODELS,
                     help="models timed with the torch.compile variants (sd15 sdxl; --tiny sd15); none: no compile")
+    ap.add_argument("--compile-batch-sizes", type=int, nargs="+",
+                    help="batch sizes timed compiled (1: each is a compilation of a minute or more on a GPU)")
     ap.add_argument("--compile-backend", help="torch.compile backend (inductor; --tiny on a CPU aot_eager: "
                                               "the same capture without a C++ build)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16/fp16 peak, for MFU")
     ap.add_argument("--out", default="results/bench/gpu_suite.parquet")
     args = ap.parse_args(argv)
-    defaults = {"batch_sizes": ([1, 8], [1, 2]), "train_batch_sizes": ([8, 16], [2, 4]), "rounds": (10, 2),
-                "warmup": (2, 1), "steps_per_block": (10, 1), "train_steps_per_block": (5, 1), "images": (16, 4),
-                "e2e_batch": (8, 2), "sampling_steps": (20, 2), "compile_models": (["sd15", "sdxl"], ["sd15"]),
-                "compile_backend": ("inductor", "inductor")}
+    defaults = {  # key: (real size, --tiny)
+        "batch_sizes": ([1, 8], [1, 2]), "train_batch_sizes": ([8, 16], [2, 4]), "rounds": (8, 2), "warmup": (2, 1),
+        "steps_per_block": (None, 1), "train_steps_per_block": (5, 1), "images": (16, 4), "e2e_batch": (8, 2),
+        "sampling_steps": (20, 2), "compile_models": (["sd15", "sdxl"], ["sd15"]), "compile_batch_sizes": ([1], [1]),
+        "compile_backend": ("inductor", "inductor")}
     for key, (real, tiny) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, tiny if args.tiny else real)
