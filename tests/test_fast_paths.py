@@ -137,3 +137,31 @@ def test_gradient_checkpointing_keeps_the_gradients():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
     frozen = _unet().requires_grad_(False)
     assert enable_gradient_checkpointing(frozen) == 0  # nothing trained, nothing switched
+
+
+def test_trainer_applies_the_training_switches(tmp_path):
+    """Through the Trainer: checkpointed, channels-last, unfused training ends where the plain run ends."""
+    from kd_core.train.loop import Trainer, trainable_state
+
+    x, t, cond = _inputs(4)
+
+    def loss(model, batch, gen):
+        out = model(x[batch.indices], t[batch.indices], cond[batch.indices]).sample
+        return {"loss": out.square().mean()}
+
+    finals = []
+    for name, fast in (("plain", TrainFastPaths()),
+                       ("fast", TrainFastPaths(channels_last=True, gradient_checkpointing=True, fused_optimizer=False))):
+        unet = _unet().train()
+        cfg = TrainConfig(max_steps=2, batch_size=2, lr=1e-3, device="cpu", checkpoint_every=10, fast_paths=fast)
+        trainer = Trainer(unet, loss, 4, tmp_path / name, cfg, name=name)
+        if name == "fast":
+            assert unet.is_gradient_checkpointing
+            assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+            assert trainer.opt.optimizer.defaults["fused"] is None  # PyTorch's default loop
+        else:
+            assert trainer.opt.optimizer.defaults["fused"] is True and not unet.is_gradient_checkpointing
+        trainer.fit()
+        finals.append(trainable_state(trainer.unwrapped))
+    for k in finals[0]:
+        torch.testing.assert_close(finals[1][k], finals[0][k], rtol=1e-4, atol=1e-6)
