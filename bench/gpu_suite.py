@@ -46,7 +46,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from kd_core.fast_paths import compile_guarded  # noqa: E402
 from kd_core.metrics.bootstrap import bootstrap_ci  # noqa: E402
 from kd_core.metrics.efficiency import PeakMemory  # noqa: E402
+from kd_core.metrics.latency import count_flops  # noqa: E402
 from kd_core.models.reference import MODELS, reference_pipeline, resolution  # noqa: E402
 from kd_core.seeding import resolve_device, resolve_dtype  # noqa: E402
 
@@ -120,12 +120,6 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def count_flops(fn: Callable[[], object]) -> float:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> float:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from tqdm.auto import tqdm
 
 from kd_core.io import write_parquet
@@ -79,11 +79,32 @@ def step_inputs(pipe, batch: int, guidance_scale: float, device: torch.device, d
     return inputs
 
 
+def _cpu_attention(query, key, value, *args, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward(grad_out, query, key, value, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+#: torch's FlopCounterMode counts the CUDA attention kernels but not the CPU one that
+#: ``scaled_dot_product_attention`` runs there (0 FLOPs: a U-Net's attention went uncounted on a CPU).
+CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+                       torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward}
+
+
+def count_flops(fn) -> int:
+    """Floating-point operations (multiply-add = 2) of the tensor work ``fn()`` runs, backward passes
+    included, on any device."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def flops(unet: torch.nn.Module, inputs: dict) -> int:
     """Floating-point operations of one forward pass (multiply-add = 2)."""
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        unet(**inputs)
-    return int(counter.get_total_flops())
+    with torch.inference_mode():
+        return count_flops(lambda: unet(**inputs))
 
 
 def denoiser_latency(teacher: str, students: dict[str, str], factors: dict[str, float], cfg: LatencyConfig,
