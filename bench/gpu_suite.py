@@ -324,7 +324,7 @@ def _student(teacher: torch.nn.Module, task: str, device: torch.device) -> tuple
     return build_width_student(teacher, 0.5).to(device).train(), {}
 
 
-def _kd_core_step(task: str, batch: int, cache: dict, run_dir: Path, args, device, mixed: str):
+def _kd_core_step(pipe, task: str, batch: int, cache: dict, run_dir: Path, args, device, mixed: str):
     """(one optimizer step of kd_core's Trainer with the loss object the workflow's rule trains with, cleanup)."""
     from kd_core.train.block_kd import BlockKDConfig
     from kd_core.train.diffusion import Diffusion
@@ -332,7 +332,6 @@ def _kd_core_step(task: str, batch: int, cache: dict, run_dir: Path, args, devic
     from kd_core.train.loop import TrainConfig, Trainer
     from kd_core.train.lora import LoRAConfig, LoRALoss, LoRAStudent, add_lora, text_conditioning
 
-    pipe = reference_pipeline("sd15", device, torch.float32, tiny=args.tiny)  # as train_lora / distill_unet load it
     size = resolution("sd15", args.tiny)
     diffusion = Diffusion(pipe.scheduler.config)
     split = (torch.arange(0), torch.arange(len(cache["latent_mean"])))
@@ -427,10 +426,9 @@ def _plain_step(task: str, batch: int, cache: dict, args, device, dtype, mixed: 
 def _train_one(task: str, batch: int, tmp: Path, args, device, dtype, rng) -> list[dict]:
     mixed = "no" if device.type == "cpu" else ("bf16" if dtype == torch.bfloat16 else "fp16")
     size = resolution("sd15", args.tiny)
-    scale = 8 if not args.tiny else 2  # VAE downsampling of SD 1.5 / of the tiny pipelines
-    emb = 768 if not args.tiny else 32
-    cache = _cache(max(64, 4 * batch), size // scale, emb)
-    kd_step, kd_done = _kd_core_step(task, batch, cache, tmp / "run", args, device, mixed)
+    pipe = reference_pipeline("sd15", device, torch.float32, tiny=args.tiny)  # as train_lora / distill_unet load it
+    cache = _cache(max(64, 4 * batch), size // pipe.vae_scale_factor, pipe.unet.config.cross_attention_dim)
+    kd_step, kd_done = _kd_core_step(pipe, task, batch, cache, tmp / "run", args, device, mixed)
     plain, plain_done = _plain_step(task, batch, cache, args, device, dtype, mixed)
     gflop = count_flops(kd_step) / 1e9
     n = args.train_steps_per_block

@@ -72,7 +72,7 @@ def compile_guarded(module: torch.nn.Module, name: str, mode: str = "default", b
             return compiled(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 -- any compiler failure: fall back to the eager module
             module._compiled_call_impl = None
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first = (str(e).strip().splitlines() or [""])[0]
             print(f"warning: torch.compile of the {name} failed ({type(e).__name__}: {first[:200]}); "
                   "running it uncompiled", file=sys.stderr)
             return module(*args, **kwargs)

@@ -31,9 +31,13 @@ def _umask() -> int:
     return mask
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
+
+
 def _owner() -> str:
     """``<pid>@<host>``: who writes a temporary file, in its name (see :func:`_remove_stale`)."""
-    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())}"
+    return f"{os.getpid()}@{_host()}"
 
 
 def _alive(pid: int) -> bool:
@@ -50,7 +54,7 @@ def _remove_stale(path: Path) -> None:
     """Temporary siblings of ``path`` left by a writer that was killed (SIGKILL runs no cleanup): those
     of a process of this host that no longer runs. A live writer's (another rank of the same job) and
     another host's are left alone."""
-    host = _owner().split("@", 1)[1]
+    host = _host()
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
         owner = re.match(r"(\d+)@([A-Za-z0-9-]+)\.", stale.name[len(path.name) + 2:])
         if owner and (owner[2] != host or _alive(int(owner[1]))):

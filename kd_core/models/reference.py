@@ -31,12 +31,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from kd_core.models.bk_sdm import LEVELS, SD15_UNET_CONFIG, build_student
 from kd_core.models.tokenizer import build_clip_tokenizer
 from kd_core.prompts import iter_words
+from kd_core.world.toy import SCHEDULE
 
 MODELS = ("sd15", *LEVELS, "sdxl")
+# SCHEDULE (kd_core.world.toy): SD 1.5's and SDXL's training schedule, scaled-linear betas
 #: Native image sizes (px).
 RESOLUTION = {"sd15": 512, "bk_base": 512, "bk_small": 512, "bk_tiny": 512, "sdxl": 1024}
-SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-            "steps_offset": 1, "prediction_type": "epsilon"}
 
 SD15_VAE_CONFIG: dict[str, Any] = {
     "act_fn": "silu", "block_out_channels": [128, 256, 512, 512], "in_channels": 3, "out_channels": 3,
@@ -74,9 +74,9 @@ def _pipeline(model: str, device: torch.device, dtype: torch.dtype):
     """The real-size pipeline, its modules made directly on ``device`` (random init there, then ``dtype``)."""
     tok = _tokenizer()
     if model == "sdxl":  # schedulers keep CPU tensors: made outside the device context
-        scheduler = EulerDiscreteScheduler(**SCHEDULE)
+        scheduler = EulerDiscreteScheduler(**{k: v for k, v in SCHEDULE.items() if k not in ("clip_sample", "set_alpha_to_one")})
     else:
-        scheduler = DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False)
+        scheduler = DDIMScheduler(**SCHEDULE)
     with torch.device(device):
         if model == "sdxl":
             pipe = StableDiffusionXLPipeline(

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 import yte
-from PIL import Image
 
+from ..conftest import image_folder
 from .common import PROFILE, ROOT, SITE_VARS, gpu_rules, printed_jobs
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "config" / "experiments").glob("*.yaml"))
@@ -68,11 +68,6 @@ def _path_without_slurm(tmp: Path, fakes: Path | None = None) -> str:
     return str(bin_dir)
 
 
-def _image_class(folder: Path) -> None:
-    folder.mkdir(parents=True)
-    Image.new("RGB", (8, 8), (120, 60, 30)).save(folder / "0.png")
-
-
 def _config(name: str, tmp: Path) -> Path:
     """config/experiments/<name>.yaml; a dmkd.real or ddpm_teacher.data folder it names but this
     machine lacks is faked (one small image per class: the config check decodes the first)."""
@@ -82,7 +77,7 @@ def _config(name: str, tmp: Path) -> Path:
     for section, key in (("ddpm_teacher", "data"), ("features", "real_images")):
         where = cfg.get(section) or (cfg.get("metrics") or {}).get(section) or {}
         if where.get(key) and not (ROOT / where[key]).exists():
-            _image_class(tmp / section / "a")
+            image_folder(tmp / section, ["a"])
             where[key] = str(tmp / section)
             faked = True
     if faked:
@@ -91,8 +86,7 @@ def _config(name: str, tmp: Path) -> Path:
     real = (cfg.get("dmkd") or {}).get("real")
     if real and not (ROOT / real).exists():
         for split in ("train", "test"):
-            for c in cfg["dmkd"].get("classes") or ["a", "b"]:
-                _image_class(tmp / "real" / split / c)
+            image_folder(tmp / "real" / split, cfg["dmkd"].get("classes") or ["a", "b"])
         cfg["dmkd"]["real"] = str(tmp / "real")
         path = tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
