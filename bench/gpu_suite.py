@@ -329,7 +329,7 @@ def _kd_core_step(pipe, task: str, batch: int, cache: dict, run_dir: Path, args,
     from kd_core.train.block_kd import BlockKDConfig
     from kd_core.train.diffusion import Diffusion
     from kd_core.train.distill import UNetKD
-    from kd_core.train.loop import TrainConfig, Trainer
+    from kd_core.train.loop import TrainConfig, Trainer, weight_dtype
     from kd_core.train.lora import LoRAConfig, LoRALoss, LoRAStudent, add_lora, text_conditioning
 
     size = resolution("sd15", args.tiny)
@@ -337,7 +337,7 @@ def _kd_core_step(pipe, task: str, batch: int, cache: dict, run_dir: Path, args,
     split = (torch.arange(0), torch.arange(len(cache["latent_mean"])))
     if task == "lora":
         cfg = LoRAConfig(dropout=0.0)
-        model = LoRAStudent(add_lora(pipe, cfg), text_conditioning(pipe, cache, ["a"] * 4, cfg, size, device))
+        model = LoRAStudent(add_lora(pipe, cfg, weight_dtype(mixed)), text_conditioning(pipe, cache, ["a"] * 4, cfg, size, device))
         loss = LoRALoss(diffusion, cache, cfg, device, split, 0)
     else:
         teacher = pipe.unet.eval().requires_grad_(False)

@@ -113,7 +113,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd
     weight_decay: float = 1e-2
     max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    mixed_precision: str = "no"  # no | fp16 | bf16 | auto (bf16 / fp16 on a GPU, none on a CPU)
     seed: int = 0
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -193,6 +193,22 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> torc
         return torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total, pct_start=pct)
     return torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, total, cfg.milestones, cfg.gamma))
+
+
+def training_precision(mixed_precision: str | bool | None, cpu: bool) -> str:
+    """The mixed precision a run trains in: ``no``, ``fp16`` or ``bf16`` (YAML reads a bare ``no`` as
+    false). ``auto``: bf16 on a GPU that has it, fp16 on one that has not, none on a CPU. fp16
+    autocast on a CPU is not offered by accelerate, so a CPU run of an fp16 config trains in fp32."""
+    mixed = mixed_precision or "no"
+    if mixed == "auto":
+        return "no" if cpu else ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp16")
+    return mixed if not cpu or mixed == "bf16" else "no"
+
+
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype of a run's *frozen* weights (the diffusers training scripts' ``weight_dtype``): the
+    training precision under fp16 / bf16 autocast, fp32 otherwise; trainable weights stay fp32."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
 def _accelerator(mixed_precision: str, cpu: bool) -> Accelerator:
@@ -312,8 +328,7 @@ class Trainer:
                 what = "checkpoints folder" if folder == self.ckpt_dir else "run folder"
                 raise KDError(f"{folder} is a file, where the training run needs its {what}; move or delete it")
         cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-        mixed = cfg.mixed_precision or "no"  # YAML reads a bare `no` as false
-        self.accelerator = _accelerator(mixed if not cpu or mixed == "bf16" else "no", cpu)
+        self.accelerator = _accelerator(training_precision(cfg.mixed_precision, cpu), cpu)
         self.steps_per_epoch = steps_per_epoch(n_examples, cfg.batch_size, cfg.gradient_accumulation)
         self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         apply_to_training(model, cfg.fast_paths)

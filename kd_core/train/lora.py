@@ -40,6 +40,8 @@ from kd_core.train.loop import (
     chunked_mean,
     holdout_split,
     run_key,
+    training_precision,
+    weight_dtype,
 )
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -88,12 +90,18 @@ def _require_targets(module: torch.nn.Module, targets: tuple[str, ...], key: str
                       f"its Linear and Conv layers are named e.g. {layers}")
 
 
-def add_lora(pipe, cfg: LoRAConfig) -> dict[str, torch.nn.Module]:
-    """Freeze the pipeline, add LoRA adapters; returns the modules that carry trainable weights."""
+def add_lora(pipe, cfg: LoRAConfig, weights: torch.dtype = torch.float32) -> dict[str, torch.nn.Module]:
+    """Freeze the pipeline, add LoRA adapters; returns the modules that carry trainable weights.
+
+    ``weights``: the dtype of the frozen U-Net and text encoders (the training precision under fp16 /
+    bf16 autocast, as the diffusers LoRA scripts cast them: half the memory and no casts per layer);
+    the VAE is left as it is (the latents are cached before) and the adapters train in fp32."""
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False)
+            if name != "vae":
+                module.to(weights)
     pipe.unet.add_adapter(_peft_config(cfg, cfg.unet_targets))
     modules = {"unet": pipe.unet}
     if cfg.text_encoder:
@@ -236,7 +244,8 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
     cache = encode_pairs(pipe, pairs, size, run_dir / "cache.safetensors", encode_text=not cfg.text_encoder)
     prompts = sorted(pairs["prompt"].unique())
     torch.manual_seed(train.seed)  # LoRA's random initialisation of A
-    modules = add_lora(pipe, cfg)
+    precision = training_precision(train.mixed_precision, device.type == "cpu")
+    modules = add_lora(pipe, cfg, weight_dtype(precision))
     conditioning = text_conditioning(pipe, cache, prompts, cfg, size, device)
     loss = LoRALoss(Diffusion(pipe.scheduler.config, cfg.snr_gamma), cache, cfg, device,
                     holdout_split(len(pairs), cfg.val_fraction, train.seed), train.seed + VAL_SEED)

@@ -321,6 +321,19 @@ def test_bf16_mixed_precision_on_cpu(tmp_path):
     assert loss.iloc[-3:].mean() < 0.5 * loss.iloc[:3].mean()
 
 
+def test_training_precision_and_the_frozen_weights_dtype(monkeypatch):
+    from kd_core.train.loop import training_precision, weight_dtype
+
+    assert [training_precision(m, cpu=True) for m in ("no", False, None, "fp16", "bf16", "auto")] == \
+        ["no", "no", "no", "no", "bf16", "no"]  # no fp16 autocast on a CPU
+    assert training_precision("fp16", cpu=False) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bf16, want in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert training_precision("auto", cpu=False) == want
+    assert [weight_dtype(m) for m in ("no", "fp16", "bf16")] == [torch.float32, torch.float16, torch.bfloat16]
+
+
 def test_inf_loss_stops_with_one_line(tmp_path):
     model = make_model()
 

@@ -167,3 +167,23 @@ def test_a_lora_target_that_names_no_module_stops_before_any_work(tmp_path, tiny
                                       r"student's unet; its Linear and Conv layers are named e\.g\. \["):
         train_lora(str(tiny_sd), DataConfig(str(teacher_images)), tmp_path / "adapter", tmp_path / "run", cfg, TRAIN)
     assert not (tmp_path / "run").exists() and not (tmp_path / "adapter").exists()
+
+
+def test_bf16_training_keeps_frozen_weights_in_bf16_and_adapters_in_fp32(tmp_path, teacher_images, tiny_sd):
+    from kd_core.train.lora import add_lora
+
+    pipe = DiffusionPipeline.from_pretrained(str(tiny_sd))
+    add_lora(pipe, LORA, torch.bfloat16)
+    frozen = {p.dtype for p in pipe.unet.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in pipe.unet.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trained == {torch.float32}  # as diffusers' LoRA scripts cast them
+    assert {p.dtype for p in pipe.vae.parameters()} == {torch.float32}  # the VAE encoded the cache: left as it is
+    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
+
+    train = TrainConfig(**{**TRAIN.__dict__, "mixed_precision": "bf16"})
+    result = train_lora(str(tiny_sd), DataConfig(str(teacher_images)), tmp_path / "adapter", tmp_path / "run", LORA, train)
+    assert result.steps == 3
+    weights = load_file(tmp_path / "adapter" / "pytorch_lora_weights.safetensors")
+    assert weights and all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
+    loss = pd.read_parquet(tmp_path / "run" / "loss.parquet")
+    assert np.isfinite(loss["value"]).all()
