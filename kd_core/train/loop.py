@@ -496,7 +496,7 @@ class Trainer:
         go to the lower validation loss."""
         cfg = self.cfg
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.accelerator.autocast():  # in the precision it trains in
             terms = self.val_fn(self.unwrapped)
         self.model.train()
         run.rows += [{"step": run.step, "epoch": epoch, "split": k.split("/")[0] if "/" in k else "val",
