@@ -8,8 +8,9 @@ which have been measured where. The switches:
 - ``channels_last``: the U-Net's (and the VAE's) weights in NHWC layout, which cuDNN's convolution
   kernels prefer on tensor-core GPUs;
 - ``compile``: ``torch.compile`` of the U-Net (``compile_mode`` ``default``, or ``reduce-overhead``
-  for CUDA graphs). A compiler failure, at any call, is one warning and the U-Net runs eagerly from
-  then on (:func:`compile_guarded`);
+  for CUDA graphs); in training, of the trained model's forward (the backward is compiled with it).
+  A compiler failure, at any call, is one warning and the module runs eagerly from then on
+  (:func:`compile_guarded`);
 - ``tf32``: TF32 tensor cores for fp32 matrix products on CUDA (PyTorch already uses TF32 for
   convolutions by default; matmuls stay in full fp32 unless asked);
 - ``gradient_checkpointing`` (training): recompute the trained model's activations in the backward
@@ -47,6 +48,8 @@ class TrainFastPaths:
     """Training switches (``fast_paths`` of every training section)."""
 
     channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
     tf32: bool = False
     gradient_checkpointing: bool = False
     fused_optimizer: bool | None = None  # None: fused on the CPU, PyTorch's default on CUDA
@@ -99,6 +102,8 @@ def apply_to_training(model: torch.nn.Module, fast: TrainFastPaths) -> None:
         model.to(memory_format=torch.channels_last)
     if fast.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if fast.compile:  # in place, before accelerate wraps it: checkpoints keep the module's own keys
+        compile_guarded(model, "trained model", fast.compile_mode)
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> int:

@@ -42,7 +42,8 @@ class _Pipe:
 
 def test_defaults_are_plain_diffusers():
     assert GenerationConfig().fast_paths == FastPaths(False, False, "default", False)
-    assert TrainConfig().fast_paths == TrainFastPaths(False, False, False, None)
+    assert TrainConfig().fast_paths == TrainFastPaths(channels_last=False, compile=False, compile_mode="default",
+                                                      tf32=False, gradient_checkpointing=False, fused_optimizer=None)
     # built from a config section as the workflow does
     cfg = build(GenerationConfig, {"fast_paths": {"channels_last": True, "compile": False, "compile_mode": "default",
                                                   "tf32": False}})
@@ -165,3 +166,48 @@ def test_trainer_applies_the_training_switches(tmp_path):
         finals.append(trainable_state(trainer.unwrapped))
     for k in finals[0]:
         torch.testing.assert_close(finals[1][k], finals[0][k], rtol=1e-4, atol=1e-6)
+
+
+def test_trainer_compiles_the_trained_model_with_its_feature_hooks(tmp_path, monkeypatch, capfd):
+    """``compile``: forward and backward of the trained model run as compiled graphs (AOTAutograd, no
+    fallback), feature hooks included, and training ends where the eager run ends."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    import kd_core.fast_paths as fast_paths
+    from kd_core.train.distill import FeatureHooks
+    from kd_core.train.loop import Trainer, trainable_state
+
+    graphs = {"forward": 0, "backward": 0}
+
+    def counting(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind] += 1
+            return make_boxed_func(gm.forward)
+        return compiler
+
+    backend = aot_autograd(fw_compiler=counting("forward"), bw_compiler=counting("backward"))
+    guarded = fast_paths.compile_guarded
+    monkeypatch.setattr(fast_paths, "compile_guarded", lambda m, name, mode: guarded(m, name, mode, backend=backend))
+    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    finals = []
+    for name, fast in (("eager", TrainFastPaths()), ("compiled", TrainFastPaths(compile=True))):
+        net = _ConvNet().train()
+        hooks = FeatureHooks(net, ["a"])
+
+        def loss(model, batch, gen, hooks=hooks):
+            out = model(x[batch.indices])
+            return {"loss": out.square().mean() + hooks.pop()["a"].square().mean()}
+
+        cfg = TrainConfig(max_steps=3, batch_size=2, lr=1e-2, device="cpu", checkpoint_every=2, fast_paths=fast)
+        trainer = Trainer(net, loss, 4, tmp_path / name, cfg, name=name)
+        trainer.fit()
+        hooks.remove()
+        assert (net._compiled_call_impl is not None) == (name == "compiled")  # compiled to the end: no fallback
+        finals.append(trainable_state(trainer.unwrapped))
+    assert graphs["forward"] >= 1 and graphs["backward"] >= 1, graphs
+    assert "torch.compile of the" not in capfd.readouterr().err
+    assert list(finals[1]) == list(finals[0])  # checkpoint keys without a compile prefix
+    for k in finals[0]:
+        torch.testing.assert_close(finals[1][k], finals[0][k], rtol=1e-5, atol=1e-6)
