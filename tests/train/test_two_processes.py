@@ -39,6 +39,8 @@ SCRIPT = textwrap.dedent("""
         train = loop.TrainConfig(max_steps=3, batch_size=4, lr=0.05, optimizer="sgd", momentum=0.9, checkpoint_every=2,
                                  device="cpu")
         data = DataConfig(source=images)
+        if kind == "lora_bf16":  # the frozen weights in bf16, the adapters in fp32, under bf16 autocast
+            train, kind = loop.TrainConfig(**{**train.__dict__, "mixed_precision": "bf16"}), "lora"
         if kind == "lora":
             from kd_core.train.lora import LoRAConfig, train_lora
             # dropout 0: LoRA dropout masks are drawn per process, so only without them can one process match two
@@ -116,3 +118,17 @@ def test_two_processes_train_one_classifier(tmp_path):
     assert len(params) < len(rank0)
     for k in params:
         assert torch.equal(rank0[k], rank1[k]), f"{k}: the ranks' weights differ"
+
+
+@pytest.mark.slow  # 13 s; the fp32 LoRA run above stays in make test
+def test_two_processes_train_lora_in_bf16(tiny_sd, tmp_path, images):
+    """Under bf16 autocast the frozen U-Net and text encoder are bf16 (DDP broadcasts them with the fp32
+    adapters at the start) and both ranks end with the same fp32 adapters."""
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    rank0, rank1 = _train(script, "lora_bf16", tiny_sd, images, tmp_path / "two", 2)
+    assert rank0 and rank0.keys() == rank1.keys()
+    for k in rank0:
+        assert rank0[k].dtype == torch.float32 and torch.equal(rank0[k], rank1[k]), f"{k}: the ranks' weights differ"
+    start = load_file(tmp_path / "two" / "run" / "checkpoints" / "step-00000002" / "trainable.safetensors")
+    assert max((rank0[k] - start[k]).abs().max().item() for k in rank0) > 1e-4  # the last step trained
