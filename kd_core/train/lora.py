@@ -243,10 +243,10 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
     pairs = load_pairs(data)
     cache = encode_pairs(pipe, pairs, size, run_dir / "cache.safetensors", encode_text=not cfg.text_encoder)
     prompts = sorted(pairs["prompt"].unique())
+    conditioning = text_conditioning(pipe, cache, prompts, cfg, size, device)  # the empty prompt in fp32, as the cache
     torch.manual_seed(train.seed)  # LoRA's random initialisation of A
     precision = training_precision(train.mixed_precision, device.type == "cpu")
     modules = add_lora(pipe, cfg, weight_dtype(precision))
-    conditioning = text_conditioning(pipe, cache, prompts, cfg, size, device)
     loss = LoRALoss(Diffusion(pipe.scheduler.config, cfg.snr_gamma), cache, cfg, device,
                     holdout_split(len(pairs), cfg.val_fraction, train.seed), train.seed + VAL_SEED)
     key = run_key(student=student, data=asdict(data), lora=asdict(cfg), size=size, files=list(pairs["image"]),
