@@ -101,7 +101,7 @@ def add_lora(pipe, cfg: LoRAConfig, weights: torch.dtype = torch.float32) -> dic
         if module is not None:
             module.requires_grad_(False)
             if name != "vae":
-                module.to(weights)
+                _cast(module, weights)
     pipe.unet.add_adapter(_peft_config(cfg, cfg.unet_targets))
     modules = {"unet": pipe.unet}
     if cfg.text_encoder:
@@ -114,6 +114,17 @@ def add_lora(pipe, cfg: LoRAConfig, weights: torch.dtype = torch.float32) -> dic
             if p.requires_grad:
                 p.data = p.data.float()
     return modules
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """``module``'s weights to ``dtype``, but those its class keeps in fp32 (``_keep_in_fp32_modules``, as
+    ``from_pretrained(torch_dtype=...)`` keeps them). Not diffusers' ``ModelMixin.to(dtype)``: it warns at
+    every cast, even of a model that keeps no module in fp32."""
+    keep = set(getattr(module, "_keep_in_fp32_modules", None) or ())
+    torch.nn.Module.to(module, dtype)
+    for name, p in module.named_parameters():
+        if keep & set(name.split(".")):
+            p.data = p.data.float()
 
 
 class LoRAStudent(torch.nn.ModuleDict):
@@ -166,7 +177,8 @@ def text_conditioning(pipe, cache: dict[str, torch.Tensor], prompts: list[str], 
     empty prompt's (SDXL: pooled embedding and size ids too)."""
     pidx = cache["prompt_index"]
     xl = "pooled_embeds" in cache or getattr(pipe, "text_encoder_2", None) is not None
-    empty = encode_text_batch(pipe, [""]) if cfg.proportion_empty_prompts > 0 and not cfg.text_encoder else {}
+    with torch.no_grad():  # a constant of training (the text encoders are frozen, or tuned and re-run each step)
+        empty = encode_text_batch(pipe, [""]) if cfg.proportion_empty_prompts > 0 and not cfg.text_encoder else {}
 
     def conditioning(ids: torch.Tensor, drop: torch.Tensor | None = None) -> dict:
         """The U-Net's text conditioning of ``ids``; rows where ``drop`` is set get the empty prompt's."""

@@ -173,12 +173,15 @@ def test_bf16_training_keeps_frozen_weights_in_bf16_and_adapters_in_fp32(tmp_pat
     from kd_core.train.lora import add_lora
 
     pipe = DiffusionPipeline.from_pretrained(str(tiny_sd))
+    pipe.text_encoder._keep_in_fp32_modules = ["final_layer_norm"]  # a class's fp32 modules stay fp32
     add_lora(pipe, LORA, torch.bfloat16)
+    text = {n: p.dtype for n, p in pipe.text_encoder.named_parameters()}
+    assert {d for n, d in text.items() if "final_layer_norm" in n} == {torch.float32}
+    assert {d for n, d in text.items() if "final_layer_norm" not in n} == {torch.bfloat16}
     frozen = {p.dtype for p in pipe.unet.parameters() if not p.requires_grad}
     trained = {p.dtype for p in pipe.unet.parameters() if p.requires_grad}
     assert frozen == {torch.bfloat16} and trained == {torch.float32}  # as diffusers' LoRA scripts cast them
     assert {p.dtype for p in pipe.vae.parameters()} == {torch.float32}  # the VAE encoded the cache: left as it is
-    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
 
     train = TrainConfig(**{**TRAIN.__dict__, "mixed_precision": "bf16"})
     result = train_lora(str(tiny_sd), DataConfig(str(teacher_images)), tmp_path / "adapter", tmp_path / "run", LORA, train)
