@@ -361,6 +361,7 @@ def _plain_step(task: str, batch: int, cache: dict, args, device, dtype, mixed: 
     precision, trainable ones in fp32, accelerate's mixed precision, AdamW, gradient clipping."""
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
+    from diffusers.training_utils import cast_training_params
 
     from kd_core.train.distill import FeatureHooks
     from kd_core.train.lora import LoRAConfig, _peft_config
@@ -384,9 +385,7 @@ def _plain_step(task: str, batch: int, cache: dict, args, device, dtype, mixed: 
     if task == "lora":
         model = pipe.unet.requires_grad_(False)
         model.add_adapter(_peft_config(LoRAConfig(dropout=0.0), LoRAConfig().unet_targets))
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()  # diffusers' cast_training_params
+        cast_training_params(model, torch.float32)
 
         def loss_fn(m):
             noisy, t, emb, noise = noised(pipe.unet.dtype)

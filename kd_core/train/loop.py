@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from kd_core.errors import KDError
 from kd_core.fast_paths import TrainFastPaths, apply_to_training, fused_adamw
 from kd_core.io import write_json, write_parquet
+from kd_core.seeding import resolve_dtype
 
 LOSS_SCHEMA = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("split", pa.string()), ("term", pa.string()),
                          ("value", pa.float64())])
@@ -200,9 +201,16 @@ def training_precision(mixed_precision: str | bool | None, cpu: bool) -> str:
     false). ``auto``: bf16 on a GPU that has it, fp16 on one that has not, none on a CPU. fp16
     autocast on a CPU is not offered by accelerate, so a CPU run of an fp16 config trains in fp32."""
     mixed = mixed_precision or "no"
-    if mixed == "auto":
-        return "no" if cpu else ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp16")
+    if mixed == "auto":  # generation's dtype: auto, as a training precision
+        auto = resolve_dtype("auto", torch.device("cpu" if cpu or not torch.cuda.is_available() else "cuda"))
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(auto, "no")
     return mixed if not cpu or mixed == "bf16" else "no"
+
+
+def run_precision(cfg: TrainConfig) -> str:
+    """The precision the Trainer trains ``cfg``'s run in (on a CPU unless CUDA is there and asked for):
+    what a study casts its frozen weights by (:func:`weight_dtype`) before it builds the Trainer."""
+    return training_precision(cfg.mixed_precision, cfg.device == "cpu" or not torch.cuda.is_available())
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -328,7 +336,7 @@ class Trainer:
                 what = "checkpoints folder" if folder == self.ckpt_dir else "run folder"
                 raise KDError(f"{folder} is a file, where the training run needs its {what}; move or delete it")
         cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-        self.accelerator = _accelerator(training_precision(cfg.mixed_precision, cpu), cpu)
+        self.accelerator = _accelerator(run_precision(cfg), cpu)
         self.steps_per_epoch = steps_per_epoch(n_examples, cfg.batch_size, cfg.gradient_accumulation)
         self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         apply_to_training(model, cfg.fast_paths)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -40,7 +41,7 @@ from kd_core.train.loop import (
     chunked_mean,
     holdout_split,
     run_key,
-    training_precision,
+    run_precision,
     weight_dtype,
 )
 
@@ -109,10 +110,7 @@ def add_lora(pipe, cfg: LoRAConfig, weights: torch.dtype = torch.float32) -> dic
             if getattr(pipe, name, None) is not None:
                 getattr(pipe, name).add_adapter(_peft_config(cfg, cfg.text_targets))
                 modules[name] = getattr(pipe, name)
-    for m in modules.values():  # adapters train in fp32 even when the base weights are half precision
-        for p in m.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    cast_training_params(list(modules.values()), torch.float32)  # adapters train in fp32 over half-precision weights
     return modules
 
 
@@ -257,8 +255,7 @@ def train_lora(student: str, data: DataConfig, adapter_dir: str | Path, run_dir:
     prompts = sorted(pairs["prompt"].unique())
     conditioning = text_conditioning(pipe, cache, prompts, cfg, size, device)  # the empty prompt in fp32, as the cache
     torch.manual_seed(train.seed)  # LoRA's random initialisation of A
-    precision = training_precision(train.mixed_precision, device.type == "cpu")
-    modules = add_lora(pipe, cfg, weight_dtype(precision))
+    modules = add_lora(pipe, cfg, weight_dtype(run_precision(train)))  # the precision the Trainer trains in
     loss = LoRALoss(Diffusion(pipe.scheduler.config, cfg.snr_gamma), cache, cfg, device,
                     holdout_split(len(pairs), cfg.val_fraction, train.seed), train.seed + VAL_SEED)
     key = run_key(student=student, data=asdict(data), lora=asdict(cfg), size=size, files=list(pairs["image"]),
