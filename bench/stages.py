@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-_RULE = re.compile(r"^\s*(?:use\s+)?rule\s+(\w+)", re.MULTILINE)
+_RULE = re.compile(r"^\s*(?:use\s+rule\s+\w+\s+as\s+|rule\s+)(\w+)", re.MULTILINE)  # a twin's own name
 _STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", re.MULTILINE)
 
 

@@ -8,7 +8,6 @@ leaves (SIGKILL runs no cleanup) are removed when its rerun writes the same outp
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import re
@@ -54,12 +53,14 @@ def _remove_stale(path: Path) -> None:
     """Temporary siblings of ``path`` left by a writer that was killed (SIGKILL runs no cleanup): those
     of a process of this host that no longer runs. A live writer's (another rank of the same job) and
     another host's are left alone."""
-    host = _host()
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
-        owner = re.match(r"(\d+)@([A-Za-z0-9-]+)\.", stale.name[len(path.name) + 2:])
+    host, prefix = _host(), f".{path.name}."
+    with os.scandir(path.parent) as entries:  # a prefix test, not a glob: cheap in a folder of many files
+        stale = [Path(e.path) for e in entries if e.name.startswith(prefix)]
+    for p in stale:
+        owner = re.match(r"(\d+)@([A-Za-z0-9-]+)\.", p.name[len(prefix):])
         if owner and (owner[2] != host or _alive(int(owner[1]))):
             continue
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

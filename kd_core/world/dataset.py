@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from kd_core.io import save_png, write_parquet
+from kd_core.io import atomic_dir, write_parquet
 from kd_core.prompts import load_grammar
 from kd_core.world.render import render
 
@@ -35,11 +35,14 @@ def make_real_dataset(cfg: WorldDataConfig, out_table: str | Path) -> pd.DataFra
     root = Path(out_table).parent
     rows = []
     n = cfg.n_train + cfg.n_test
-    for i in tqdm(range(n), desc="render real images", mininterval=2):
-        prompt, attrs = grammar.render(int(rng.integers(grammar.size)))
-        rel = f"images/{i:06d}.png"
-        save_png(render(attrs, cfg.image_size, rng), root / rel)
-        rows.append({"image": rel, "split": "train" if i < cfg.n_train else "test", "prompt": prompt, **attrs})
+    # One temporary folder swapped in whole: a file-by-file atomic write scans the folder for a
+    # killed writer's leftovers each time, quadratic in the thousands of images.
+    with atomic_dir(root / "images") as tmp:
+        for i in tqdm(range(n), desc="render real images", mininterval=2):
+            prompt, attrs = grammar.render(int(rng.integers(grammar.size)))
+            render(attrs, cfg.image_size, rng).save(tmp / f"{i:06d}.png", format="PNG")
+            rows.append({"image": f"images/{i:06d}.png", "split": "train" if i < cfg.n_train else "test",
+                         "prompt": prompt, **attrs})
     df = pd.DataFrame(rows)
     schema = DATA_SCHEMA
     for a in grammar.attributes:

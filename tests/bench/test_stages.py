@@ -22,9 +22,13 @@ def test_profile_sums_per_rule_and_study_with_the_logs_cpu_time(tmp_path, capsys
     _job(run, "generate_teacher", 40.0, 15.0, 600.0, log_cpu=38.5)  # benchmark CPU cut at its 15 s sample
     _job(run, "generate_w0p5", 10.0, 9.0, 500.0, log_cpu=9.5)
     _job(run, "train_lora", 100.0, 90.0, 700.0)  # no resources line: the benchmark's value
+    _job(run, "dmkd_student_kd_g2_s0", 30.0, 29.0, 300.0, log_cpu=29.0)  # a `use rule ... as` twin
     jobs = stages.job_table(run, stages.rule_studies())
     assert dict(zip(jobs["job"], jobs["rule"], strict=True)) == {
-        "generate_teacher": "generate", "generate_w0p5": "generate", "train_lora": "train_lora"}
+        "generate_teacher": "generate", "generate_w0p5": "generate", "train_lora": "train_lora",
+        "dmkd_student_kd_g2_s0": "dmkd_student"}
+    assert jobs.set_index("job").loc["dmkd_student_kd_g2_s0", "study"] == "dmkd"
+    jobs = jobs[jobs["study"] != "dmkd"]
     assert dict(zip(jobs["job"], jobs["cpu_s"], strict=True)) == {
         "generate_teacher": 38.5, "generate_w0p5": 9.5, "train_lora": 90.0}
     by_rule = stages.summarise(jobs, "rule")
