@@ -117,6 +117,10 @@ def _check_prompts(cfg: dict[str, Any]):
     if p["n_train"] + p["n_eval"] > main.size:
         raise ConfigError(f"config keys 'prompts.n_train' + 'prompts.n_eval' = {p['n_train'] + p['n_eval']} exceed "
                           f"the {main.size} distinct prompts of grammar {main.name!r}; lower them")
+    total = p["n_train"] + p["n_eval"] + p["n_filler"]
+    if p["filler_grammar"] == p["grammar"] and total > main.size:
+        raise ConfigError(f"config keys 'prompts.n_train' + 'prompts.n_eval' + 'prompts.n_filler' = {total} exceed the "
+                          f"{main.size} distinct prompts of grammar {main.name!r}, which the three splits share; lower them")
     return main
 
 

@@ -6,12 +6,15 @@ still differ by one grey level in a few pixels: batched convolutions round diffe
 are fixed chunks of the prompt table, so a resumed run recomputes a missing image in the very
 batch it would have had, and the images are bit-identical to an uninterrupted run's.
 
-PNGs are written as ``<prompt_id>_<seed>.png`` with ``manifest.parquet``; progress is kept in a
-partial manifest, and an image is reused only when it was made with the same settings.
+PNGs are written as ``<prompt_id>_<seed>.png`` with a manifest, ``<name>.parquet``: the workflow
+makes one per prompt split (``images/<model>/{train,eval,filler}.parquet``, each its own job, so
+that a consumer of one split never waits for, nor reruns with, another). Progress is kept in a
+partial manifest, and an image is reused only when it was made with the same settings, whichever
+manifest of the folder lists it.
 
 Sharded generation (:mod:`kd_core.shards`): shard ``i`` of ``n`` makes a batch-aligned contiguous
-slice of the prompt table into the same folder and writes ``shards/<i>-of-<n>.parquet``;
-:func:`gather_manifests` joins the shards into the ``manifest.parquet`` an unsharded run writes.
+slice of the prompt table into the same folder and writes ``shards/<name>-<i>-of-<n>.parquet``;
+:func:`gather_manifests` joins the shards into the manifest an unsharded run writes.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("width", pa.int64()), ("dtype", pa.string()), ("device", pa.string()), ("settings_hash", pa.string()),
     ("wall_time_s", pa.float64()),
 ])
-PARTIAL = ".manifest.partial.parquet"
+PARTIAL = ".manifest.partial.parquet"  # the partial manifest of ``manifest.parquet`` (name "manifest")
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,12 @@ def _settings(source: str, cfg: GenerationConfig, size: int, device: torch.devic
 
 
 def _progress_tables(out_dir: Path) -> list[Path]:
-    """Every table that may list finished images: the manifest, shard manifests, partial manifests."""
-    tables = [out_dir / "manifest.parquet", *sorted((out_dir / "shards").glob("*.parquet")),
-              *sorted(out_dir.glob(".manifest.partial*.parquet"))]
-    return [p for p in tables if p.is_file() and not (p.parent.name == "shards" and p.name.startswith("."))]
+    """Every table that may list finished images: the manifests (one per split), shard manifests,
+    partial manifests (not the temporary files of an atomic write)."""
+    tables = [*sorted(p for p in out_dir.glob("*.parquet") if not p.name.startswith(".")),
+              *sorted(p for p in (out_dir / "shards").glob("*.parquet") if not p.name.startswith(".")),
+              *sorted(p for p in out_dir.glob(".*.partial*.parquet") if not p.name.startswith(".."))]
+    return [p for p in tables if p.is_file()]
 
 
 def _reusable(out_dir: Path, settings_hash: str) -> pd.DataFrame:
@@ -86,10 +91,10 @@ def _reusable(out_dir: Path, settings_hash: str) -> pd.DataFrame:
     return old[keep]
 
 
-def manifest_path(out_dir: str | Path, shard: Shard | None = None) -> Path:
-    """``manifest.parquet`` of an unsharded run, else ``shards/<i>-of-<n>.parquet``."""
+def manifest_path(out_dir: str | Path, shard: Shard | None = None, name: str = "manifest") -> Path:
+    """``<name>.parquet`` of an unsharded run, else ``shards/<name>-<i>-of-<n>.parquet``."""
     out_dir = Path(out_dir)
-    return out_dir / "manifest.parquet" if shard is None else out_dir / "shards" / f"{shard.name}.parquet"
+    return out_dir / f"{name}.parquet" if shard is None else out_dir / "shards" / f"{name}-{shard.name}.parquet"
 
 
 def sample_batch(pipe, prompts: list[str], negative: list[str] | None, cfg: GenerationConfig, size: int,
@@ -103,13 +108,15 @@ def sample_batch(pipe, prompts: list[str], negative: list[str] | None, cfg: Gene
 
 
 def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg: GenerationConfig,
-                    model_name: str, provenance: dict | None = None, shard: Shard | None = None) -> pd.DataFrame:
+                    model_name: str, provenance: dict | None = None, shard: Shard | None = None,
+                    name: str = "manifest") -> pd.DataFrame:
     """Generate one image per row of ``prompts`` (columns of ``kd_core.prompts.PROMPT_SCHEMA``), or
-    per row of ``shard``'s slice of them; returns (and writes) the manifest of those rows."""
+    per row of ``shard``'s slice of them, into ``out_dir``; returns (and writes) the manifest of those
+    rows, ``<name>.parquet``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = manifest_path(out_dir, shard)
-    partial = out_dir / (PARTIAL if shard is None else f".manifest.partial.{shard.name}.parquet")
+    out_path = manifest_path(out_dir, shard, name)
+    partial = out_dir / f".{name}.partial{'.' + shard.name if shard else ''}.parquet"
     lo, hi = (0, len(prompts)) if shard is None else shard_bounds(len(prompts), shard, cfg.batch_size)
     prompts = prompts.iloc[lo:hi]
     meta = {"config": asdict(cfg), **({"shard": shard.name} if shard else {}), **(provenance or {})}

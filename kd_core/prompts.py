@@ -13,7 +13,8 @@ import itertools
 import math
 import re
 import string
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -159,15 +160,31 @@ class PromptConfig:
     seed: int = 0
 
 
-def _sample_unique(grammar: Grammar, n: int, rng: np.random.Generator, taken: set[str]) -> list[tuple[str, dict]]:
-    """``n`` distinct prompts not in ``taken`` (which is updated), in a seeded random order."""
-    small = grammar.size <= 200_000
+#: Config fields each split's table depends on (see :func:`split_fields`), besides ``seed``.
+_SPLIT_FIELDS = {
+    "train": ("grammar", "n_train", "seeds_per_prompt", "negative_prompt"),
+    "eval": ("grammar", "n_train", "n_eval", "seeds_per_prompt", "negative_prompt"),
+}
+_SMALL = 200_000  # grammars up to this size are sampled by an exact seeded permutation
+
+
+def _stream(seed: int, *names: str) -> np.random.Generator:
+    """An independent random stream per purpose: what one split draws never shifts another's."""
+    return np.random.default_rng([seed, *(zlib.crc32(n.encode()) for n in names)])
+
+
+def _sample_unique(grammar: Grammar, n: int, rng: np.random.Generator, taken: set[str],
+                   reverse: bool = False) -> list[tuple[str, dict]]:
+    """``n`` distinct prompts not in ``taken`` (which is updated), in a seeded random order; the first
+    ``k`` of them do not depend on ``n``. ``reverse``: from the far end of the same permutation."""
+    small = grammar.size <= _SMALL
     free = grammar.size - sum(grammar.render(i)[0] in taken for i in range(grammar.size)) if taken and small else grammar.size
     if n > free:
         raise ConfigError(f"{n} prompts requested from grammar {grammar.name!r}, which has only {free} distinct prompts left")
     out = []
     if small:  # small space: a seeded permutation, exact and fast
-        for i in rng.permutation(grammar.size):
+        order = rng.permutation(grammar.size)
+        for i in order[::-1] if reverse else order:
             prompt, attrs = grammar.render(int(i))
             if prompt not in taken:
                 taken.add(prompt)
@@ -183,48 +200,83 @@ def _sample_unique(grammar: Grammar, n: int, rng: np.random.Generator, taken: se
     return out
 
 
+def split_fields(cfg: PromptConfig, split: str) -> tuple[str, ...]:
+    """The fields of ``cfg`` (besides ``seed``) that the ``split`` table depends on: a change to any
+    other leaves it byte for byte as it was, so that, e.g., more eval prompts keep the train table.
+
+    Train and eval prompts are a prefix and the next slice of one seeded order of the main grammar.
+    Filler prompts of the same (small) grammar come from the far end of that order, disjoint from
+    train and eval whatever their counts; from another grammar, or a huge one, they are drawn apart
+    from the train and eval prompts, so they depend on those counts too.
+    """
+    if split in _SPLIT_FIELDS:
+        return _SPLIT_FIELDS[split]
+    fields = ("grammar", "filler_grammar", "n_filler", "seeds_per_prompt", "negative_prompt")
+    if cfg.filler_grammar == cfg.grammar and load_grammar(cfg.grammar).size <= _SMALL:
+        return fields
+    return fields + ("n_train", "n_eval")
+
+
+def synthesize_split(cfg: PromptConfig, split: str) -> pd.DataFrame:
+    """The ``split`` table (train, eval or filler): deterministic in the fields :func:`split_fields` names."""
+    main = load_grammar(cfg.grammar)
+    same = cfg.filler_grammar == cfg.grammar and main.size <= _SMALL
+    n_main = 0
+    if split != "filler" or not same:  # reads n_train (and n_eval) only then
+        n_main = cfg.n_train + (cfg.n_eval if split != "train" else 0)
+        if n_main > main.size:
+            keys = "prompts.n_train" + (" + prompts.n_eval" if split != "train" else "")
+            raise ConfigError(f"{keys} = {n_main} exceeds the {main.size} distinct prompts of grammar "
+                              f"{main.name!r}; lower them")
+    grammar = main
+    order = _stream(cfg.seed, "prompts", main.name)  # the main grammar's one seeded order
+    if split != "filler":
+        sampled = _sample_unique(main, n_main, order, set())
+        part = sampled[: cfg.n_train] if split == "train" else sampled[cfg.n_train :]
+    else:
+        grammar = load_grammar(cfg.filler_grammar)
+        # the same grammar: the far end of the main order (the config check keeps the three counts
+        # within the grammar, so they never meet); another: apart from the train and eval prompts
+        taken = set() if same else {p for p, _ in _sample_unique(main, n_main, order, set())}
+        rng = order if same else _stream(cfg.seed, "filler", grammar.name)
+        try:
+            part = _sample_unique(grammar, cfg.n_filler, rng, taken, reverse=same)
+        except ConfigError as exc:
+            raise ConfigError(f"prompts.n_filler = {cfg.n_filler} is too large: {exc}; lower it") from None
+    neg = cfg.negative_prompt if cfg.negative_prompt is not None else grammar.negative_prompt
+    seeds = _stream(cfg.seed, "seeds", split)
+    rows = []
+    for i, (prompt, attrs) in enumerate(part):
+        for seed in seeds.choice(2**31 - 1, size=cfg.seeds_per_prompt, replace=False):
+            row = {"prompt_id": f"{split}-{i:05d}", "split": split, "prompt": prompt,
+                   "negative_prompt": neg, "seed": int(seed), "grammar": grammar.name}
+            rows.append(row | {a: attrs.get(a) for a in grammar.attributes})
+    return pd.DataFrame(rows, columns=PROMPT_SCHEMA.names + grammar.attributes)
+
+
 def synthesize_prompts(cfg: PromptConfig) -> dict[str, pd.DataFrame]:
-    """Sample the train / eval / filler prompt tables (deterministic in ``cfg.seed``)."""
-    main, filler = load_grammar(cfg.grammar), load_grammar(cfg.filler_grammar)
-    rng = np.random.default_rng(cfg.seed)
-    taken: set[str] = set()
-    need = {"train": cfg.n_train, "eval": cfg.n_eval}
-    if cfg.n_train + cfg.n_eval > main.size:
-        raise ConfigError(
-            f"prompts.n_train + prompts.n_eval = {cfg.n_train + cfg.n_eval} exceeds the {main.size} distinct "
-            f"prompts of grammar {main.name!r}; lower them"
-        )
-    sampled = _sample_unique(main, cfg.n_train + cfg.n_eval, rng, taken)
-    parts = {"train": sampled[: need["train"]], "eval": sampled[need["train"] :]}
-    try:
-        parts["filler"] = _sample_unique(filler, cfg.n_filler, rng, taken)
-    except ConfigError as exc:
-        raise ConfigError(f"prompts.n_filler = {cfg.n_filler} is too large: {exc}; lower it") from None
-    tables = {}
-    for split in SPLITS:
-        grammar = filler if split == "filler" else main
-        neg = cfg.negative_prompt if cfg.negative_prompt is not None else grammar.negative_prompt
-        rows = []
-        for i, (prompt, attrs) in enumerate(parts[split]):
-            seeds = rng.choice(2**31 - 1, size=cfg.seeds_per_prompt, replace=False)
-            for seed in seeds:
-                row = {"prompt_id": f"{split}-{i:05d}", "split": split, "prompt": prompt,
-                       "negative_prompt": neg, "seed": int(seed), "grammar": grammar.name}
-                rows.append(row | {a: attrs.get(a) for a in grammar.attributes})
-        columns = PROMPT_SCHEMA.names + grammar.attributes
-        tables[split] = pd.DataFrame(rows, columns=columns)
-    return tables
+    """The train / eval / filler prompt tables (deterministic in ``cfg.seed``)."""
+    total = cfg.n_train + cfg.n_eval + cfg.n_filler
+    synthesize_split(replace(cfg, n_filler=0), "eval")  # train + eval within the grammar, else its error
+    if cfg.filler_grammar == cfg.grammar and total > load_grammar(cfg.grammar).size:
+        raise ConfigError(f"prompts.n_train + n_eval + n_filler = {total} exceed the {load_grammar(cfg.grammar).size} "
+                          f"distinct prompts of grammar {cfg.grammar!r}, which all three splits share; lower them")
+    return {split: synthesize_split(cfg, split) for split in SPLITS}
+
+
+def write_prompt_table(cfg: PromptConfig, split: str, out_path: str | Path, metadata: dict | None = None) -> pd.DataFrame:
+    """Write one split's table; its metadata holds only the settings that split depends on."""
+    df = synthesize_split(cfg, split)
+    schema = PROMPT_SCHEMA
+    for a in df.columns[len(PROMPT_SCHEMA):]:
+        schema = schema.append(pa.field(a, pa.string()))
+    settings = {k: getattr(cfg, k) for k in ("seed", *split_fields(cfg, split))}
+    write_parquet(df, out_path, schema, f"prompts/{split}", {"config": settings, **(metadata or {})})
+    return df
 
 
 def write_prompt_tables(cfg: PromptConfig, out_paths: dict[str, str], metadata: dict | None = None) -> dict[str, pd.DataFrame]:
-    tables = synthesize_prompts(cfg)
-    for split, df in tables.items():
-        schema = PROMPT_SCHEMA
-        for a in df.columns[len(PROMPT_SCHEMA):]:
-            schema = schema.append(pa.field(a, pa.string()))
-        write_parquet(df, out_paths[split], schema, f"prompts/{split}",
-                      {"config": cfg.__dict__, **(metadata or {})})
-    return tables
+    return {split: write_prompt_table(cfg, split, out_paths[split], metadata) for split in SPLITS}
 
 
 def iter_words(grammars: list[str]) -> list[str]:

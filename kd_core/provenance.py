@@ -1,7 +1,9 @@
 """Code hashes for rerun decisions and provenance for Parquet metadata.
 
 Snakemake reruns a job when its params change but cannot see edits inside an imported package;
-each rule therefore puts :func:`code_hash` of the ``kd_core`` modules it uses into its params.
+each rule therefore puts :func:`script_hash` of its adapter into its params: the adapter's own
+source and that of every ``kd_core`` module it imports, transitively, found by reading the imports
+(nothing listed by hand, so a module an adapter starts to use counts at once).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import platform
+from functools import cache
 from pathlib import Path
 
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "peft", "numpy", "pandas", "pyarrow")
@@ -29,7 +32,8 @@ def _files(module: str) -> list[Path]:
     return [origin]
 
 
-def _kd_imports(path: Path) -> set[str]:
+@cache
+def _kd_imports(path: Path) -> frozenset[str]:
     """``kd_core`` modules imported by a source file (``from kd_core.x import y`` may name a submodule)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -41,7 +45,7 @@ def _kd_imports(path: Path) -> set[str]:
             if spec is not None and spec.submodule_search_locations:  # a package: names may be submodules
                 found |= {f"{node.module}.{a.name}" for a in node.names
                           if importlib.util.find_spec(f"{node.module}.{a.name}") is not None}
-    return found
+    return frozenset(found)
 
 
 def dependencies(*modules: str) -> list[Path]:
@@ -59,6 +63,18 @@ def dependencies(*modules: str) -> list[Path]:
             if path.suffix == ".py":
                 todo += sorted(_kd_imports(path) - seen)
     return sorted(files)
+
+
+def script_hash(script: str | Path) -> str:
+    """SHA-256 (16 hex digits) over a script (a workflow adapter) and every ``kd_core`` module it
+    imports, transitively: the code hash of the rule that runs it."""
+    path = Path(script)
+    root = Path(importlib.util.find_spec("kd_core").origin).parent
+    h = hashlib.sha256(path.read_bytes())
+    for dep in dependencies(*sorted(_kd_imports(path))):
+        h.update(str(dep.relative_to(root)).encode())
+        h.update(dep.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def code_hash(*modules: str) -> str:

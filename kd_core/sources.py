@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-from pathlib import Path
 
+from kd_core.digests import tree_digest
 from kd_core.errors import KDError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -41,17 +40,13 @@ def local_path(source: str) -> str:
 
 
 def fingerprint(source: str | None) -> str | None:
-    """Cheap identity of a model: for a local folder, every file's name, size and mtime; else the id.
+    """Identity of a model by content: for a local file or folder, the SHA-256 of every file's name
+    and bytes (:func:`kd_core.digests.tree_digest`); else the hub id.
 
-    Generation reuses an image only under the same fingerprint, so retraining a model in place
-    (same folder, new weights) makes its images anew.
+    Generation reuses an image, and a training run its checkpoints, only under the same fingerprint:
+    retraining a model in place with new weights makes its images anew, while identical bytes
+    rewritten (a re-exported model, a copied folder) keep them.
     """
     if source is None or not is_local(source):
         return source
-    root = Path(local_path(source))
-    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    h = hashlib.sha256()
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(root) if root.is_dir() else p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+    return tree_digest(local_path(source))

@@ -14,7 +14,7 @@ rule train_block_kd:
         block_kd=PLAN.bk,
         settings=block_kd_settings,
         seed=config["seed"],
-        code=code_hash("kd_core.train.block_kd"),
+        code=adapter_code("train_block_kd"),
     log:
         f"{OUT}/logs/train_block_kd_{{bk}}.log",
     benchmark:

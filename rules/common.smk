@@ -9,7 +9,7 @@ from kd_core.devices import visible_devices
 from kd_core.errors import KDError
 from kd_core.experiment import validate_experiment
 from kd_core.plan import Plan
-from kd_core.provenance import code_hash
+from kd_core.provenance import script_hash
 
 try:
     for _file in workflow.configfiles:  # duplicate keys, which Snakemake's YAML reading drops silently
@@ -23,6 +23,12 @@ config.update(_validated)
 
 PLAN = Plan(config)
 OUT = PLAN.out
+
+
+def adapter_code(script):
+    """The code hash of a rule: its adapter workflow_scripts/<script>.py and every kd_core module the
+    adapter imports, transitively (kd_core.provenance.script_hash)."""
+    return script_hash(Path(workflow.basedir) / "workflow_scripts" / f"{script}.py")
 
 
 def _cpu_only_cores():

@@ -12,7 +12,7 @@ rule dmkd_prompts:
         dmkd=PLAN.dmkd_prompt_settings,
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
-        code=code_hash("kd_core.class_prompts"),
+        code=adapter_code("dmkd_prompts"),
     log:
         f"{OUT}/logs/dmkd_prompts.log",
     benchmark:
@@ -35,7 +35,7 @@ rule dmkd_generate:
     params:
         source=lambda wildcards: PLAN.teacher_source,
         generation=dmkd_generation,
-        code=code_hash("kd_core.generate"),
+        code=adapter_code("dmkd_generate"),
     log:
         f"{OUT}/logs/dmkd_generate_{{dmkd_set}}.log",
     benchmark:
@@ -62,7 +62,7 @@ rule dmkd_teacher:
         dmkd=PLAN.dmkd_teacher_settings,
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
-        code=code_hash("kd_core.train.dmkd"),
+        code=adapter_code("dmkd_train"),
     log:
         f"{OUT}/logs/dmkd_teacher.log",
     benchmark:
@@ -90,7 +90,7 @@ use rule dmkd_teacher as dmkd_student with:
         run=dmkd_job,
         dmkd=PLAN.dmkd_student_settings,
         grammar=config["prompts"]["grammar"],
-        code=code_hash("kd_core.train.dmkd"),
+        code=adapter_code("dmkd_train"),
     log:
         f"{OUT}/logs/dmkd_student_{{dmkd_run}}.log",
     benchmark:
@@ -108,7 +108,7 @@ rule dmkd_summary:
         jobs=PLAN.dmkd_jobs,
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
-        code=code_hash("kd_core.metrics.dmkd"),
+        code=adapter_code("dmkd_summary"),
     log:
         f"{OUT}/logs/dmkd_summary.log",
     benchmark:
@@ -133,7 +133,7 @@ rule figure_dmkd:
         curves_pdf=f"{OUT}/figures/dmkd_curves.pdf",
     params:
         runs=list(PLAN.dmkd_loss_tables()),
-        code=code_hash("kd_core.figures.dmkd"),
+        code=adapter_code("figure_dmkd"),
     log:
         f"{OUT}/logs/figure_dmkd.log",
     benchmark:

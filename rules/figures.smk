@@ -29,7 +29,7 @@ rule figure_metrics:
         distributions=report(f"{OUT}/figures/distributions.png", caption="../report/distributions.rst", category="Metrics"),
         distributions_pdf=f"{OUT}/figures/distributions.pdf",
     params:
-        code=code_hash("kd_core.figures.plots"),
+        code=adapter_code("figure_metrics"),
     log:
         f"{OUT}/logs/figure_metrics.log",
     benchmark:
@@ -50,7 +50,7 @@ rule figure_distribution:
         png=report(f"{OUT}/figures/distribution_metrics.png", caption="../report/distribution_metrics.rst", category="Metrics"),
         pdf=f"{OUT}/figures/distribution_metrics.pdf",
     params:
-        code=code_hash("kd_core.figures.plots"),
+        code=adapter_code("figure_distribution"),
     log:
         f"{OUT}/logs/figure_distribution.log",
     benchmark:
@@ -71,7 +71,7 @@ rule figure_attributes:
         png=report(f"{OUT}/figures/attribute_accuracy.png", caption="../report/attribute_accuracy.rst", category="Metrics"),
         pdf=f"{OUT}/figures/attribute_accuracy.pdf",
     params:
-        code=code_hash("kd_core.figures.plots"),
+        code=adapter_code("figure_attributes"),
     log:
         f"{OUT}/logs/figure_attributes.log",
     benchmark:
@@ -92,7 +92,7 @@ rule figure_loss:
         png=report(f"{OUT}/figures/loss_curves.png", caption="../report/loss_curves.rst", category="Training"),
         pdf=f"{OUT}/figures/loss_curves.pdf",
     params:
-        code=code_hash("kd_core.figures.plots"),
+        code=adapter_code("figure_loss"),
     log:
         f"{OUT}/logs/figure_loss.log",
     benchmark:
@@ -114,7 +114,7 @@ rule figure_efficiency:
         png=report(f"{OUT}/figures/efficiency.png", caption="../report/efficiency.rst", category="Efficiency"),
         pdf=f"{OUT}/figures/efficiency.pdf",
     params:
-        code=code_hash("kd_core.figures.plots"),
+        code=adapter_code("figure_efficiency"),
     log:
         f"{OUT}/logs/figure_efficiency.log",
     benchmark:
@@ -139,7 +139,7 @@ rule comparison_models:
     params:
         models=PLAN.models,
         n=PLAN.metrics["figures"]["n_compare"],
-        code=code_hash("kd_core.figures.comparisons"),
+        code=adapter_code("comparison_models"),
     log:
         f"{OUT}/logs/comparison_models.log",
     benchmark:
@@ -161,7 +161,7 @@ rule comparison_grid:
         pdf=f"{OUT}/comparisons/grid_{{model}}.pdf",
     params:
         blocks=PLAN.metrics["figures"]["grid_blocks"],
-        code=code_hash("kd_core.figures.comparisons"),
+        code=adapter_code("comparison_grid"),
     log:
         f"{OUT}/logs/comparison_grid_{{model}}.log",
     benchmark:

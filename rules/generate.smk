@@ -12,7 +12,7 @@ rule generate_shard:
     params:
         source=generate_source,
         generation=generate_config,
-        code=code_hash("kd_core.generate"),
+        code=adapter_code("generate"),
     log:
         f"{OUT}/logs/generate_{{model}}_{{shard}}.log",
     benchmark:
@@ -48,7 +48,7 @@ else:
         output:
             manifest=f"{OUT}/images/{{model}}/manifest.parquet",
         params:
-            code=code_hash("kd_core.generate"),
+            code=adapter_code("generate_gather"),
         log:
             f"{OUT}/logs/generate_{{model}}.log",
         benchmark:

@@ -13,7 +13,7 @@ rule train_lora:
         data=lambda wildcards: PLAN.training_data("lora"),
         lora=config["lora"],
         seed=config["seed"],
-        code=code_hash("kd_core.train.lora"),
+        code=adapter_code("train_lora"),
     log:
         f"{OUT}/logs/train_lora.log",
     benchmark:

@@ -12,7 +12,7 @@ rule attribute_accuracy:
         expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=PLAN.models),
     params:
         models=PLAN.models,
-        code=code_hash("kd_core.world.classifier"),
+        code=adapter_code("attribute_accuracy"),
     log:
         f"{OUT}/logs/attribute_accuracy.log",
     benchmark:
@@ -33,7 +33,7 @@ rule attribute_summary:
         f"{OUT}/metrics/attribute_accuracy.parquet",
     params:
         seed=config["seed"],
-        code=code_hash("kd_core.world.classifier"),
+        code=adapter_code("attribute_summary"),
     log:
         f"{OUT}/logs/attribute_summary.log",
     benchmark:
@@ -56,7 +56,7 @@ rule pairwise_shard:
     output:
         f"{OUT}/metrics/pairwise/{{model}}/{{shard}}.parquet",
     params:
-        code=code_hash("kd_core.metrics.pairwise"),
+        code=adapter_code("pairwise"),
     log:
         f"{OUT}/logs/pairwise_{{model}}_{{shard}}.log",
     benchmark:
@@ -91,7 +91,7 @@ else:
         output:
             f"{OUT}/metrics/pairwise/{{model}}.parquet",
         params:
-            code=code_hash("kd_core.metrics.tables"),
+            code=adapter_code("pairwise_gather"),
         log:
             f"{OUT}/logs/pairwise_{{model}}.log",
         benchmark:
@@ -111,7 +111,7 @@ rule pairwise_gather:
     output:
         f"{OUT}/metrics/pairwise.parquet",
     params:
-        code=code_hash("kd_core.metrics.tables"),
+        code=adapter_code("pairwise_gather"),
     log:
         f"{OUT}/logs/pairwise_gather.log",
     benchmark:
@@ -136,7 +136,7 @@ rule distribution:
         model=lambda wildcards: PLAN.feature_model,
         device=PLAN.metrics["device"],
         seed=config["seed"],
-        code=code_hash("kd_core.metrics.distribution"),
+        code=adapter_code("distribution"),
     log:
         f"{OUT}/logs/distribution.log",
     benchmark:
@@ -160,7 +160,7 @@ rule alignment:
     params:
         clip=PLAN.model_dir(PLAN.clip) if PLAN.clip else None,
         device=PLAN.metrics["device"],
-        code=code_hash("kd_core.metrics.alignment"),
+        code=adapter_code("alignment"),
     log:
         f"{OUT}/logs/alignment_{{model}}.log",
     benchmark:
@@ -181,7 +181,7 @@ rule alignment_gather:
     output:
         f"{OUT}/metrics/alignment.parquet",
     params:
-        code=code_hash("kd_core.metrics.tables"),
+        code=adapter_code("alignment_gather"),
     log:
         f"{OUT}/logs/alignment_gather.log",
     benchmark:
@@ -203,7 +203,7 @@ rule efficiency:
     params:
         models=PLAN.efficiency_models(),
         efficiency=PLAN.metrics["efficiency"],
-        code=code_hash("kd_core.metrics.efficiency"),
+        code=adapter_code("efficiency"),
     log:
         f"{OUT}/logs/efficiency.log",
     benchmark:
@@ -229,7 +229,7 @@ rule summary:
     params:
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
-        code=code_hash("kd_core.metrics.stats"),
+        code=adapter_code("summary"),
     log:
         f"{OUT}/logs/summary.log",
     benchmark:
@@ -254,7 +254,7 @@ rule improvement:
         baseline="base_student",
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
-        code=code_hash("kd_core.metrics.stats"),
+        code=adapter_code("improvement"),
     log:
         f"{OUT}/logs/improvement.log",
     benchmark:

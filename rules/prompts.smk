@@ -9,7 +9,7 @@ rule prompts:
     params:
         prompts=config["prompts"],
         seed=config["seed"],
-        code=code_hash("kd_core.prompts"),
+        code=adapter_code("prompts"),
     log:
         f"{OUT}/logs/prompts.log",
     benchmark:

@@ -21,7 +21,7 @@ rule paper:
         names=list(PLAN.metric_tables()),
         titles=list(PLAN.paper_figures()),
         config=config,
-        code=code_hash("kd_core.report"),
+        code=adapter_code("paper"),
     log:
         f"{OUT}/logs/paper.log",
     benchmark:

@@ -24,7 +24,7 @@ rule train_ddpm:
         vae=PLAN.ddpm_vae,
         ddpm=config["ddpm_teacher"],
         seed=config["seed"],
-        code=code_hash("kd_core.train.ddpm"),
+        code=adapter_code("train_ddpm"),
     log:
         f"{OUT}/logs/train_ddpm.log",
     benchmark:
@@ -51,7 +51,7 @@ rule train_width_student:
         size=PLAN.size_train,
         factor=size_factor,
         seed=config["seed"],
-        code=code_hash("kd_core.train.size_study"),
+        code=adapter_code("train_width_student"),
     log:
         f"{OUT}/logs/train_width_student_{{width_student}}.log",
     benchmark:
@@ -78,7 +78,7 @@ rule timestep_mse:
         settings=PLAN.size["timestep_mse"],
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
-        code=code_hash("kd_core.metrics.timestep"),
+        code=adapter_code("timestep_mse"),
     log:
         f"{OUT}/logs/timestep_mse.log",
     benchmark:
@@ -106,7 +106,7 @@ rule size_latency:
         guidance=config["models"]["teacher"]["generation"]["guidance_scale"],
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
-        code=code_hash("kd_core.metrics.latency"),
+        code=adapter_code("size_latency"),
     log:
         f"{OUT}/logs/size_latency.log",
     benchmark:
@@ -134,7 +134,7 @@ rule trajectory:
         settings=PLAN.size["trajectory"],
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
-        code=code_hash("kd_core.metrics.trajectory"),
+        code=adapter_code("trajectory"),
     log:
         f"{OUT}/logs/trajectory.log",
     benchmark:
@@ -156,7 +156,7 @@ rule size_study_summary:
         f"{OUT}/metrics/size_study.parquet",
     params:
         factors=PLAN.size_factors,
-        code=code_hash("kd_core.metrics.size_study"),
+        code=adapter_code("size_study_summary"),
     log:
         f"{OUT}/logs/size_study_summary.log",
     benchmark:
@@ -188,7 +188,7 @@ rule figure_size_study:
         quality=report(f"{OUT}/figures/size_quality.png", caption="../report/size_study.rst", category="Model size"),
         quality_pdf=f"{OUT}/figures/size_quality.pdf",
     params:
-        code=code_hash("kd_core.figures.size_study"),
+        code=adapter_code("figure_size_study"),
     log:
         f"{OUT}/logs/figure_size_study.log",
     benchmark:

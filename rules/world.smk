@@ -9,7 +9,7 @@ rule world_data:
         world=config["world"],
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
-        code=code_hash("kd_core.world.dataset"),
+        code=adapter_code("world_data"),
     log:
         f"{OUT}/logs/world_data.log",
     benchmark:
@@ -34,7 +34,7 @@ rule world_classifier:
         classifier=config["world"]["classifier"],
         image_size=config["world"]["image_size"],
         seed=config["seed"],
-        code=code_hash("kd_core.world.classifier"),
+        code=adapter_code("world_classifier"),
     log:
         f"{OUT}/logs/world_classifier.log",
     benchmark:
@@ -61,7 +61,7 @@ rule toy_base:
         toy={k: config["world"]["toy"][k] for k in ("vae", "text")},  # not the U-Nets': toy_unet's params
         grammars=[config["prompts"]["grammar"], config["prompts"]["filler_grammar"]],
         seed=config["seed"],
-        code=code_hash("kd_core.world.toy"),
+        code=adapter_code("toy_base"),
     log:
         f"{OUT}/logs/toy_base.log",
     benchmark:
@@ -85,7 +85,7 @@ rule toy_unet:
     params:
         unet=lambda wildcards: config["world"]["toy"][wildcards.role],
         seed=config["seed"],
-        code=code_hash("kd_core.world.toy"),
+        code=adapter_code("toy_unet"),
     log:
         f"{OUT}/logs/toy_unet_{{role}}.log",
     benchmark:
@@ -107,7 +107,7 @@ rule tiny_model:
         directory(f"{OUT}/models/tiny_{{kind}}"),
     params:
         seed=config["seed"],
-        code=code_hash("kd_core.models.tiny"),
+        code=adapter_code("tiny_model"),
     log:
         f"{OUT}/logs/tiny_model_{{kind}}.log",
     benchmark:

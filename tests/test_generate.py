@@ -91,15 +91,25 @@ def test_missing_local_model_is_one_line(tmp_path, prompts):
         generate_images("./nowhere", prompts, tmp_path, CFG, "m")
 
 
-def test_retrained_model_in_place_regenerates(tmp_path, prompts, tiny_sd):
+def test_images_follow_the_model_weights_by_content(tmp_path, prompts, tiny_sd):
+    """Identical weights rewritten (a re-exported model) keep every image; new weights in the same
+    folder (a model retrained in place) make them all anew."""
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     model = tmp_path / "model"
     shutil.copytree(tiny_sd, model)
     first = generate_images(str(model), prompts, tmp_path / "img", CFG, "m")
     mtimes = {f: (tmp_path / "img" / f).stat().st_mtime_ns for f in first["file"]}
     weights = model / "unet" / "diffusion_pytorch_model.safetensors"
-    weights.write_bytes(weights.read_bytes())  # same folder, rewritten weights
+    weights.write_bytes(weights.read_bytes())  # same folder, same bytes written again
+    generate_images(str(model), prompts, tmp_path / "img", CFG, "m")
+    assert all((tmp_path / "img" / f).stat().st_mtime_ns == mtimes[f] for f in first["file"])
+    state = load_file(str(weights))
+    name = next(k for k in state if k.endswith("conv_out.bias"))
+    state[name] = state[name] + 0.5  # retrained: other bytes
+    save_file(state, str(weights), metadata={"format": "pt"})
     generate_images(str(model), prompts, tmp_path / "img", CFG, "m")
     assert all((tmp_path / "img" / f).stat().st_mtime_ns != mtimes[f] for f in first["file"])
 

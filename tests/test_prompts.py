@@ -9,7 +9,9 @@ from kd_core.prompts import (
     PromptConfig,
     iter_words,
     load_grammar,
+    split_fields,
     synthesize_prompts,
+    synthesize_split,
     write_prompt_tables,
 )
 
@@ -28,6 +30,32 @@ def test_splits_disjoint_unique_and_deterministic(grammar, filler):
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     other = synthesize_prompts(PromptConfig(grammar=grammar, filler_grammar=filler, n_train=40, n_eval=10, n_filler=12, seed=4))
     assert list(other["train"]["prompt"]) != list(a["train"]["prompt"])
+
+
+# Each field changed to another valid value; a split must stay equal unless split_fields names it.
+_EDITS = {"grammar": "artistic", "filler_grammar": "artistic", "n_train": 50, "n_eval": 14, "n_filler": 9,
+          "seeds_per_prompt": 2, "negative_prompt": "blurry", "seed": 7}
+
+
+@pytest.mark.parametrize("grammar,filler", [("shapes", "shapes"), ("dogs", "artistic")])
+@pytest.mark.parametrize("split", ["train", "eval", "filler"])
+def test_a_split_changes_exactly_with_the_fields_it_depends_on(grammar, filler, split):
+    """What rerun decisions rest on: the prompts rule's params for a split are split_fields, so an edit
+    to any other field must leave that split's table as it was, and an edit to one of them changes it."""
+    base = PromptConfig(grammar=grammar, filler_grammar=filler, n_train=40, n_eval=10, n_filler=12, seed=3)
+    table = synthesize_split(base, split)
+    depends = {"seed", *split_fields(base, split)}
+    for field, value in _EDITS.items():
+        edited = PromptConfig(**{**base.__dict__, field: value})
+        if field in ("grammar", "filler_grammar") and value == getattr(base, field):
+            continue
+        same = synthesize_split(edited, split).equals(table)
+        if field not in depends:
+            assert same, (split, field)
+        elif not (split == "filler" and field in ("n_train", "n_eval")):  # there: only if the grammars share prompts
+            assert not same, (split, field)
+    assert {"n_eval", "n_filler"}.isdisjoint(split_fields(base, "train"))
+    assert ("n_eval" in split_fields(base, "filler")) == (grammar != filler)
 
 
 def test_attribute_columns_are_ground_truth():
@@ -73,6 +101,7 @@ def test_written_tables_carry_schema_and_provenance(tmp_path):
     assert len(df) == 2 and df["seed"].dtype == "int64"
     meta = read_metadata(paths["eval"])
     assert meta["code_hash"] == "abc" and meta["config"]["n_eval"] == 2
+    assert "n_eval" not in read_metadata(paths["train"])["config"]  # what the train table depends on only
 
 
 def test_every_grammar_word_is_one_token():

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from kd_core.digests import file_digests
 from kd_core.errors import KDError
 from kd_core.io import atomic_path
 from kd_core.models.loading import autoencoder, is_conditional
@@ -38,10 +39,10 @@ def encode_pairs(pipe, pairs: pd.DataFrame, size: int, cache: str | Path, encode
     (a pixel-space pipeline without a VAE: the images in [-1, 1] as the mean, std 0, no text; an
     unconditional latent DDPM: no text).
 
-    The cache is keyed by the image files' names, sizes and mtimes, the prompts, the size and the
-    model, so a changed dataset is encoded again and an unchanged one never is.
+    The cache is keyed by the image files' names and contents (SHA-256), the prompts, the size and
+    the model, so a changed dataset is encoded again and an unchanged one never is, even rewritten.
     """
-    key_src = json.dumps({"files": [(p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in pairs["image"]],
+    key_src = json.dumps({"files": list(zip(pairs["image"], file_digests(list(pairs["image"])), strict=True)),
                           "prompts": list(pairs["prompt"]), "size": size, "text": encode_text,
                           "model": pipe.config.get("_name_or_path", type(pipe).__name__)})
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
