@@ -7,13 +7,16 @@ before any job runs without a traceback; it is usable from a notebook too.
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import types
 import typing
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,6 +118,63 @@ def build(cls: type[T], values: Mapping[str, Any] | None, **overrides: Any) -> T
             v = tuple(v)
         kwargs[f.name] = v
     return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Settings a job reads when it runs that cannot change its outputs (a sampling batch size).
+
+    Given to a rule as a param of this type, they reach the job, but Snakemake leaves them out of its
+    rerun decision (it compares params of builtin types only), so changing them reruns nothing.
+    """
+
+    values: Mapping[str, Any]
+
+
+def canonical_order(config: Mapping[str, Any], keep: tuple[str, ...] = ("models",)) -> dict[str, Any]:
+    """``config`` with every mapping's keys sorted, recursively, but the key order of the top-level
+    sections in ``keep`` (the order of ``models`` is the order of the models in tables and figures).
+
+    Snakemake compares a job's params by their text, so two orders of the same keys would count as
+    a change: moving ``lr`` above ``batch_size`` in a config file must rerun nothing."""
+    def sort(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: sort(value[k]) for k in sorted(value)}
+        return [sort(v) for v in value] if isinstance(value, list) else value
+
+    out = sort(config)
+    for key in keep:
+        if isinstance(config.get(key), Mapping):
+            out[key] = {k: sort(v) for k, v in config[key].items()}
+    return out
+
+
+@cache
+def declared_fields(dataclass_path: str) -> frozenset[str]:
+    """Field names of a dataclass, ``"module:Class"``, read from its source without importing it (the
+    workflow plans its jobs without torch, which the trainers' modules import)."""
+    module, name = dataclass_path.split(":")
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"no such module {module!r}")
+    for node in ast.parse(Path(spec.origin).read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return frozenset(n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name))
+    raise ValueError(f"no class {name!r} in {module}")
+
+
+def read_by(values: Mapping[str, Any], *dataclass_paths: str, keep: tuple[str, ...] = (),
+            nested: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The entries of a config section that a job's typed configs read: the fields of the dataclasses
+    (``"module:Class"``), the keys in ``keep``, and each ``nested`` key (a sub-section) projected on
+    its own dataclass. A job's params are this, never a whole section, so that an edit to a setting
+    the job does not read leaves them as they were."""
+    fields = set(keep).union(*(declared_fields(p) for p in dataclass_paths))
+    out = {k: v for k, v in values.items() if k in fields}
+    for key, path in (nested or {}).items():
+        if key in values:
+            out[key] = read_by(values[key], path)
+    return out
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -18,7 +18,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from kd_core.config import build, read_by
 from kd_core.errors import KDError
+from kd_core.prompts import PromptConfig, split_fields
 from kd_core.shards import shard_names
 from kd_core.sources import BUILT, is_built, local_path
 
@@ -40,6 +42,16 @@ FIGURE_TITLES = {
     "size_quality": "Model size: FID and error against size and cost, efficiency frontier",
 }
 SIZE_FIGURES = ("heatmap", "trajectory", "denoising", "cost", "quality")
+# The typed configs the jobs' kd_core functions take ("module:Class"): a job's params are the
+# entries of its config section that these read (kd_core.config.read_by), never the whole section.
+TRAIN = "kd_core.train.loop:TrainConfig"
+DATA = "kd_core.captions:DataConfig"
+# Generation settings that cannot change an image (each image has its own seeded generator; batches
+# are fixed chunks of the prompt table): given to the job as a kd_core.config.Runtime param, which
+# Snakemake does not compare, so that changing them reruns nothing.
+RUNTIME_GENERATION = ("batch_size",)
+STUDY_CONFIGS = {"lora": "kd_core.train.lora:LoRAConfig", "block_kd": "kd_core.train.block_kd:BlockKDConfig",
+                 "size_study": "kd_core.train.size_study:SizeStudyConfig"}
 # the DM-KD settings only students use, and those only the teacher uses (what each rule depends on)
 _STUDENT_ONLY = ("synthetic", "student", "student_train", "temperature", "kd_weight", "hard_weight", "seeds")
 _TEACHER_ONLY = ("synthetic", "teacher", "teacher_train", "teacher_robustness", "seeds")
@@ -112,10 +124,29 @@ class Plan:
     def size_models(self) -> list[str]:
         return list(self.size_factors)
 
-    @cached_property
+    def train_params(self, section: str) -> dict[str, Any]:
+        """What a training job of ``lora``, ``block_kd`` or ``size_study`` reads of its section: its data
+        source, the fields of DataConfig and of the study's config, and its TrainConfig (not the list of
+        levels or factors, not the analyses' settings: adding a level trains only that level)."""
+        return read_by(self.config[section], DATA, STUDY_CONFIGS[section], keep=("data",), nested={"train": TRAIN})
+
+    @property
     def size_train(self) -> dict[str, Any]:
-        """What a width student's training depends on (not the list of factors, not the analyses' settings)."""
-        return {k: v for k, v in self.size.items() if k not in ("enabled", "factors", "timestep_mse", "trajectory")}
+        return self.train_params("size_study")
+
+    @property
+    def world_data_params(self) -> dict[str, Any]:
+        """What the rendered world reads of ``world`` (not the classifier's or the toy models' settings)."""
+        return read_by(self.config["world"], "kd_core.world.dataset:WorldDataConfig")
+
+    @property
+    def classifier_params(self) -> dict[str, Any]:
+        return read_by(self.config["world"]["classifier"], "kd_core.world.classifier:AttributeClassifierConfig")
+
+    @property
+    def ddpm_params(self) -> dict[str, Any]:
+        """What the DDPM teacher's training reads of ``ddpm_teacher``: its U-Net and training configs."""
+        return read_by(self.config["ddpm_teacher"], nested={"model": "kd_core.train.ddpm:DDPMConfig", "train": TRAIN})
 
     @cached_property
     def models(self) -> list[str]:
@@ -162,24 +193,49 @@ class Plan:
 
     @property
     def teacher_images(self) -> str:
-        return f"{self.out}/images/teacher/manifest.parquet"
+        """The teacher's train-split manifest: the training images of the studies (data: teacher)."""
+        return self.manifest("teacher", "train")
+
+    def manifest(self, model: str, split: str = "eval") -> str:
+        """The manifest of one model's images of one prompt split (each made by its own job)."""
+        return f"{self.out}/images/{model}/{split}.parquet"
+
+    def manifests(self, models: list[str] | None = None, split: str = "eval") -> list[str]:
+        return [self.manifest(m, split) for m in (self.models if models is None else models)]
+
+    # ---- prompts ------------------------------------------------------------------------------
+    @cached_property
+    def prompt_config(self) -> PromptConfig:
+        return build(PromptConfig, self.config["prompts"], seed=self.config["seed"])
+
+    def prompt_params(self, split: str) -> dict[str, Any]:
+        """What one split's prompt table depends on (kd_core.prompts.split_fields): adding eval prompts
+        leaves the train table, and every job that reads it, as it was."""
+        cfg = self.prompt_config
+        return {k: getattr(cfg, k) for k in ("seed", *split_fields(cfg, split))}
 
     # ---- generation ---------------------------------------------------------------------------
-    def prompt_tables(self, model: str) -> dict[str, str]:
-        """The prompt tables of the model's splits, keyed prompts_<split>."""
-        return {f"prompts_{s}": f"{self.out}/prompts/{s}.parquet" for s in self.model_entry(model)["splits"]}
-
-    def generate_inputs(self, model: str) -> dict[str, Any]:
+    def generate_inputs(self, model: str, split: str) -> dict[str, Any]:
         m = self.model_entry(model)
-        inputs: dict[str, Any] = self.prompt_tables(model) | {"model": self.built_input(m["source"])}
+        if split not in m["splits"]:
+            raise KDError(f"model {model!r} has no {split!r} images (its splits: {m['splits']})")
+        inputs: dict[str, Any] = {"prompts": f"{self.out}/prompts/{split}.parquet", "model": self.built_input(m["source"])}
         if m["generation"].get("lora"):
             inputs["adapter"] = m["generation"]["lora"]
         return inputs
 
-    def generate_gather_inputs(self, model: str) -> dict[str, str]:
-        """The model's prompt tables and its shard manifests (shards.images > 1)."""
-        return self.prompt_tables(model) | {f"shard_{n}": f"{self.out}/images/{model}/shards/{n}.parquet"
-                                            for n in self.image_shards}
+    def generation_params(self, model: str) -> dict[str, Any]:
+        """A model's generation settings that identify its images (not the batch size)."""
+        return {k: v for k, v in self.model_entry(model)["generation"].items() if k not in RUNTIME_GENERATION}
+
+    def generation_runtime(self, model: str) -> dict[str, Any]:
+        """The generation settings a job reads when it runs (:data:`RUNTIME_GENERATION`)."""
+        return {k: v for k, v in self.model_entry(model)["generation"].items() if k in RUNTIME_GENERATION}
+
+    def generate_gather_inputs(self, model: str, split: str) -> dict[str, str]:
+        """The split's prompt table and its shard manifests (shards.images > 1)."""
+        return {"prompts": f"{self.out}/prompts/{split}.parquet"} | {
+            f"shard_{n}": f"{self.out}/images/{model}/shards/{split}-{n}.parquet" for n in self.image_shards}
 
     # ---- training data and inputs -------------------------------------------------------------
     def training_data(self, section: str) -> str:
@@ -218,7 +274,13 @@ class Plan:
         if not self.size["enabled"]:
             return {}
         return {"teacher": self.built_input(self.teacher["source"]), "students": list(self.size_student_dirs().values()),
-                "eval": self.teacher_images, "prompts": f"{self.out}/prompts/eval.parquet"}
+                "eval": self.manifest("teacher", "eval"), "prompts": f"{self.out}/prompts/eval.parquet"}
+
+    def size_model_inputs(self) -> dict[str, Any]:
+        """The teacher and every width student: what the latency measurement reads (no images, no prompts)."""
+        if not self.size["enabled"]:
+            return {}
+        return {"teacher": self.built_input(self.teacher["source"]), "students": list(self.size_student_dirs().values())}
 
     def size_summary_inputs(self) -> dict[str, str]:
         inputs = {"timestep": f"{self.out}/metrics/timestep_mse.parquet",
@@ -244,7 +306,7 @@ class Plan:
 
     # ---- metrics inputs -----------------------------------------------------------------------
     def distribution_inputs(self) -> dict[str, Any]:
-        inputs: dict[str, Any] = {"manifests": [f"{self.out}/images/{m}/manifest.parquet" for m in self.models]}
+        inputs: dict[str, Any] = {"manifests": self.manifests()}
         if self.extractor == "classifier":
             inputs["classifier"] = f"{self.out}/models/classifier/model.safetensors"
             inputs["real"] = f"{self.out}/data/world/data.parquet"
@@ -271,7 +333,7 @@ class Plan:
 
     def efficiency_models(self) -> dict[str, tuple[str, dict]]:
         """name -> (source, generation config) of every model, as sampled."""
-        return {m: (self.model_dir(self.model_entry(m)["source"]), self.model_entry(m)["generation"]) for m in self.models}
+        return {m: (self.model_dir(self.model_entry(m)["source"]), self.generation_params(m)) for m in self.models}
 
     def loss_tables(self) -> dict[str, str]:
         """Title -> loss.parquet of every diffusion training run (the toy models', LoRA, block KD, width)."""
@@ -364,7 +426,11 @@ class Plan:
         return inputs
 
     def dmkd_generation(self, synthetic_set: str) -> dict[str, Any]:
-        return {**self.dmkd["synthetic"]["generation"], "guidance_scale": self.dmkd_sets[synthetic_set]}
+        gen = self.dmkd["synthetic"]["generation"]
+        return {k: v for k, v in gen.items() if k not in RUNTIME_GENERATION} | {"guidance_scale": self.dmkd_sets[synthetic_set]}
+
+    def dmkd_generation_runtime(self) -> dict[str, Any]:
+        return {k: v for k, v in self.dmkd["synthetic"]["generation"].items() if k in RUNTIME_GENERATION}
 
     def dmkd_loss_tables(self) -> dict[str, str]:
         """Training curves to plot: the teacher's and every run's at the first seed."""
@@ -429,7 +495,7 @@ class Plan:
         targets = []
         if self.images:
             targets += [f"{self.out}/prompts/{s}.parquet" for s in ("train", "eval", "filler")]
-            targets += [f"{self.out}/images/{m}/manifest.parquet" for m in self.models]
+            targets += [self.manifest(m, s) for m in self.models for s in self.model_entry(m)["splits"]]
         targets += list(self.metric_tables().values())
         if self.world:
             targets.append(f"{self.out}/models/classifier/heldout_accuracy.parquet")

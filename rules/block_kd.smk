@@ -11,7 +11,7 @@ rule train_block_kd:
     params:
         teacher=lambda wildcards: PLAN.teacher_source,
         data=lambda wildcards: PLAN.training_data("block_kd"),
-        block_kd=PLAN.bk,
+        block_kd=PLAN.train_params("block_kd"),
         settings=block_kd_settings,
         seed=config["seed"],
         code=adapter_code("train_block_kd"),

@@ -4,7 +4,7 @@
 import sys
 from pathlib import Path
 
-from kd_core.config import read_config_file
+from kd_core.config import Runtime, canonical_order, read_config_file
 from kd_core.devices import visible_devices
 from kd_core.errors import KDError
 from kd_core.experiment import validate_experiment
@@ -19,7 +19,7 @@ except KDError as _exc:
     sys.stderr.write(f"config error: {_exc}\n")
     sys.exit(1)
 config.clear()
-config.update(_validated)
+config.update(canonical_order(_validated))  # a job's params do not depend on the order of keys in the file
 
 PLAN = Plan(config)
 OUT = PLAN.out
@@ -68,12 +68,16 @@ wildcard_constraints:
     shard=r"\d+-of-\d+",
 
 
+def prompt_params(wildcards):
+    return PLAN.prompt_params(wildcards.split)
+
+
 def generate_input(wildcards):
-    return PLAN.generate_inputs(wildcards.model)
+    return PLAN.generate_inputs(wildcards.model, wildcards.split)
 
 
 def generate_gather_input(wildcards):
-    return PLAN.generate_gather_inputs(wildcards.model)
+    return PLAN.generate_gather_inputs(wildcards.model, wildcards.split)
 
 
 def generate_source(wildcards):
@@ -81,7 +85,12 @@ def generate_source(wildcards):
 
 
 def generate_config(wildcards):
-    return PLAN.model_entry(wildcards.model)["generation"]
+    return PLAN.generation_params(wildcards.model)
+
+
+def generate_runtime(wildcards):
+    """The batch size: read by the job, not compared by Snakemake (kd_core.config.Runtime)."""
+    return Runtime(PLAN.generation_runtime(wildcards.model))
 
 
 def block_kd_settings(wildcards):

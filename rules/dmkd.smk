@@ -35,6 +35,7 @@ rule dmkd_generate:
     params:
         source=lambda wildcards: PLAN.teacher_source,
         generation=dmkd_generation,
+        runtime=Runtime(PLAN.dmkd_generation_runtime()),
         code=adapter_code("dmkd_generate"),
     log:
         f"{OUT}/logs/dmkd_generate_{{dmkd_set}}.log",

@@ -130,7 +130,7 @@ rule figure_efficiency:
 
 rule comparison_models:
     input:
-        expand(f"{OUT}/images/{{model}}/manifest.parquet", model=PLAN.models),
+        PLAN.manifests(),
     output:
         side=report(f"{OUT}/comparisons/side_by_side.png", caption="../report/side_by_side.rst", category="Comparisons"),
         side_pdf=f"{OUT}/comparisons/side_by_side.pdf",
@@ -155,7 +155,8 @@ rule comparison_models:
 
 rule comparison_grid:
     input:
-        f"{OUT}/images/{{model}}/manifest.parquet",
+        main=f"{OUT}/images/{{model}}/eval.parquet",
+        filler=f"{OUT}/images/{{model}}/filler.parquet",
     output:
         png=report(f"{OUT}/comparisons/grid_{{model}}.png", caption="../report/grid.rst", category="Comparisons", subcategory="{model}"),
         pdf=f"{OUT}/comparisons/grid_{{model}}.pdf",

@@ -1,22 +1,25 @@
-# Teacher and student sampling: one PNG per (prompt_id, seed) plus manifest.parquet per model.
-# With shards.images = N > 1, N generate_shard jobs per model each make a batch-aligned slice of
-# the prompts (images/<model>/shards/<i>-of-<N>.parquet) and generate gathers their manifests;
-# with one shard, generate is generate_shard writing the manifest itself.
+# Teacher and student sampling: one PNG per (prompt_id, seed) in images/<model>/, and one manifest
+# per prompt split, images/<model>/<split>.parquet, each its own job: the studies train on the
+# teacher's train split, the metrics read the eval split, the grids eval and filler, so an edit to
+# one split reruns only its readers. With shards.images = N > 1, N generate_shard jobs per model
+# and split each make a batch-aligned slice of the prompts (images/<model>/shards/<split>-<i>-of-<N>.parquet)
+# and generate gathers their manifests; with one shard, generate is generate_shard writing the manifest itself.
 
 
 rule generate_shard:
     input:
         unpack(generate_input),
     output:
-        manifest=f"{OUT}/images/{{model}}/shards/{{shard}}.parquet",
+        manifest=f"{OUT}/images/{{model}}/shards/{{split}}-{{shard}}.parquet",
     params:
         source=generate_source,
         generation=generate_config,
+        runtime=generate_runtime,
         code=adapter_code("generate"),
     log:
-        f"{OUT}/logs/generate_{{model}}_{{shard}}.log",
+        f"{OUT}/logs/generate_{{model}}_{{split}}_{{shard}}.log",
     benchmark:
-        f"{OUT}/benchmarks/generate_{{model}}_{{shard}}.tsv"
+        f"{OUT}/benchmarks/generate_{{model}}_{{split}}_{{shard}}.tsv"
     threads: MODEL_THREADS
     resources:
         mem_mb=8000,
@@ -31,11 +34,11 @@ if len(PLAN.image_shards) == 1:
 
     use rule generate_shard as generate with:
         output:
-            manifest=f"{OUT}/images/{{model}}/manifest.parquet",
+            manifest=f"{OUT}/images/{{model}}/{{split}}.parquet",
         log:
-            f"{OUT}/logs/generate_{{model}}.log",
+            f"{OUT}/logs/generate_{{model}}_{{split}}.log",
         benchmark:
-            f"{OUT}/benchmarks/generate_{{model}}.tsv"
+            f"{OUT}/benchmarks/generate_{{model}}_{{split}}.tsv"
 
 else:
 
@@ -46,13 +49,13 @@ else:
         input:
             unpack(generate_gather_input),
         output:
-            manifest=f"{OUT}/images/{{model}}/manifest.parquet",
+            manifest=f"{OUT}/images/{{model}}/{{split}}.parquet",
         params:
             code=adapter_code("generate_gather"),
         log:
-            f"{OUT}/logs/generate_{{model}}.log",
+            f"{OUT}/logs/generate_{{model}}_{{split}}.log",
         benchmark:
-            f"{OUT}/benchmarks/generate_{{model}}.tsv"
+            f"{OUT}/benchmarks/generate_{{model}}_{{split}}.tsv"
         threads: 1
         resources:
             mem_mb=2000,

@@ -11,7 +11,7 @@ rule train_lora:
     params:
         student=lambda wildcards: PLAN.lora_student_source,
         data=lambda wildcards: PLAN.training_data("lora"),
-        lora=config["lora"],
+        lora=PLAN.train_params("lora"),
         seed=config["seed"],
         code=adapter_code("train_lora"),
     log:

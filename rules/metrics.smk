@@ -6,7 +6,7 @@
 # One job for every model: a few seconds of classifier work each, against ~10 s of start-up per job.
 rule attribute_accuracy:
     input:
-        manifests=expand(f"{OUT}/images/{{model}}/manifest.parquet", model=PLAN.models),
+        manifests=PLAN.manifests(),
         classifier=rules.world_classifier.output.model,
     output:
         expand(f"{OUT}/metrics/attributes/{{model}}.parquet", model=PLAN.models),
@@ -51,8 +51,8 @@ rule attribute_summary:
 # pairs; pairwise gathers them into the same per-student table.
 rule pairwise_shard:
     input:
-        manifest=f"{OUT}/images/{{model}}/manifest.parquet",
-        reference=f"{OUT}/images/teacher/manifest.parquet",
+        manifest=f"{OUT}/images/{{model}}/eval.parquet",
+        reference=f"{OUT}/images/teacher/eval.parquet",
     output:
         f"{OUT}/metrics/pairwise/{{model}}/{{shard}}.parquet",
     params:
@@ -153,7 +153,7 @@ rule distribution:
 
 rule alignment:
     input:
-        manifest=f"{OUT}/images/{{model}}/manifest.parquet",
+        manifest=f"{OUT}/images/{{model}}/eval.parquet",
         clip=PLAN.built_input(PLAN.clip),
     output:
         f"{OUT}/metrics/alignment/{{model}}.parquet",

@@ -22,7 +22,7 @@ rule train_ddpm:
     params:
         data=PLAN.ddpm_data,
         vae=PLAN.ddpm_vae,
-        ddpm=config["ddpm_teacher"],
+        ddpm=PLAN.ddpm_params,
         seed=config["seed"],
         code=adapter_code("train_ddpm"),
     log:
@@ -95,7 +95,7 @@ rule timestep_mse:
 
 rule size_latency:
     input:
-        **PLAN.size_analysis_inputs(),
+        **PLAN.size_model_inputs(),
     output:
         f"{OUT}/metrics/size_latency.parquet",
     params:

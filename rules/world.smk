@@ -6,7 +6,7 @@ rule world_data:
     output:
         table=f"{OUT}/data/world/data.parquet",
     params:
-        world=config["world"],
+        world=PLAN.world_data_params,
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
         code=adapter_code("world_data"),
@@ -31,7 +31,7 @@ rule world_classifier:
         config=f"{OUT}/models/classifier/config.json",
         accuracy=f"{OUT}/models/classifier/heldout_accuracy.parquet",
     params:
-        classifier=config["world"]["classifier"],
+        classifier=PLAN.classifier_params,
         image_size=config["world"]["image_size"],
         seed=config["seed"],
         code=adapter_code("world_classifier"),

@@ -47,7 +47,7 @@ def test_smoke_plan():
     assert plan.dmkd_data("g2_kd_s0") == "results/smoke/dmkd/synthetic/g2/manifest.parquet"
     assert set(plan.dmkd_student_inputs("g2_kd_s0")) == {"real", "synthetic", "teacher"}
     assert "teacher" not in plan.dmkd_student_inputs("g2_ce_s0")
-    assert plan.training_data("block_kd") == "results/smoke/images/teacher/manifest.parquet"
+    assert plan.training_data("block_kd") == "results/smoke/images/teacher/train.parquet"
     targets = plan.all_targets()
     assert len(targets) == len(set(targets)) and "results/smoke/paper/summary.md" in targets
     assert set(plan.metric_tables()) >= {"pairwise", "summary", "dmkd", "size_study", "timestep_mse"}

@@ -4,4 +4,4 @@ from kd_core.figures.comparisons import prompt_filler_grid
 from kd_core.runlog import job
 
 with job(snakemake.log[0], snakemake.threads):
-    prompt_filler_grid(snakemake.input[0], snakemake.output.png, snakemake.params.blocks)
+    prompt_filler_grid([snakemake.input.main, snakemake.input.filler], snakemake.output.png, snakemake.params.blocks)

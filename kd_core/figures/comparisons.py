@@ -89,13 +89,15 @@ def difference_maps(manifests: dict[str, str | os.PathLike], out_png: str | os.P
         return save_figure(fig, out_png)
 
 
-def prompt_filler_grid(manifest: str | os.PathLike, out_png: str | os.PathLike, blocks: int = 16,
+def prompt_filler_grid(manifest: str | os.PathLike | list[str | os.PathLike], out_png: str | os.PathLike, blocks: int = 16,
                        main_split: str = "eval", filler_split: str = "filler") -> pd.DataFrame:
     """An 8x8 grid of 2x2 blocks: block k holds main image k (top left) and filler images 3k..3k+2.
 
     Written as a plain PNG (pixels as generated) and a PDF; returns the layout (block, cell, image).
     """
-    man = _images(manifest)
+    manifests = manifest if isinstance(manifest, list) else [manifest]  # one, or one per split
+    manifest = manifests[0]
+    man = pd.concat([_images(m) for m in manifests], ignore_index=True)
     main = man[man["split"] == main_split].sort_values(["prompt_id", "seed"]).head(blocks)
     filler = man[man["split"] == filler_split].sort_values(["prompt_id", "seed"]).head(3 * blocks)
     if len(main) < blocks or len(filler) < 3 * blocks:

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.skipif(
 SMOKE = ("--configfile", "config/smoke.yaml")
 OUT = Path("results") / "smoke"
 CANCEL_COMMENT = "rule_generate_wildcards_teacher"  # the plugin's sbatch --comment of a job: rule_<rule>_wildcards_<values>
-CANCEL_LOG = OUT / "logs" / "generate_teacher.log"  # written once the job's script runs
+CANCEL_LOG = OUT / "logs" / "generate_teacher_train.log"  # written once the job's script runs
 GPU_PARTITION, CPU_PARTITION, GPU_MODEL = "gpu", "cpu", "kdfake"  # as in scripts/slurm/start_cluster.sh
 RUN_TIMEOUT = 45 * 60
 
@@ -184,7 +184,7 @@ def test_cancelled_job_was_resubmitted_and_completed(runs):
     assert len(ids) == 2 and ids[0] == cancelled["job_id"], ids  # the cancelled attempt and one retry
     assert runs["jobs"][ids[1]]["JobState"] == "COMPLETED"
     assert f"SLURM-job '{cancelled['job_id']}' failed" in runs["log"]
-    assert (runs["slurm"] / OUT / "images" / "teacher" / "manifest.parquet").is_file()
+    assert (runs["slurm"] / OUT / "images" / "teacher" / "train.parquet").is_file()
 
 
 def _frame(path: Path) -> pd.DataFrame:
@@ -199,9 +199,10 @@ def test_prompts_and_images_equal_the_local_run(runs):
     a, b = runs["local"] / OUT, runs["slurm"] / OUT
     for split in ("train", "eval", "filler"):
         pd.testing.assert_frame_equal(_frame(a / "prompts" / f"{split}.parquet"), _frame(b / "prompts" / f"{split}.parquet"))
-    manifests = sorted(p.relative_to(a) for p in a.glob("images/*/manifest.parquet"))
+    manifests = sorted(p.relative_to(a) for p in a.glob("images/*/*.parquet"))  # one per model and split
     manifests += sorted(p.relative_to(a) for p in a.glob("dmkd/synthetic/*/manifest.parquet"))
-    assert len(manifests) == 8, manifests  # teacher, base, LoRA, 2 block-distilled and 2 width students; DM-KD's set
+    # the teacher's 3 splits, base and LoRA eval + filler, 2 block-distilled and 2 width students; DM-KD's set
+    assert len(manifests) == 12, manifests
     for rel in manifests:
         ma, mb = _frame(a / rel), _frame(b / rel)
         pd.testing.assert_frame_equal(ma.drop(columns=MANIFEST_VOLATILE), mb.drop(columns=MANIFEST_VOLATILE), obj=str(rel))

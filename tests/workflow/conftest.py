@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -44,14 +46,56 @@ def edited_config(repo: Path, name: str, old: str, new: str) -> Path:
     return out
 
 
-def planned_jobs(repo: Path, *args: str) -> dict[str, int]:
-    """Rule -> job count of a dry run ({} when nothing is to be done)."""
+def config_with(repo: Path, name: str, changes: dict[str, object]) -> Path:
+    """config/smoke.yaml with each dotted key of ``changes`` set to its value (the other keys in their
+    order), as config/<name>."""
+    cfg = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        section = cfg
+        for part in parents:
+            section = section.setdefault(part, {})
+        section[leaf] = value
+    out = repo / "config" / name
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def _dry_run(repo: Path, *args: str) -> str:
+    """The text of a dry run; '' when Snakemake says there is nothing to be done. Output that is
+    neither (Snakemake's format changed) is an error, never an empty plan."""
     out = run(repo, "-n", *args)
     text = out.stdout + out.stderr
+    if "Job stats:" in text:
+        return text
+    if "Nothing to be done" in text:
+        return ""
+    raise AssertionError(f"cannot read the dry run's plan (no 'Job stats:', no 'Nothing to be done'):\n{text[-3000:]}")
+
+
+def planned_jobs(repo: Path, *args: str) -> dict[str, int]:
+    """Rule -> job count of a dry run ({} when nothing is to be done)."""
+    return _job_stats(_dry_run(repo, *args))
+
+
+def _job_stats(text: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    table = text.split("Job stats:")[-1] if "Job stats:" in text else ""
-    for line in table.splitlines():
+    for line in text.split("Job stats:")[-1].splitlines():
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
         if m and m.group(1) != "total":
             counts[m.group(1)] = int(m.group(2))
+    if text and not counts:
+        raise AssertionError(f"cannot read the job stats of the dry run:\n{text[-3000:]}")
     return counts
+
+
+def planned_job_names(repo: Path, *args: str) -> set[str]:
+    """Every job of a dry run as ``rule`` or ``rule[wildcard=value,...]`` (set() when nothing is to be done)."""
+    text = _dry_run(repo, *args)
+    jobs = set()
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:[ \t]+.*\n?)*)", text, re.MULTILINE):
+        wildcards = re.search(r"^\s+wildcards: (.*)$", m.group(2), re.MULTILINE)
+        jobs.add(m.group(1) + (f"[{wildcards.group(1).replace(' ', '')}]" if wildcards else ""))
+    if sum(_job_stats(text).values()) != len(jobs):
+        raise AssertionError(f"read {len(jobs)} jobs of a plan of {sum(_job_stats(text).values())}:\n{text[-3000:]}")
+    return jobs

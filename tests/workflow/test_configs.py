@@ -19,7 +19,7 @@ def test_real_config_dry_run_builds_its_dag(name, grids):
     # Hub models: no toy pretraining, no shapes world; prompts, generation per model, LoRA, evaluation.
     assert jobs == {"prompts": 1, "generate": 3, "train_lora": 1, **EVALUATION} | ({"comparison_grid": grids} if grids else {})
     text = run(ROOT, "-n", "--configfile", f"config/experiments/{name}.yaml", "--printshellcmds").stdout
-    assert f"results/{name}/images/teacher/manifest.parquet" in text
+    assert f"results/{name}/images/teacher/train.parquet" in text
     assert "gpu=1" in text
 
 

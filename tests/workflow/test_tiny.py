@@ -19,8 +19,10 @@ def test_tiny_config_runs_sdxl_and_sd_pipelines(tmp_path):
     run(repo, "--configfile", "config/tiny.yaml")
     out = repo / "results" / "tiny"
     assert type(DiffusionPipeline.from_pretrained(out / "models" / "tiny_sdxl")).__name__ == "StableDiffusionXLPipeline"
-    teacher = pd.read_parquet(out / "images" / "teacher" / "manifest.parquet")
-    student = pd.read_parquet(out / "images" / "base_student" / "manifest.parquet")
+    images = out / "images"
+    teacher = pd.concat([pd.read_parquet(images / "teacher" / f"{s}.parquet") for s in ("train", "eval")], ignore_index=True)
+    student = pd.concat([pd.read_parquet(images / "base_student" / f"{s}.parquet") for s in ("eval", "filler")],
+                        ignore_index=True)
     assert len(teacher) == 7 and (teacher["scheduler"] == "euler").all() and (teacher["guidance_scale"] == 5.0).all()
     assert set(student["split"]) == {"eval", "filler"} and len(student) == 6
     assert teacher["negative_prompt"].str.contains("blurry").all()
@@ -30,6 +32,7 @@ def test_tiny_config_runs_sdxl_and_sd_pipelines(tmp_path):
     keys = load_file(out / "models" / "lora_student" / "pytorch_lora_weights.safetensors")
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
     assert (out / "models" / "lora_student" / "kohya_lora.safetensors").is_file()
-    tuned = pd.read_parquet(out / "images" / "lora_student" / "manifest.parquet")
+    tuned = pd.concat([pd.read_parquet(images / "lora_student" / f"{s}.parquet") for s in ("eval", "filler")],
+                      ignore_index=True)
     assert list(tuned["file"]) == list(student["file"])
     assert planned_jobs(repo, "--configfile", "config/tiny.yaml") == {}
