@@ -126,6 +126,25 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> None:
         image.save(tmp, format="PNG")
 
 
+def canonical_safetensors_header(path: str | os.PathLike) -> None:
+    """Rewrite a safetensors file's header with its metadata keys sorted (in place, same tensors).
+
+    The safetensors writer keeps the metadata in a hash map whose order changes from process to
+    process, so the same tensors and metadata could make different bytes; a consumer keyed on the
+    file's content (:mod:`kd_core.digests`) would then start again for nothing."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = f.read()
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | header
+    raw = json.dumps(ordered, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data start stays 8-byte aligned, as the writer keeps it
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+
+
 def check_schema(df: pd.DataFrame, schema: pa.Schema, name: str) -> pa.Table:
     """Convert ``df`` to an Arrow table with ``schema``'s columns (extra columns kept, after them).
 

@@ -134,10 +134,15 @@ class Plan:
     def size_train(self) -> dict[str, Any]:
         return self.train_params("size_study")
 
-    @property
-    def world_data_params(self) -> dict[str, Any]:
-        """What the rendered world reads of ``world`` (not the classifier's or the toy models' settings)."""
-        return read_by(self.config["world"], "kd_core.world.dataset:WorldDataConfig")
+    def world_data_params(self, split: str) -> dict[str, Any]:
+        """What one split of the rendered world reads of ``world``: the image size and its own count
+        (not the other split's, not the classifier's or the toy models' settings)."""
+        params = read_by(self.config["world"], "kd_core.world.dataset:WorldDataConfig")
+        return {k: v for k, v in params.items() if k != ("n_test" if split == "train" else "n_train")}
+
+    def world_table(self, split: str) -> str:
+        """The rendered world's table of ``split`` (train or test); its images are in ``data/world/<split>/``."""
+        return f"{self.out}/data/world/{split}.parquet"
 
     @property
     def classifier_params(self) -> dict[str, Any]:
@@ -309,7 +314,7 @@ class Plan:
         inputs: dict[str, Any] = {"manifests": self.manifests()}
         if self.extractor == "classifier":
             inputs["classifier"] = f"{self.out}/models/classifier/model.safetensors"
-            inputs["real"] = f"{self.out}/data/world/data.parquet"
+            inputs["real"] = self.world_table("test")
         elif self.extractor == "clip":
             inputs["model"] = self.built_input(self.metrics["features"]["model"] or self.clip)
         return inputs
@@ -397,10 +402,10 @@ class Plan:
     @property
     def dmkd_real(self) -> str:
         """The real images of the DM-KD study: the shapes world's table or a local folder."""
-        return self.dmkd["real"] and local_path(self.dmkd["real"]) or f"{self.out}/data/world/data.parquet"
+        return self.dmkd["real"] and local_path(self.dmkd["real"]) or f"{self.out}/data/world"
 
     def dmkd_real_inputs(self) -> list[str]:
-        return [] if self.dmkd["real"] else [f"{self.out}/data/world/data.parquet"]
+        return [] if self.dmkd["real"] else [self.world_table("train"), self.world_table("test")]
 
     def dmkd_job(self, job: str) -> dict[str, Any]:
         """The settings of a student job: its run's (data, share, objective, ...) and its seed."""

@@ -2,18 +2,22 @@
 # random-weight SD / SDXL pipelines that exercise the real-model code paths.
 
 
+# One job per split (train.parquet + train/, test.parquet + test/): more test images leave the
+# train images, and the toy models trained on them, as they are.
 rule world_data:
     output:
-        table=f"{OUT}/data/world/data.parquet",
+        table=f"{OUT}/data/world/{{world_split}}.parquet",
     params:
-        world=PLAN.world_data_params,
+        world=lambda wildcards: PLAN.world_data_params(wildcards.world_split),
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
         code=adapter_code("world_data"),
     log:
-        f"{OUT}/logs/world_data.log",
+        f"{OUT}/logs/world_data_{{world_split}}.log",
     benchmark:
-        f"{OUT}/benchmarks/world_data.tsv"
+        f"{OUT}/benchmarks/world_data_{{world_split}}.tsv"
+    wildcard_constraints:
+        world_split="train|test",
     threads: 1
     resources:
         mem_mb=2000,
@@ -25,7 +29,8 @@ rule world_data:
 
 rule world_classifier:
     input:
-        table=rules.world_data.output.table,
+        train=PLAN.world_table("train"),
+        test=PLAN.world_table("test"),
     output:
         model=f"{OUT}/models/classifier/model.safetensors",
         config=f"{OUT}/models/classifier/config.json",
@@ -53,7 +58,7 @@ rule world_classifier:
 # every study: it goes first.
 rule toy_base:
     input:
-        table=rules.world_data.output.table,
+        table=PLAN.world_table("train"),
     output:
         model=directory(f"{OUT}/models/toy_base"),
         loss=f"{OUT}/train/toy/vae/loss.parquet",

@@ -79,3 +79,85 @@ def test_planning_imports_no_torch():
             f"{str(ROOT / 'config' / 'schema.yaml')!r})).all_targets(); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _leaves(node, prefix=()):
+    """(dotted path, value) of every scalar or list in a config section."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, (*prefix, k))
+    else:
+        yield ".".join(prefix), node
+
+
+def _other(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, value[-1]] if value else [1]
+    return f"{value}_x" if isinstance(value, str) else 1
+
+
+# job params builder -> (config section it draws from, the dataclasses whose fields it may hold)
+PARAMS = {
+    "lora": ("lora", lambda p: p.train_params("lora"), ["kd_core.captions:DataConfig", "kd_core.train.lora:LoRAConfig"]),
+    "block_kd": ("block_kd", lambda p: p.train_params("block_kd"),
+                 ["kd_core.captions:DataConfig", "kd_core.train.block_kd:BlockKDConfig"]),
+    "size_study": ("size_study", lambda p: p.train_params("size_study"),
+                   ["kd_core.captions:DataConfig", "kd_core.train.size_study:SizeStudyConfig"]),
+    # one job per split, each reading its own count only
+    "world_data[train]": ("world", lambda p: p.world_data_params("train"), ["kd_core.world.dataset:WorldDataConfig"]),
+    "world_data[test]": ("world", lambda p: p.world_data_params("test"), ["kd_core.world.dataset:WorldDataConfig"]),
+}
+UNREAD = {"world_data[train]": {"n_test"}, "world_data[test]": {"n_train"}}
+
+
+@pytest.mark.parametrize("job", PARAMS)
+def test_a_job_s_params_change_only_with_what_its_function_reads(job):
+    """Every setting of the job's config section, changed in turn: its params change exactly when the
+    setting is a field of a dataclass the job's kd_core function takes (or its TrainConfig's)."""
+    import dataclasses
+    import importlib
+
+    from kd_core.config import declared_fields
+
+    section, params, classes = PARAMS[job]
+    fields = set()
+    for path in [*classes, "kd_core.train.loop:TrainConfig"]:
+        module, name = path.split(":")
+        real = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+        assert declared_fields(path) == real, path  # read from the source as the classes define them
+        fields |= real
+    base = plan_of("smoke.yaml")
+    before = params(base)
+    for key, value in _leaves(base.config[section]):
+        if key in ("enabled", "data"):  # the study itself, and its data source (a path): other checks
+            continue
+        changed = params(Plan(_with(base.config, f"{section}.{key}", _other(value))))
+        top, *rest = key.split(".")
+        reads = (top == "train" and rest[0] in fields) or (top != "train" and top in fields - UNREAD.get(job, set()))
+        assert (changed != before) == reads, (job, key)
+
+
+def _with(config, dotted, value):
+    import copy
+
+    cfg = copy.deepcopy(config)
+    node = cfg
+    *parents, leaf = dotted.split(".")
+    for k in parents:
+        node = node[k]
+    node[leaf] = value
+    return cfg
+
+
+def test_prompt_and_generation_params_leave_out_what_they_do_not_read():
+    plan = plan_of("smoke.yaml")
+    assert plan.prompt_params("train") == {"seed": 0, "grammar": "shapes", "n_train": 6, "seeds_per_prompt": 1,
+                                           "negative_prompt": None}
+    assert "n_eval" in plan.prompt_params("eval") and "n_eval" not in plan.prompt_params("filler")
+    assert "batch_size" not in plan.generation_params("teacher")
+    assert plan.generation_runtime("teacher") == {"batch_size": 4}
+    assert plan.generation_runtime("lora_student") == {"batch_size": 4}  # its base student's

@@ -1,4 +1,4 @@
-"""code_hash: what a rule's rerun decision sees of the kd_core code it runs."""
+"""code_hash / script_hash: what a rule's rerun decision sees of the code it runs."""
 
 import shutil
 import subprocess
@@ -40,3 +40,27 @@ def test_code_hash_changes_with_the_module_and_what_it_imports_only(tmp_path):
     stats = tmp_path / "kd_core" / "metrics" / "stats.py"
     stats.write_text(stats.read_text() + "\n# an edit of the module itself\n")
     assert _hash(tmp_path) not in (base, after_dependency)
+
+
+SCRIPT_HASH = "import sys; from kd_core.provenance import script_hash; print(script_hash(sys.argv[1]))"
+
+
+def test_a_rule_s_code_hash_covers_its_adapter_and_what_it_imports(tmp_path):
+    """script_hash of workflow_scripts/summary.py: its own text, and kd_core.metrics.stats (which it
+    imports) with that module's imports, found by reading the imports; not an unrelated module."""
+    shutil.copytree(ROOT / "kd_core", tmp_path / "kd_core", ignore=shutil.ignore_patterns("__pycache__"))
+    adapter = tmp_path / "summary.py"
+    shutil.copy(ROOT / "workflow_scripts" / "summary.py", adapter)
+
+    def digest() -> str:
+        return subprocess.run([sys.executable, "-c", SCRIPT_HASH, str(adapter)], cwd=tmp_path,
+                              env={"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, check=True).stdout.strip()
+
+    seen = [digest()]
+    render = tmp_path / "kd_core" / "world" / "render.py"
+    render.write_text(render.read_text() + "\n# an unrelated edit\n")
+    assert digest() == seen[0]
+    for path in (tmp_path / "kd_core" / "metrics" / "bootstrap.py", adapter):  # a dependency of a dependency; the adapter
+        path.write_text(path.read_text() + "\n# an edit\n")
+        seen.append(digest())
+        assert seen[-1] not in seen[:-1], path.name

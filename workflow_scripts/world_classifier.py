@@ -9,6 +9,6 @@ from kd_core.world.render import DEFAULTS
 
 with job(snakemake.log[0], snakemake.threads) as log:
     cfg = build(AttributeClassifierConfig, snakemake.params.classifier, seed=snakemake.params.seed)
-    acc = train_attribute_classifier(snakemake.input.table, Path(snakemake.output.model).parent, cfg, list(DEFAULTS),
+    acc = train_attribute_classifier(Path(snakemake.input.train).parent, Path(snakemake.output.model).parent, cfg, list(DEFAULTS),
                            snakemake.params.image_size)
     log.info("held-out accuracy:\n%s", acc.to_string(index=False))

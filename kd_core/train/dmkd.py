@@ -40,7 +40,7 @@ class RunPaths(NamedTuple):
 class DMKDData:
     """Where the real images are, what the classes are and which images a student trains on.
 
-    ``real`` is the shapes world's data table (``data.parquet``; classes from ``labels`` of
+    ``real`` is the shapes world's data folder (``train.parquet``, ``test.parquet``; classes from ``labels`` of
     ``grammar``) or a folder with ``train/<class>/`` and ``test/<class>/`` (CIFAR-10 layout;
     classes from ``classes`` or the train folder's sub-folders).
     """
@@ -55,7 +55,7 @@ class DMKDData:
 
     @property
     def is_world(self) -> bool:
-        return self.real.endswith(".parquet")
+        return self.real.endswith(".parquet") or (Path(self.real) / "train.parquet").is_file()
 
 
 def study_classes(d: DMKDData) -> list[str]:

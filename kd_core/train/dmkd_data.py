@@ -22,7 +22,9 @@ def _labelled(files: list[Path], names: list[str], classes: list[str], size: int
 
 def world_images(table: str | Path, split: str, labels: list[str], classes: list[str], size: int | None = None
                  ) -> LabelledImages:
-    """The shapes world's rendered ("real") images of ``split`` (train / test), labelled by ``labels``."""
+    """The shapes world's rendered ("real") images of ``split`` (train / test), labelled by ``labels``;
+    ``table``: the world folder (a table per split) or one table."""
+    table = Path(table) / f"{split}.parquet" if Path(table).is_dir() else Path(table)
     df = pd.read_parquet(table)
     df = df[df["split"] == split]
     if df.empty:

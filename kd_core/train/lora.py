@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from kd_core.captions import DataConfig, load_pairs
 from kd_core.errors import KDError
-from kd_core.io import atomic_dir, write_json
+from kd_core.io import atomic_dir, canonical_safetensors_header, write_json
 from kd_core.models.folders import example_targets, missing_targets
 from kd_core.models.loading import image_size, load_pipeline
 from kd_core.seeding import resolve_device
@@ -149,10 +149,14 @@ def save_lora(pipe, modules: dict[str, torch.nn.Module], out_dir: str | Path, ko
     # rank and alpha travel with the weights; without them a loader assumes alpha = rank. Dropout is
     # a training setting: diffusers' load_lora_weights leaves the dropout it creates in training mode,
     # so an adapter saved with its dropout sampled with random masks in a plain diffusers pipeline
-    layers |= {f"{name}_lora_adapter_metadata": m.peft_config["default"].to_dict() | {"lora_dropout": 0.0}
-               for name, m in modules.items()}
+    # peft keeps target_modules as a set, whose order changes from process to process: sorted, so that
+    # the same weights make the same file (a consumer keyed on its bytes does not start again)
+    layers |= {f"{name}_lora_adapter_metadata": {k: sorted(v) if isinstance(v, set) else v
+                                                 for k, v in m.peft_config["default"].to_dict().items()}
+               | {"lora_dropout": 0.0} for name, m in modules.items()}
     with atomic_dir(out_dir) as tmp:
         type(pipe).save_lora_weights(tmp, safe_serialization=True, **layers)
+        canonical_safetensors_header(tmp / "pytorch_lora_weights.safetensors")  # the same adapter, the same bytes
         if kohya:
             kohya_sd = {}
             for name, m in modules.items():

@@ -27,11 +27,11 @@ def test_grammar_classes_and_class_prompts():
 
 
 def test_world_manifest_and_folder_images(tmp_path):
-    table = tmp_path / "world" / "data.parquet"
+    table = tmp_path / "world"
     make_real_dataset(WorldDataConfig(n_train=12, n_test=4, image_size=16), table)
     classes = grammar_classes("shapes", ["shape"])
     train = world_images(table, "train", ["shape"], classes)
-    df = pd.read_parquet(table).query("split == 'train'")
+    df = pd.read_parquet(table / "train.parquet")
     assert train.images.shape == (12, 3, 16, 16) and [classes[i] for i in train.labels] == list(df["shape"])
     # a generation manifest of class prompts
     prompts = class_prompts(2, seed=0, grammar="shapes", labels=["shape"])

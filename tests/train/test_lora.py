@@ -190,3 +190,29 @@ def test_bf16_training_keeps_frozen_weights_in_bf16_and_adapters_in_fp32(tmp_pat
     assert weights and all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
     loss = pd.read_parquet(tmp_path / "run" / "loss.parquet")
     assert (loss["split"] == "val").any() and np.isfinite(loss["value"]).all()  # validated in bf16 as well
+
+
+_SAVE = """
+import sys, torch
+from kd_core.models.loading import load_pipeline
+from kd_core.train.lora import LoRAConfig, add_lora, save_lora
+pipe = load_pipeline(sys.argv[1], torch.device("cpu"), torch.float32)
+torch.manual_seed(0)
+modules = add_lora(pipe, LoRAConfig(rank=2, unet_targets=("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")))
+save_lora(pipe, modules, sys.argv[2])
+"""
+
+
+def test_the_same_adapter_is_the_same_file_in_any_process(tmp_path, tiny_sd):
+    """Two processes with other string hashing (peft keeps target_modules as a set) write the same
+    bytes: a generation or training keyed on the adapter's content does not start again."""
+    import os
+    import subprocess
+    import sys
+
+    files = []
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", _SAVE, str(tiny_sd), str(tmp_path / seed)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True)
+        files.append((tmp_path / seed / "pytorch_lora_weights.safetensors").read_bytes())
+    assert files[0] == files[1]

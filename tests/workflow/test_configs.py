@@ -13,20 +13,22 @@ EVALUATION = {"pairwise": 2, "pairwise_gather": 1, "alignment": 3, "alignment_ga
               "figure_efficiency": 1, "figure_loss": 1, "comparison_models": 1, "paper": 1, "all": 1}
 
 
-@pytest.mark.parametrize("name,grids", [("sdxl_to_sd15_dogs", 0), ("sd_turbo_wikiart", 3)])
-def test_real_config_dry_run_builds_its_dag(name, grids):
+@pytest.mark.parametrize("name,generate,grids", [("sdxl_to_sd15_dogs", 4, 0), ("sd_turbo_wikiart", 6, 3)])
+def test_real_config_dry_run_builds_its_dag(name, generate, grids):
     jobs = planned_jobs(ROOT, "--configfile", f"config/experiments/{name}.yaml")
-    # Hub models: no toy pretraining, no shapes world; prompts, generation per model, LoRA, evaluation.
-    assert jobs == {"prompts": 1, "generate": 3, "train_lora": 1, **EVALUATION} | ({"comparison_grid": grids} if grids else {})
+    # Hub models: no toy pretraining, no shapes world; a prompt table per split, generation per model
+    # and split (teacher train + eval and two students' eval; or three models' eval + filler), LoRA, evaluation.
+    assert jobs == {"prompts": 3, "generate": generate, "train_lora": 1, **EVALUATION} | (
+        {"comparison_grid": grids} if grids else {})
     text = run(ROOT, "-n", "--configfile", f"config/experiments/{name}.yaml", "--printshellcmds").stdout
-    assert f"results/{name}/images/teacher/train.parquet" in text
+    assert f"results/{name}/images/teacher/eval.parquet" in text
     assert "gpu=1" in text
 
 
 def test_bk_sdm_config_dry_run_trains_every_level_and_its_ablation():
     jobs = planned_jobs(ROOT, "--configfile", "config/experiments/bk_sdm_sd15.yaml")
-    # teacher, the published BK-SDM-Small, and 3 levels x (with, without feature KD)
-    assert jobs == {"prompts": 1, "generate": 8, "train_block_kd": 6, **EVALUATION, "pairwise": 7, "alignment": 8}
+    # teacher (train and eval splits), the published BK-SDM-Small, and 3 levels x (with, without feature KD)
+    assert jobs == {"prompts": 3, "generate": 9, "train_block_kd": 6, **EVALUATION, "pairwise": 7, "alignment": 8}
     text = run(ROOT, "-n", "--configfile", "config/experiments/bk_sdm_sd15.yaml").stdout
     assert "results/bk_sdm_sd15/models/bk_tiny_nofeat" in text and "gpu=1" in text
 
@@ -53,7 +55,7 @@ def test_size_study_cifar10_config_dry_run(tmp_path):
     cfg = tmp_path / "size_study_cifar10.yaml"
     cfg.write_text(text.replace("data/cifar10", str(tmp_path / "cifar10")))
     jobs = planned_jobs(ROOT, "--configfile", str(cfg))
-    assert jobs == {"prompts": 1, "train_ddpm": 1, "generate": 5, "train_width_student": 4, "timestep_mse": 1,
+    assert jobs == {"prompts": 3, "train_ddpm": 1, "generate": 6, "train_width_student": 4, "timestep_mse": 1,
                     "trajectory": 1, "size_latency": 1, "size_study_summary": 1, "figure_size_study": 1, "pairwise": 4, "pairwise_gather": 1,
                     "distribution": 1, "efficiency": 1, "summary": 1, "figure_metrics": 1, "figure_distribution": 1,
                     "figure_efficiency": 1, "figure_loss": 1, "comparison_models": 1, "paper": 1, "all": 1}
@@ -79,4 +81,4 @@ def test_size_study_cifar10_config_dry_run(tmp_path):
 
 def test_tiny_config_dry_run_builds_tiny_models():
     jobs = planned_jobs(ROOT, "--configfile", "config/tiny.yaml")
-    assert jobs == {"prompts": 1, "tiny_model": 3, "generate": 3, "train_lora": 1, "comparison_grid": 2, **EVALUATION}
+    assert jobs == {"prompts": 3, "tiny_model": 3, "generate": 6, "train_lora": 1, "comparison_grid": 2, **EVALUATION}

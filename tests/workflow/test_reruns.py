@@ -7,6 +7,7 @@ of it is rewritten or trained again.
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pandas as pd
@@ -139,3 +140,69 @@ def test_more_eval_prompts_for_real_leave_training_and_its_data_untouched(smoke_
     pairs = pd.read_parquet(out / "metrics" / "pairwise.parquet")
     assert pairs.groupby("model")["prompt_id"].nunique().eq(5).all()
     assert planned_job_names(repo, "--configfile", str(config)) == set()
+
+
+TRAINED_ON_TEACHER = {"train_lora", *(f"train_block_kd[bk={b}]" for b in ("bk_small", "bk_small_nofeat")),
+                      *(f"train_width_student[width_student={w}]" for w in ("w0p5", "w1"))}
+SIZE_ANALYSES = {"size_latency", "timestep_mse", "trajectory"}
+
+# A comment appended to one kd_core module: the jobs whose adapter imports it, directly or not, and
+# what reads their outputs; nothing else.
+CODE_EDITS: dict[str, set[str]] = {
+    "world/classifier.py": MATRIX["classifier steps"][1],
+    "train/lora.py": MATRIX["LoRA rank"][1],
+    "train/block_kd.py": MATRIX["feature-KD weight"][1],
+    "train/size_study.py": {
+        *(f"train_width_student[width_student={w}]" for w in ("w0p5", "w1")), gen("w0p5"), gen("w1"),
+        *pairwise("w0p5", "w1"), *ALL_MODELS_EVAL, *NEW_WEIGHTS, *SIZE_ANALYSES},
+    "generate.py": {
+        *(gen(m, s) for m in ("teacher", "base_student", "lora_student") for s in ("eval", "filler")),
+        gen("teacher", "train"), *(gen(m) for m in STUDENTS[2:]), *TRAINED_ON_TEACHER, *pairwise(*STUDENTS),
+        *grids("teacher", "base_student", "lora_student"), *ALL_MODELS_EVAL, *NEW_WEIGHTS, *SIZE_ANALYSES,
+        "dmkd_generate[dmkd_set=g2]", *(f"dmkd_student[dmkd_run={r}_s{s}]" for r in DMKD_RUNS[1:] for s in (0, 1)),
+        "dmkd_summary", "figure_dmkd"},
+    "metrics/pairwise.py": {*pairwise(*STUDENTS), "pairwise_gather", *(STATS - SIZE_SUMMARY)},
+    "train/classifier.py": {"dmkd_teacher", *(f"dmkd_student[dmkd_run={r}_s{s}]" for r in DMKD_RUNS for s in (0, 1)),
+                            "dmkd_summary", "figure_dmkd", *END},
+    "report.py": END,
+}
+
+
+@pytest.mark.parametrize("module", CODE_EDITS)
+def test_a_code_edit_reruns_the_jobs_that_import_it(smoke_repo, module):
+    path = smoke_repo / "kd_core" / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        assert planned_job_names(smoke_repo, "--configfile", "config/smoke.yaml") == CODE_EDITS[module]
+    finally:
+        path.write_text(original)
+    assert planned_job_names(smoke_repo, "--configfile", "config/smoke.yaml") == set()
+
+
+@pytest.mark.slow
+def test_identical_bytes_rewritten_restart_nothing(smoke_repo, tmp_path):
+    """The toy teacher's folder re-exported with the same bytes (every file new, new times): Snakemake
+    schedules everything downstream (a model folder is compared by time), and every trainer resumes
+    at its last step, every model is written with the same bytes and every image is reused (identity
+    by content: kd_core.digests). (Small files such as manifests Snakemake itself compares by checksum.)"""
+    repo = tmp_path / "reexported"
+    shutil.copytree(smoke_repo, repo, symlinks=True)
+    out = repo / "results" / "smoke"
+    images = {p: p.stat().st_mtime_ns for p in (out / "images").glob("*/*.png")}
+    weights = {p: p.read_bytes() for p in (out / "models").rglob("*.safetensors")}
+    teacher = out / "models" / "toy_teacher"
+    shutil.copytree(teacher, teacher.with_name("exported"), copy_function=shutil.copyfile)  # new files, same bytes
+    shutil.rmtree(teacher)
+    teacher.with_name("exported").rename(teacher)
+    for path in (teacher, *teacher.rglob("*")):
+        os.utime(path)  # written now, as an export would be
+    planned = planned_job_names(repo, "--configfile", "config/smoke.yaml")
+    assert TRAINED_ON_TEACHER | {gen("teacher", s) for s in ("train", "eval", "filler")} <= planned
+    run(repo, "--configfile", "config/smoke.yaml")
+    for job in ("train_lora", "train_block_kd_bk_small", "train_block_kd_bk_small_nofeat",
+                "train_width_student_w0p5", "train_width_student_w1"):
+        log = (out / "logs" / f"{job}.log").read_text()
+        assert "resuming from" in log and "starting afresh" not in log, job
+    assert {p: p.read_bytes() for p in weights} == weights
+    assert {p: p.stat().st_mtime_ns for p in images} == images

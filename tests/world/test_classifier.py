@@ -13,7 +13,7 @@ from kd_core.world.render import DEFAULTS
 
 
 def test_classifier_learns_and_scores_images(tmp_path):
-    table = tmp_path / "data" / "data.parquet"
+    table = tmp_path / "data"
     df = make_real_dataset(WorldDataConfig(n_train=512, n_test=128, seed=1), table)
     assert len(df) == 640 and (tmp_path / "data" / df["image"].iloc[0]).is_file()
     acc = train_attribute_classifier(table, tmp_path / "clf", AttributeClassifierConfig(steps=150), list(DEFAULTS), 32)

@@ -25,8 +25,8 @@ def test_schedule_never_clips_latents():
 
 
 def test_pretrain_saves_loadable_pipelines(tmp_path):
-    table = tmp_path / "data" / "data.parquet"
-    make_real_dataset(WorldDataConfig(n_train=64, n_test=16), table)
+    make_real_dataset(WorldDataConfig(n_train=64, n_test=16), tmp_path / "data")
+    table = tmp_path / "data" / "train.parquet"
     cfg = ToyConfig(vae=VAEConfig(channels=(8, 16, 16), steps=3, batch_size=4), text=TextEncoderConfig(hidden_size=16, layers=1, heads=2),
                     teacher=UNetConfig(channels=(16, 32), steps=3, batch_size=4),
                     student=UNetConfig(channels=(8, 16), steps=3, batch_size=4))
