@@ -103,6 +103,20 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     return pipe.to(device)
 
 
+def reset_tokenizers(*tokenizers) -> None:
+    """Clear the truncation and padding that a fast tokenizer keeps from its last call (pipelines'
+    ``tokenizer`` / ``tokenizer_2``, or tokenizers given directly). Saved as they are, they would make
+    a folder's ``tokenizer.json`` depend on whether the tokenizer ran before the save: a resumed
+    training that read its cache would write other bytes than the run that encoded, and every consumer
+    keyed on the folder's content would start again."""
+    for tok in tokenizers:
+        for t in (getattr(tok, "tokenizer", None), getattr(tok, "tokenizer_2", None), tok):
+            backend = getattr(t, "backend_tokenizer", None)
+            if backend is not None:
+                backend.no_truncation()
+                backend.no_padding()
+
+
 def autoencoder(pipe: DiffusionPipeline) -> torch.nn.Module | None:
     """The pipeline's latent autoencoder: SD-style ``vae``, an unconditional ``LDMPipeline``'s
     ``vqvae`` (a KL autoencoder when the workflow trained it; a ``VQModel`` in CompVis' LDMs,

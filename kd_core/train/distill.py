@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from kd_core.captions import DataConfig, load_pairs
 from kd_core.errors import KDError
 from kd_core.io import atomic_dir, write_json
-from kd_core.models.loading import image_size, load_pipeline
+from kd_core.models.loading import image_size, load_pipeline, reset_tokenizers
 from kd_core.models.params import count_parameters
 from kd_core.seeding import resolve_device
 from kd_core.sources import fingerprint
@@ -148,6 +148,7 @@ def save_student_pipeline(pipe, student: torch.nn.Module, out_dir: str | Path, i
     """The teacher pipeline with the student U-Net, as a ``save_pretrained`` folder (atomically), plus ``info_file``."""
     teacher_unet = pipe.unet
     pipe.unet = student
+    reset_tokenizers(pipe)  # the same model, the same bytes, whether or not its tokenizer ran
     try:
         with atomic_dir(out_dir) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)

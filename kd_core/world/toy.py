@@ -41,6 +41,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from kd_core.errors import KDError
 from kd_core.io import atomic_dir
+from kd_core.models.loading import reset_tokenizers
 from kd_core.models.tokenizer import build_clip_tokenizer
 from kd_core.prompts import iter_words
 from kd_core.seeding import seed_everything
@@ -201,6 +202,7 @@ def save_pipeline(out_dir: str | Path, **components) -> None:
     """Save a ``StableDiffusionPipeline`` folder atomically (temporary folder, then rename)."""
     pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+    reset_tokenizers(pipe)  # the same model, the same bytes, whether or not its tokenizer ran
     with atomic_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
 
@@ -234,6 +236,7 @@ def pretrain_toy_base(data_table: str | Path, out_dir: str | Path, run_dir: str 
         "prompt_index": torch.tensor(df["prompt"].map({p: i for i, p in enumerate(prompts)}).to_numpy()),
     }
     seconds = time.perf_counter() - t0
+    reset_tokenizers(tokenizer)
     with atomic_dir(out_dir) as tmp:
         for name, part in (("vae", vae), ("text_encoder", text_encoder), ("tokenizer", tokenizer),
                            ("scheduler", DDIMScheduler(**SCHEDULE))):

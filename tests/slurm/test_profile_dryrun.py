@@ -195,7 +195,7 @@ def test_sharded_generation_asks_a_gpu_per_shard(plugin, tmp_path):
     proc = dry_run(ROOT / "config" / "smoke.yaml", {**SITE, "KD_SLURM_SITE": os.devnull}, _path_without_slurm(tmp_path),
                    str(shards))  # a second --configfile
     gpu_jobs = _check_jobs("smoke, sharded", proc.stdout)
-    assert gpu_jobs["generate_shard"] == 2 * 7 and "generate" not in gpu_jobs  # 7 models x 2 shards
+    assert gpu_jobs["generate_shard"] == 2 * 11 and "generate" not in gpu_jobs  # 11 (model, split) pairs x 2 shards
 
 
 def test_dry_run_submits_and_queries_nothing(plugin, tmp_path):

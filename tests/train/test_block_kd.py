@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import DiffusionPipeline
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from kd_core.captions import DataConfig
 from kd_core.models.bk_sdm import LEVELS
@@ -97,7 +97,7 @@ def test_sigkill_then_rerun_resumes_to_the_same_student(tiny_sd15, teacher_image
 
 
 def test_a_retrained_teacher_restarts_the_run(tiny_sd15, teacher_images, tmp_path):
-    """Checkpoints are keyed by the teacher's weights and the data, not only by their paths."""
+    """Checkpoints are keyed by the teacher's weights (their bytes) and the data, not by paths or times."""
     import shutil
 
     teacher = tmp_path / "teacher"
@@ -108,6 +108,11 @@ def test_a_retrained_teacher_restarts_the_run(tiny_sd15, teacher_images, tmp_pat
     again = train_block_kd(str(teacher), out_dir=tmp_path / "m", run_dir=tmp_path / "run", **kw)
     assert first.resumed_from is None and again.resumed_from == 2  # finished: not trained again
     weights = teacher / "unet" / "diffusion_pytorch_model.safetensors"
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # retrained in place
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten, same bytes
+    touched = train_block_kd(str(teacher), out_dir=tmp_path / "m", run_dir=tmp_path / "run", **kw)
+    assert touched.resumed_from == 2
+    state = load_file(str(weights))
+    name = next(k for k in state if k.endswith("conv_out.bias"))
+    save_file({**state, name: state[name] + 0.5}, str(weights), metadata={"format": "pt"})  # retrained in place
     retrained = train_block_kd(str(teacher), out_dir=tmp_path / "m", run_dir=tmp_path / "run", **kw)
     assert retrained.resumed_from is None

@@ -58,7 +58,8 @@ def test_smoke_outputs_exist_and_match_schemas(smoke_repo):
     imp = pd.read_parquet(out / "metrics" / "improvement.parquet")
     assert set(imp["model"]) == {"lora_student", *BK, *WIDTH} and {"mse", "ssim", "accuracy_shape", "accuracy_colour"} <= set(imp["metric"])
     assert (imp["ci_low"] <= imp["difference"]).all() and (imp["difference"] <= imp["ci_high"]).all()
-    for rule in ("prompts_train", "prompts_eval", "prompts_filler", "world_data", "world_classifier", "toy_base",
+    for rule in ("prompts_train", "prompts_eval", "prompts_filler", "world_data_train", "world_data_test",
+                 "world_classifier", "toy_base",
                  "toy_unet_teacher", "toy_unet_student", "generate_teacher_train", "generate_teacher_filler",
                  "attribute_summary", "train_lora", "pairwise_lora_student", "improvement", "distribution", "efficiency",
                  "summary", "paper", "figure_metrics", "comparison_grid_teacher", "train_block_kd_bk_small",
@@ -214,8 +215,8 @@ def test_sharded_generation_and_metrics_equal_the_unsharded_run(smoke_repo, tmp_
     assert {p.name: p.stat().st_mtime_ns for p in student.glob("*.png")} == made
     shards = sorted((out / "images" / "teacher" / "shards").glob("*.parquet"))
     assert [p.name for p in shards] == [f"{s}-{i}-of-3.parquet" for s in ("eval", "filler", "train") for i in range(3)]
-    # batch size 4: batch-aligned slices of 4 eval, 3 filler and 6 train images
-    assert [len(pd.read_parquet(p)) for p in shards] == [4, 0, 0, 3, 0, 0, 4, 2, 0]
+    # batch size 4: batch-aligned slices of 4 eval, 3 filler and 6 train images (kd_core.shards.shard_bounds)
+    assert [len(pd.read_parquet(p)) for p in shards] == [0, 0, 4, 0, 0, 3, 0, 4, 2]
     for split in ("train", "eval", "filler"):
         one = pd.read_parquet(ref / "images" / "teacher" / f"{split}.parquet").drop(columns="wall_time_s")
         three = pd.read_parquet(out / "images" / "teacher" / f"{split}.parquet").drop(columns="wall_time_s")
