@@ -8,9 +8,11 @@ batch it would have had, and the images are bit-identical to an uninterrupted ru
 
 PNGs are written as ``<prompt_id>_<seed>.png`` with a manifest, ``<name>.parquet``: the workflow
 makes one per prompt split (``images/<model>/{train,eval,filler}.parquet``, each its own job, so
-that a consumer of one split never waits for, nor reruns with, another). Progress is kept in a
-partial manifest, and an image is reused only when it was made with the same settings, whichever
-manifest of the folder lists it.
+that a consumer of one split never waits for, nor reruns with, another). Every image made is also
+listed in a hidden record beside it (``.<name>.record.parquet``, written after each batch and kept):
+Snakemake deletes a job's manifest before it runs the job again, and the record is how a rerun (an
+interrupted run, a model re-exported with the same bytes) finds the images already made. An image is
+reused only when it was made with the same settings, whichever table of the folder lists it.
 
 Sharded generation (:mod:`kd_core.shards`): shard ``i`` of ``n`` makes a batch-aligned contiguous
 slice of the prompt table into the same folder and writes ``shards/<name>-<i>-of-<n>.parquet``;
@@ -45,7 +47,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("width", pa.int64()), ("dtype", pa.string()), ("device", pa.string()), ("settings_hash", pa.string()),
     ("wall_time_s", pa.float64()),
 ])
-PARTIAL = ".manifest.partial.parquet"  # the partial manifest of ``manifest.parquet`` (name "manifest")
+RECORD = ".manifest.record.parquet"  # the record of the images of ``manifest.parquet`` (name "manifest")
 
 
 @dataclass(frozen=True)
@@ -73,16 +75,16 @@ def _settings(source: str, cfg: GenerationConfig, size: int, device: torch.devic
 
 
 def _progress_tables(out_dir: Path) -> list[Path]:
-    """Every table that may list finished images: the manifests (one per split), shard manifests,
-    partial manifests (not the temporary files of an atomic write)."""
+    """Every table that may list finished images: the manifests (one per split), shard manifests and
+    the records beside them (not the temporary files of an atomic write)."""
     tables = [*sorted(p for p in out_dir.glob("*.parquet") if not p.name.startswith(".")),
               *sorted(p for p in (out_dir / "shards").glob("*.parquet") if not p.name.startswith(".")),
-              *sorted(p for p in out_dir.glob(".*.partial*.parquet") if not p.name.startswith(".."))]
+              *sorted(p for p in out_dir.glob(".*.record*.parquet") if not p.name.startswith(".."))]
     return [p for p in tables if p.is_file()]
 
 
 def _reusable(out_dir: Path, settings_hash: str) -> pd.DataFrame:
-    """Rows of earlier runs (final, shard or partial manifests) made with these settings, whose PNG exists."""
+    """Rows of earlier runs (manifests, shard manifests, records) made with these settings, whose PNG exists."""
     frames = [df for df in (pd.read_parquet(p) for p in _progress_tables(out_dir)) if len(df)]
     if not frames:
         return pd.DataFrame(columns=MANIFEST_SCHEMA.names)
@@ -116,7 +118,7 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = manifest_path(out_dir, shard, name)
-    partial = out_dir / f".{name}.partial{'.' + shard.name if shard else ''}.parquet"
+    record = out_dir / f".{name}.record{'.' + shard.name if shard else ''}.parquet"
     lo, hi = (0, len(prompts)) if shard is None else shard_bounds(len(prompts), shard, cfg.batch_size)
     prompts = prompts.iloc[lo:hi]
     meta = {"config": asdict(cfg), **({"shard": shard.name} if shard else {}), **(provenance or {})}
@@ -135,6 +137,9 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
     attrs = [c for c in prompts.columns if c not in MANIFEST_SCHEMA.names and c != "grammar"]
 
     done = _reusable(out_dir, shash)
+    wanted = set(zip(prompts["prompt_id"], prompts["seed"], strict=True))
+    keep = [k in wanted for k in zip(done["prompt_id"], done["seed"], strict=True)]
+    done = done.loc[pd.Series(keep, index=done.index, dtype=bool)]  # this table's rows only
     done_keys = set(zip(done["prompt_id"], done["seed"], strict=True))
     missing = [k not in done_keys for k in zip(prompts["prompt_id"], prompts["seed"], strict=True)]
     rows = done.to_dict("records")
@@ -160,7 +165,7 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
                    "negative_prompt": r.negative_prompt, "model": model_name, "settings_hash": shash,
                    "wall_time_s": per_image, **settings}
             rows.append(row | {a: getattr(r, a) for a in attrs})
-        write_parquet(pd.DataFrame(rows), partial, MANIFEST_SCHEMA, "images/manifest.partial")
+        write_parquet(pd.DataFrame(rows), record, MANIFEST_SCHEMA, "images/record")
         bar.update(sum(todo))
     bar.close()
     manifest = pd.DataFrame(rows).set_index(["prompt_id", "seed"], drop=False)
@@ -168,7 +173,8 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
     manifest = manifest[MANIFEST_SCHEMA.names + attrs]
     settings = {k: v for k, v in settings.items() if k != "weights"}
     write_parquet(manifest, out_path, MANIFEST_SCHEMA, "images/manifest", {"settings": settings, **meta})
-    partial.unlink(missing_ok=True)
+    if not any(missing):  # every image reused: the record lists them (this run may have written none)
+        write_parquet(manifest, record, MANIFEST_SCHEMA, "images/record")
     return manifest
 
 

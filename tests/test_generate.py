@@ -5,7 +5,7 @@ from PIL import Image
 
 from kd_core.errors import KDError
 from kd_core.generate import (
-    PARTIAL,
+    RECORD,
     GenerationConfig,
     gather_manifests,
     generate_images,
@@ -36,7 +36,9 @@ def test_generation_writes_pngs_and_manifest(request, tmp_path, prompts, which):
     assert list(man["file"]) == [f"{p}_{s}.png" for p, s in zip(prompts["prompt_id"], prompts["seed"], strict=True)]
     assert all(Image.open(tmp_path / f).size == (64, 64) for f in man["file"])
     assert {"breed", "pose"} <= set(man.columns) and (man["steps"] == 2).all() and (man["dtype"] == "float32").all()
-    assert not (tmp_path / PARTIAL).exists()
+    # the record of the images made, kept beside the manifest (Snakemake deletes the manifest before a rerun)
+    cols = ["file", "prompt_id", "seed", "settings_hash"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / RECORD)[cols], man[cols])
     assert read_metadata(tmp_path / "manifest.parquet")["settings"]["scheduler"] == "euler"
 
 
@@ -60,11 +62,14 @@ def test_generation_is_idempotent_and_resumes(tmp_path, prompts, tiny_sd):
     again = generate_images(str(tiny_sd), prompts, tmp_path, CFG, "m")
     assert {f: (tmp_path / f).stat().st_mtime_ns for f in again["file"]} == mtimes
     pd.testing.assert_frame_equal(first.drop(columns="wall_time_s"), again.drop(columns="wall_time_s"))
+    (tmp_path / "manifest.parquet").unlink()  # as Snakemake does before it runs a job again: the record remains
+    generate_images(str(tiny_sd), prompts, tmp_path, CFG, "m")
+    assert {f: (tmp_path / f).stat().st_mtime_ns for f in again["file"]} == mtimes
 
-    # An interrupted run: only a partial manifest with two images survives; the rest is made anew.
-    (tmp_path / "manifest.parquet").rename(tmp_path / PARTIAL)
-    part = pd.read_parquet(tmp_path / PARTIAL).iloc[:2]
-    part.to_parquet(tmp_path / PARTIAL)
+    # An interrupted run: only a record of two images survives; the rest is made anew.
+    (tmp_path / "manifest.parquet").rename(tmp_path / RECORD)
+    part = pd.read_parquet(tmp_path / RECORD).iloc[:2]
+    part.to_parquet(tmp_path / RECORD)
     for f in first["file"][2:]:
         (tmp_path / f).unlink()
     resumed = generate_images(str(tiny_sd), prompts, tmp_path, CFG, "m")
