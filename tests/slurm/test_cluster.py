@@ -199,7 +199,7 @@ def test_prompts_and_images_equal_the_local_run(runs):
     a, b = runs["local"] / OUT, runs["slurm"] / OUT
     for split in ("train", "eval", "filler"):
         pd.testing.assert_frame_equal(_frame(a / "prompts" / f"{split}.parquet"), _frame(b / "prompts" / f"{split}.parquet"))
-    manifests = sorted(p.relative_to(a) for p in a.glob("images/*/*.parquet"))  # one per model and split
+    manifests = sorted(p.relative_to(a) for p in a.glob("images/*/[!.]*.parquet"))  # one per model and split
     manifests += sorted(p.relative_to(a) for p in a.glob("dmkd/synthetic/*/manifest.parquet"))
     # the teacher's 3 splits, base and LoRA eval + filler, 2 block-distilled and 2 width students; DM-KD's set
     assert len(manifests) == 12, manifests

@@ -42,7 +42,7 @@ def test_smoke_outputs_exist_and_match_schemas(smoke_repo):
         assert len(teacher) == n and set(teacher["split"]) == {split}
         assert pq.read_schema(images / "teacher" / f"{split}.parquet").names[: len(MANIFEST_SCHEMA)] == MANIFEST_SCHEMA.names
         assert all((images / "teacher" / f).is_file() for f in teacher["file"])
-    assert sorted(p.name for p in (images / "base_student").glob("*.parquet")) == ["eval.parquet", "filler.parquet"]
+    assert sorted(p.name for p in (images / "base_student").glob("[!.]*.parquet")) == ["eval.parquet", "filler.parquet"]
     student = pd.read_parquet(images / "base_student" / "eval.parquet")
     assert len(student) == 4 and "code_hash" in read_metadata(images / "base_student" / "eval.parquet")
     acc = pd.read_parquet(out / "metrics" / "attribute_accuracy.parquet")
@@ -178,7 +178,7 @@ def test_same_config_gives_identical_prompts_and_images(smoke_repo, tmp_path):
     out = repo / "results" / "smoke"
     prompts = {s: pd.read_parquet(out / "prompts" / f"{s}.parquet") for s in ("train", "eval", "filler")}
     images = {}
-    manifests = sorted((out / "images").glob("*/*.parquet"))
+    manifests = sorted((out / "images").glob("*/[!.]*.parquet"))  # not the hidden records beside them
     for man in manifests:
         images |= {(man.parent.name, f): np.asarray(Image.open(man.parent / f)) for f in pd.read_parquet(man)["file"]}
     assert len(manifests) == 11 and len(images) == 6 * 4 + 13 + 2 * 3  # every student's eval, the teacher's 3 splits, 2 fillers
