@@ -118,6 +118,7 @@ def test_the_order_of_keys_in_a_config_file_reruns_nothing(smoke_repo):
     assert planned_job_names(smoke_repo, "--configfile", "config/reordered.yaml") == set()
 
 
+@pytest.mark.slow  # ~70 s: the dry runs above check the same plan in the default tier
 def test_more_eval_prompts_for_real_leave_training_and_its_data_untouched(smoke_repo, tmp_path):
     """Run for real: the train prompts, the teacher's train images and every checkpoint keep their
     bytes and times, no trainer runs or starts afresh, and the eval tables grow by the new prompt."""
