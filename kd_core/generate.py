@@ -74,18 +74,17 @@ def _settings(source: str, cfg: GenerationConfig, size: int, device: torch.devic
             **({"fast_paths": asdict(cfg.fast_paths)} if cfg.fast_paths != FastPaths() else {})}
 
 
-def _progress_tables(out_dir: Path) -> list[Path]:
-    """Every table that may list finished images: the manifests (one per split), shard manifests and
-    the records beside them (not the temporary files of an atomic write)."""
-    tables = [*sorted(p for p in out_dir.glob("*.parquet") if not p.name.startswith(".")),
-              *sorted(p for p in (out_dir / "shards").glob("*.parquet") if not p.name.startswith(".")),
-              *sorted(p for p in out_dir.glob(".*.record*.parquet") if not p.name.startswith(".."))]
+def _progress_tables(out_dir: Path, name: str) -> list[Path]:
+    """Every table that may list finished images of the manifest ``name``: itself, its shard manifests
+    and its records (whole-run and per shard). Not another split's tables, which never list them."""
+    tables = [out_dir / f"{name}.parquet", *sorted((out_dir / "shards").glob(f"{name}-*.parquet")),
+              *sorted(out_dir.glob(f".{name}.record*.parquet"))]
     return [p for p in tables if p.is_file()]
 
 
-def _reusable(out_dir: Path, settings_hash: str) -> pd.DataFrame:
+def _reusable(out_dir: Path, name: str, settings_hash: str) -> pd.DataFrame:
     """Rows of earlier runs (manifests, shard manifests, records) made with these settings, whose PNG exists."""
-    frames = [df for df in (pd.read_parquet(p) for p in _progress_tables(out_dir)) if len(df)]
+    frames = [df for df in (pd.read_parquet(p) for p in _progress_tables(out_dir, name)) if len(df)]
     if not frames:
         return pd.DataFrame(columns=MANIFEST_SCHEMA.names)
     old = pd.concat(frames).drop_duplicates(["prompt_id", "seed"], keep="last")
@@ -136,7 +135,7 @@ def generate_images(source: str, prompts: pd.DataFrame, out_dir: str | Path, cfg
     shash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     attrs = [c for c in prompts.columns if c not in MANIFEST_SCHEMA.names and c != "grammar"]
 
-    done = _reusable(out_dir, shash)
+    done = _reusable(out_dir, name, shash)
     wanted = set(zip(prompts["prompt_id"], prompts["seed"], strict=True))
     keep = [k in wanted for k in zip(done["prompt_id"], done["seed"], strict=True)]
     done = done.loc[pd.Series(keep, index=done.index, dtype=bool)]  # this table's rows only

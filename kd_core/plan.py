@@ -50,6 +50,13 @@ DATA = "kd_core.captions:DataConfig"
 # are fixed chunks of the prompt table): given to the job as a kd_core.config.Runtime param, which
 # Snakemake does not compare, so that changing them reruns nothing.
 RUNTIME_GENERATION = ("batch_size",)
+
+
+def split_runtime(generation: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the settings that identify the images, the :data:`RUNTIME_GENERATION` ones) of a generation config."""
+    return ({k: v for k, v in generation.items() if k not in RUNTIME_GENERATION},
+            {k: v for k, v in generation.items() if k in RUNTIME_GENERATION})
+
 STUDY_CONFIGS = {"lora": "kd_core.train.lora:LoRAConfig", "block_kd": "kd_core.train.block_kd:BlockKDConfig",
                  "size_study": "kd_core.train.size_study:SizeStudyConfig"}
 # the DM-KD settings only students use, and those only the teacher uses (what each rule depends on)
@@ -129,10 +136,6 @@ class Plan:
         source, the fields of DataConfig and of the study's config, and its TrainConfig (not the list of
         levels or factors, not the analyses' settings: adding a level trains only that level)."""
         return read_by(self.config[section], DATA, STUDY_CONFIGS[section], keep=("data",), nested={"train": TRAIN})
-
-    @property
-    def size_train(self) -> dict[str, Any]:
-        return self.train_params("size_study")
 
     def world_data_params(self, split: str) -> dict[str, Any]:
         """What one split of the rendered world reads of ``world``: the image size and its own count
@@ -231,11 +234,11 @@ class Plan:
 
     def generation_params(self, model: str) -> dict[str, Any]:
         """A model's generation settings that identify its images (not the batch size)."""
-        return {k: v for k, v in self.model_entry(model)["generation"].items() if k not in RUNTIME_GENERATION}
+        return split_runtime(self.model_entry(model)["generation"])[0]
 
     def generation_runtime(self, model: str) -> dict[str, Any]:
         """The generation settings a job reads when it runs (:data:`RUNTIME_GENERATION`)."""
-        return {k: v for k, v in self.model_entry(model)["generation"].items() if k in RUNTIME_GENERATION}
+        return split_runtime(self.model_entry(model)["generation"])[1]
 
     def generate_gather_inputs(self, model: str, split: str) -> dict[str, str]:
         """The split's prompt table and its shard manifests (shards.images > 1)."""
@@ -278,8 +281,7 @@ class Plan:
         """The teacher, every width student, and the teacher's eval images (timestep MSE) or eval prompts."""
         if not self.size["enabled"]:
             return {}
-        return {"teacher": self.built_input(self.teacher["source"]), "students": list(self.size_student_dirs().values()),
-                "eval": self.manifest("teacher", "eval"), "prompts": f"{self.out}/prompts/eval.parquet"}
+        return self.size_model_inputs() | {"eval": self.manifest("teacher", "eval"), "prompts": f"{self.out}/prompts/eval.parquet"}
 
     def size_model_inputs(self) -> dict[str, Any]:
         """The teacher and every width student: what the latency measurement reads (no images, no prompts)."""
@@ -431,11 +433,10 @@ class Plan:
         return inputs
 
     def dmkd_generation(self, synthetic_set: str) -> dict[str, Any]:
-        gen = self.dmkd["synthetic"]["generation"]
-        return {k: v for k, v in gen.items() if k not in RUNTIME_GENERATION} | {"guidance_scale": self.dmkd_sets[synthetic_set]}
+        return split_runtime(self.dmkd["synthetic"]["generation"])[0] | {"guidance_scale": self.dmkd_sets[synthetic_set]}
 
     def dmkd_generation_runtime(self) -> dict[str, Any]:
-        return {k: v for k, v in self.dmkd["synthetic"]["generation"].items() if k in RUNTIME_GENERATION}
+        return split_runtime(self.dmkd["synthetic"]["generation"])[1]
 
     def dmkd_loss_tables(self) -> dict[str, str]:
         """Training curves to plot: the teacher's and every run's at the first seed."""

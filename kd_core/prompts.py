@@ -14,7 +14,7 @@ import math
 import re
 import string
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -217,17 +217,21 @@ def split_fields(cfg: PromptConfig, split: str) -> tuple[str, ...]:
     return fields + ("n_train", "n_eval")
 
 
+def _main_count(cfg: PromptConfig, main: Grammar, with_eval: bool) -> int:
+    """n_train (+ n_eval): the main grammar's prompts a split reads; more than it has is an error."""
+    n = cfg.n_train + (cfg.n_eval if with_eval else 0)
+    if n > main.size:
+        keys = "prompts.n_train" + (" + prompts.n_eval" if with_eval else "")
+        raise ConfigError(f"{keys} = {n} exceeds the {main.size} distinct prompts of grammar {main.name!r}; lower them")
+    return n
+
+
 def synthesize_split(cfg: PromptConfig, split: str) -> pd.DataFrame:
     """The ``split`` table (train, eval or filler): deterministic in the fields :func:`split_fields` names."""
     main = load_grammar(cfg.grammar)
     same = cfg.filler_grammar == cfg.grammar and main.size <= _SMALL
-    n_main = 0
-    if split != "filler" or not same:  # reads n_train (and n_eval) only then
-        n_main = cfg.n_train + (cfg.n_eval if split != "train" else 0)
-        if n_main > main.size:
-            keys = "prompts.n_train" + (" + prompts.n_eval" if split != "train" else "")
-            raise ConfigError(f"{keys} = {n_main} exceeds the {main.size} distinct prompts of grammar "
-                              f"{main.name!r}; lower them")
+    # reads n_train (and n_eval) only where the split depends on them
+    n_main = _main_count(cfg, main, split != "train") if split != "filler" or not same else 0
     grammar = main
     order = _stream(cfg.seed, "prompts", main.name)  # the main grammar's one seeded order
     if split != "filler":
@@ -256,11 +260,11 @@ def synthesize_split(cfg: PromptConfig, split: str) -> pd.DataFrame:
 
 def synthesize_prompts(cfg: PromptConfig) -> dict[str, pd.DataFrame]:
     """The train / eval / filler prompt tables (deterministic in ``cfg.seed``)."""
-    total = cfg.n_train + cfg.n_eval + cfg.n_filler
-    synthesize_split(replace(cfg, n_filler=0), "eval")  # train + eval within the grammar, else its error
-    if cfg.filler_grammar == cfg.grammar and total > load_grammar(cfg.grammar).size:
-        raise ConfigError(f"prompts.n_train + n_eval + n_filler = {total} exceed the {load_grammar(cfg.grammar).size} "
-                          f"distinct prompts of grammar {cfg.grammar!r}, which all three splits share; lower them")
+    main = load_grammar(cfg.grammar)
+    total = _main_count(cfg, main, with_eval=True) + cfg.n_filler
+    if cfg.filler_grammar == cfg.grammar and total > main.size:
+        raise ConfigError(f"prompts.n_train + n_eval + n_filler = {total} exceed the {main.size} distinct prompts "
+                          f"of grammar {cfg.grammar!r}, which all three splits share; lower them")
     return {split: synthesize_split(cfg, split) for split in SPLITS}
 
 

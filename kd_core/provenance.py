@@ -65,16 +65,20 @@ def dependencies(*modules: str) -> list[Path]:
     return sorted(files)
 
 
+def _source_hash(h, modules: list[str]) -> str:
+    """``h`` updated with each kd_core file of ``modules`` and their imports (path and bytes): 16 hex digits."""
+    root = Path(importlib.util.find_spec("kd_core").origin).parent
+    for path in dependencies(*modules):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def script_hash(script: str | Path) -> str:
     """SHA-256 (16 hex digits) over a script (a workflow adapter) and every ``kd_core`` module it
     imports, transitively: the code hash of the rule that runs it."""
     path = Path(script)
-    root = Path(importlib.util.find_spec("kd_core").origin).parent
-    h = hashlib.sha256(path.read_bytes())
-    for dep in dependencies(*sorted(_kd_imports(path))):
-        h.update(str(dep.relative_to(root)).encode())
-        h.update(dep.read_bytes())
-    return h.hexdigest()[:16]
+    return _source_hash(hashlib.sha256(path.read_bytes()), sorted(_kd_imports(path)))
 
 
 def code_hash(*modules: str) -> str:
@@ -82,12 +86,7 @@ def code_hash(*modules: str) -> str:
 
     A package (e.g. ``kd_core.grammars``) counts with all its files, data included.
     """
-    root = Path(importlib.util.find_spec("kd_core").origin).parent
-    h = hashlib.sha256()
-    for path in dependencies(*modules):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+    return _source_hash(hashlib.sha256(), list(modules))
 
 
 def versions() -> dict[str, str]:

@@ -48,7 +48,7 @@ rule train_width_student:
     params:
         teacher=lambda wildcards: PLAN.teacher_source,
         data=lambda wildcards: PLAN.training_data("size_study"),
-        size=PLAN.size_train,
+        size=PLAN.train_params("size_study"),
         factor=size_factor,
         seed=config["seed"],
         code=adapter_code("train_width_student"),

@@ -15,11 +15,7 @@ from .conftest import ROOT
 def plan_of(name: str, **changes) -> Plan:
     cfg = yaml.safe_load((ROOT / "config" / name).read_text())
     for dotted, value in changes.items():
-        node = cfg
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+        cfg = _with(cfg, dotted, value)
     return Plan(validate_experiment(cfg, ROOT / "config" / "schema.yaml"))
 
 
@@ -142,13 +138,14 @@ def test_a_job_s_params_change_only_with_what_its_function_reads(job):
 
 
 def _with(config, dotted, value):
+    """A copy of ``config`` with the dotted key set (missing sections made)."""
     import copy
 
     cfg = copy.deepcopy(config)
     node = cfg
     *parents, leaf = dotted.split(".")
     for k in parents:
-        node = node[k]
+        node = node.setdefault(k, {})
     node[leaf] = value
     return cfg
 
