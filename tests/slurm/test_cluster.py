@@ -43,7 +43,7 @@ pytestmark = pytest.mark.skipif(
 
 SMOKE = ("--configfile", "config/smoke.yaml")
 OUT = Path("results") / "smoke"
-CANCEL_COMMENT = "rule_generate_wildcards_teacher"  # the plugin's sbatch --comment of a job: rule_<rule>_wildcards_<values>
+CANCEL_COMMENT = "rule_generate_wildcards_teacher_train"  # the plugin's sbatch --comment of a job: rule_<rule>_wildcards_<values joined by _>
 CANCEL_LOG = OUT / "logs" / "generate_teacher_train.log"  # written once the job's script runs
 GPU_PARTITION, CPU_PARTITION, GPU_MODEL = "gpu", "cpu", "kdfake"  # as in scripts/slurm/start_cluster.sh
 RUN_TIMEOUT = 45 * 60
