@@ -10,7 +10,10 @@ block_kd, size_study, dmkd, metrics, figures, report). ``wall_s`` sums the jobs'
 times (what the run would take one job after another), ``cpu_s`` their CPU time (the ``job
 resources:`` line kd_core's job wrapper ends each log with); the run's elapsed time, from the first job
 start to the last job end recorded in the newest ``.snakemake/log`` file of this experiment, is
-printed below the table when that log is there. Writes nothing.
+printed below the table when that log is there, with the run's critical path read from the same log:
+the chain of jobs, from the last to finish back to the first, in which each job's latest-finishing
+input job is the one before it (``waited_s``: how long the job sat after that input was ready,
+waiting for a free core). Shortening a job off that chain does not shorten the run. Writes nothing.
 """
 
 from __future__ import annotations
@@ -77,14 +80,82 @@ def summarise(jobs: pd.DataFrame, by: str) -> pd.DataFrame:
 
 def elapsed(log_dir: Path, run_dir: Path) -> tuple[float, Path] | None:
     """Seconds from the first to the last time stamp of the newest Snakemake log that ran jobs of ``run_dir``."""
+    log = run_log(log_dir, run_dir)
+    if log is None:
+        return None
+    stamps = [datetime.strptime(" ".join(s.split()), "%a %b %d %H:%M:%S %Y")
+              for s in _STAMP.findall(log.read_text(errors="replace"))]
+    return ((stamps[-1] - stamps[0]).total_seconds(), log) if len(stamps) >= 2 else None
+
+
+_ENTRY = re.compile(r"^(?:local)?rule (\w+):$")
+_FIELD = re.compile(r"^    (input|output|log|jobid): (.*)$")
+_FINISHED = re.compile(r"^Finished jobid: (\d+)")
+
+
+def log_jobs(text: str) -> pd.DataFrame:
+    """The jobs a Snakemake log records: job (its log file's stem, else rule_jobid), rule, start_s and
+    end_s (seconds after the log's first time stamp), inputs and outputs (sets of paths)."""
+    t0 = now = None
+    jobs: dict[str, dict] = {}
+    current: dict | None = None
+    for line in text.splitlines():
+        stamp = _STAMP.match(line)
+        if stamp:
+            now = datetime.strptime(" ".join(stamp.group(1).split()), "%a %b %d %H:%M:%S %Y")
+            t0 = t0 or now
+            continue
+        entry = _ENTRY.match(line)
+        if entry:
+            current = {"rule": entry.group(1), "start_s": (now - t0).total_seconds(), "input": set(), "output": set()}
+            continue
+        field = _FIELD.match(line)
+        if field and current is not None:
+            key, value = field.groups()
+            if key == "jobid":
+                current["jobid"] = value
+                jobs[value] = current
+                current = None
+            elif key == "log":
+                current["job"] = Path(value.split(", ")[0]).stem
+            else:
+                current[key] = set(value.split(", "))
+            continue
+        done = _FINISHED.match(line)
+        if done and done.group(1) in jobs:
+            jobs[done.group(1)]["end_s"] = (now - t0).total_seconds()
+    rows = [{"job": j.get("job", f"{j['rule']}_{i}"), "rule": j["rule"], "start_s": j["start_s"],
+             "end_s": j["end_s"], "inputs": j["input"], "outputs": j["output"]}
+            for i, j in jobs.items() if "end_s" in j and j["rule"] != "all"]
+    return pd.DataFrame(rows, columns=["job", "rule", "start_s", "end_s", "inputs", "outputs"])
+
+
+def critical_path(jobs: pd.DataFrame) -> pd.DataFrame:
+    """The chain that set the run's wall time: from the job that finished last, each step back to the
+    job's latest-finishing input job. ``waited_s``: start minus that input's end (time spent queued
+    for a core); ``wall_s``: the job's own run time. First job first."""
+    if jobs.empty:
+        return pd.DataFrame(columns=["job", "start_s", "end_s", "wall_s", "waited_s"])
+    producer = {out: i for i, outs in jobs["outputs"].items() for out in outs}
+    chain, i = [], jobs["end_s"].idxmax()
+    while i is not None:
+        row = jobs.loc[i]
+        deps = {producer[p] for p in row["inputs"] if p in producer} - {i}
+        gate = max(deps, key=lambda d: jobs.loc[d, "end_s"]) if deps else None
+        ready = jobs.loc[gate, "end_s"] if gate is not None else 0.0
+        chain.append({"job": row["job"], "start_s": row["start_s"], "end_s": row["end_s"],
+                      "wall_s": row["end_s"] - row["start_s"], "waited_s": row["start_s"] - ready})
+        i = gate
+    return pd.DataFrame(chain[::-1])
+
+
+def run_log(log_dir: Path, run_dir: Path) -> Path | None:
+    """The newest Snakemake log that ran jobs of ``run_dir``."""
     marker = f"{run_dir.as_posix().rstrip('/')}/"
     for log in sorted(log_dir.glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime, reverse=True):
         text = log.read_text(errors="replace")
-        if "benchmark: " + marker not in text and marker + "benchmarks/" not in text:
-            continue
-        stamps = [datetime.strptime(" ".join(s.split()), "%a %b %d %H:%M:%S %Y") for s in _STAMP.findall(text)]
-        if len(stamps) >= 2:
-            return (stamps[-1] - stamps[0]).total_seconds(), log
+        if "benchmark: " + marker in text or marker + "benchmarks/" in text:
+            return log
     return None
 
 
@@ -112,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     run = elapsed(Path(".snakemake/log"), args.run_dir)
     if run is not None:
         print(f"\nElapsed (first job start to last job end, {run[1]}): {run[0]:.0f} s")
+        path = critical_path(log_jobs(run[1].read_text(errors="replace")))
+        print(f"\n### Critical path ({len(path)} jobs, {path['wall_s'].sum():.0f} s running, "
+              f"{path['waited_s'].sum():.0f} s waiting for a core)\n")
+        print(path.round(1).to_markdown(index=False))
     print("\nwall_s sums each job's own wall time; jobs that ran side by side overlap in the elapsed time. "
           "cpu_s is the job's own CPU time (child processes included) from the last line of its log, "
           "else Snakemake's benchmark value, which is sampled every 0.5 s for 15 s and then every 30 s "

@@ -43,3 +43,37 @@ def test_profile_of_a_missing_run_is_one_line(tmp_path, capsys):
     assert stages.main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
+
+
+def _entry(stamp, rule, jobid, inputs, outputs, log):
+    return (f"[Sun Dec  6 19:{stamp}]\nlocalrule {rule}:\n    input: {', '.join(inputs)}\n"
+            f"    output: {', '.join(outputs)}\n    log: {log}\n    jobid: {jobid}\n    reason: x\n")
+
+
+def _finished(stamp, jobid):
+    return f"[Sun Dec  6 19:{stamp}]\nFinished jobid: {jobid} (Rule: x)\n"
+
+
+def test_critical_path_follows_the_latest_input_and_counts_the_wait_for_a_core():
+    # a (0-10) -> b (10-40) -> d (50-60, queued 10 s behind c); c (10-50) also needs a; e needs nothing
+    log = "".join([
+        _entry("00:00 2026", "data", 1, ["cfg.yaml"], ["r/a.parquet"], "r/logs/data.log"),
+        _entry("00:00 2026", "prompts", 5, ["cfg.yaml"], ["r/e.parquet"], "r/logs/prompts.log"),
+        _finished("00:02 2026", 5),
+        _finished("00:10 2026", 1),
+        _entry("00:10 2026", "train", 2, ["r/a.parquet"], ["r/models/b", "r/b_loss.parquet"], "r/logs/train_b.log"),
+        _entry("00:10 2026", "train", 3, ["r/a.parquet"], ["r/models/c"], "r/logs/train_c.log"),
+        _finished("00:40 2026", 2),
+        _finished("00:50 2026", 3),
+        _entry("00:50 2026", "generate", 4, ["r/models/b", "r/a.parquet"], ["r/d.parquet"], "r/logs/generate_b.log"),
+        _finished("01:00 2026", 4),
+        "[Sun Dec  6 19:01:00 2026]\nlocalrule all:\n    input: r/d.parquet\n    jobid: 0\n",
+        _finished("01:00 2026", 0),
+    ])
+    jobs = stages.log_jobs(log)
+    assert set(jobs["job"]) == {"data", "prompts", "train_b", "train_c", "generate_b"}
+    assert jobs.set_index("job").loc["train_c", "end_s"] == 50.0
+    path = stages.critical_path(jobs)
+    assert list(path["job"]) == ["data", "train_b", "generate_b"]
+    assert list(path["wall_s"]) == [10.0, 30.0, 10.0]
+    assert list(path["waited_s"]) == [0.0, 0.0, 10.0]
