@@ -11,6 +11,7 @@ from kd_core.metrics.distribution import (
     KID,
     CLIPFeatures,
     FeatureConfig,
+    FrechetReference,
     build_extractor,
     distribution_metrics,
     evaluate_distributions,
@@ -139,3 +140,32 @@ def test_evaluate_distributions_from_manifests(tmp_path, monkeypatch):
     assert (out["n_model"] == 10).all() and out["ci_low"].isna().all()
     with pytest.raises(KDError, match="no reference set"):
         evaluate_distributions({"student": manifests["student"]}, FeatureConfig(extractor="test"), tmp_path / "e.parquet")
+
+
+@pytest.mark.parametrize("n_model", [64, 300])  # 64 < 96 features: a singular model covariance, as in the demo
+def test_frechet_reference_equals_torchmetrics_fid_on_bootstrap_resamples(n_model):
+    g = torch.Generator().manual_seed(3)
+    r = torch.randn(500, 96, generator=g) @ torch.randn(96, 96, generator=g) * 0.2
+    x = torch.randn(n_model, 96, generator=g) * 1.3 + 0.5
+    fid = FrechetReference(r)
+    for _ in range(3):
+        rows = torch.randint(0, n_model, (n_model,), generator=g)
+        expected = fid_kid(x[rows], r, subset_size=10, subsets=1)["fid"]
+        assert fid(x[rows]) == pytest.approx(expected, rel=1e-6)
+        assert expected > 10
+
+
+def test_kid_reference_cache_is_shared_by_models_drawn_with_one_seed():
+    g = torch.Generator().manual_seed(4)
+    r, a, b = (torch.randn(n, 8, generator=g, dtype=torch.float64) + shift
+               for n, shift in ((200, 0.0), (40, 0.3), (40, -0.5)))
+    cache: dict = {}
+    values = {}
+    for name, x in (("a", a), ("b", b)):
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            values[name, seed] = KID(x, r, ref_cache=cache)(30, 5)
+            torch.manual_seed(seed)
+            assert values[name, seed] == pytest.approx(KID(x, r)(30, 5), rel=1e-12)
+    assert len(cache) == 2  # one entry per seed's subset draw, the second model reused both
+    assert values["a", 1] != values["b", 1]
