@@ -140,8 +140,8 @@ def measure_model(name: str, source: str, spec: GenerationConfig, cfg: Efficienc
                        for i in range(max(1, cfg.repeats // 2))]
     params = pipeline_parameters(pipe)
     del pipe
-    gc.collect()
-    if device.type == "cuda":
+    if device.type == "cuda":  # (on the CPU the next model's collection before its measurement frees it)
+        gc.collect()
         torch.cuda.empty_cache()
     core = params.get("unet", params.get("transformer", 0))
     values = [
