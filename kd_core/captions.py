@@ -62,7 +62,8 @@ def load_pairs(cfg: DataConfig) -> pd.DataFrame:
     if missing:
         raise KDError(f"dataset {cfg.source}: {len(missing)} image file(s) missing, e.g. {missing[0]}")
     if out.empty:
-        raise KDError(f"dataset {cfg.source} has no images (split {cfg.split!r})")
+        where = f" in split {cfg.split!r}" if cfg.split else " (its caption table lists none)"
+        raise KDError(f"dataset {cfg.source} has no images{where}")
     return out.iloc[: cfg.max_items].reset_index(drop=True)
 
 

@@ -1,14 +1,22 @@
-"""Bad input, one table: every case runs what a user runs (a Snakemake dry run, ``python -m
-kd_core.check``, a training job) on a broken config, command line, data folder, model folder or
-checkpoint, and asserts the exit status, one message line without a traceback, and that nothing was
-written under results/.
+"""Bad input, one table: a broken config, command line, data folder, model folder or checkpoint,
+and the exit status, one message line without a traceback, and nothing written.
+
+Where the workflow checks the input (config, command line, data and model folders), a case runs
+in this process through ``python -m kd_core.check``'s entry (the files read strictly, merged as
+Snakemake merges them, then ``validate_experiment``: what ``rules/common.smk`` runs when Snakemake
+reads the workflow), in the case's folder, with its files listed before and after. One case of each
+kind, and the hub-id cases (the Hugging Face cache found through the environment), stay real
+Snakemake runs (not dry runs), which must stop before any job starts: no results/ folder. The
+``check`` cases run ``python -m kd_core.check``; the checkpoint cases a training job as the
+workflow runs one, and the run they resume is compared with an undamaged run's.
 
 Downloads are off and the Hugging Face cache is an empty folder in every case, so a hub id behaves
-the same on every machine. The cases run two at a time (one per core) before their assertions.
+the same on every machine. The subprocess cases run two at a time (one per core) before their assertions.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -16,6 +24,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +54,7 @@ class Case:
     args: tuple[str, ...] = ()
     returncode: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    resumed: str = ""  # a checkpoint case: the line the resumed training writes (from which step)
 
     @property
     def id(self) -> str:
@@ -219,7 +229,8 @@ CASES = [
     Case("config", "resolution a local pipeline cannot take", "models:\n  teacher: {source: '@case/pipe', generation: {resolution: 36}}\n"
          "  base_student: {source: 'toy:student'}\n", "config key 'models.teacher.generation.resolution' is 36 px", copy_pipe),
     # grammar files
-    Case("config", "grammar file missing", "prompts: {grammar: '@case/mine.yaml'}\n", "grammar file '", None),
+    Case("config", "grammar file missing", "prompts: {grammar: '@case/mine.yaml'}\n",
+         "config key 'prompts.grammar': grammar file '@case/mine.yaml' does not exist"),
     Case("config", "grammar without templates", "prompts: {grammar: '@case/g.yaml'}\n", "g.yaml lacks a non-empty list 'templates'",
          write("g.yaml", "name: mine\n")),
     Case("config", "grammar without name", "prompts: {grammar: '@case/g.yaml'}\n", "lacks 'name: <grammar name>'",
@@ -280,7 +291,8 @@ CASES = [
          "needs an image column (file/file_name/image) and a caption column", captions(pd.DataFrame({"file": ["0.png"], "label": ["x"]}))),
     Case("data folder", "caption table names a missing image", "lora: {enabled: true, data: '@captions'}\n",
          "1 image file(s) missing, e.g. @case/captions/img/9.png", captions(pd.DataFrame({"file": ["0.png", "9.png"], "caption": ["a", "b"]}))),
-    Case("data folder", "caption table empty", "block_kd: {enabled: true, data: '@captions'}\n", "has no images",
+    Case("data folder", "caption table empty", "block_kd: {enabled: true, data: '@captions'}\n",
+         "config key 'block_kd.data': dataset @case/captions/img has no images (its caption table lists none)",
          captions(pd.DataFrame({"file": pd.Series([], dtype=str), "caption": pd.Series([], dtype=str)}), "captions.parquet")),
     Case("data folder", "lora data a file that is no table", "lora: {enabled: true, data: '@case/notes.txt'}\n",
          "is neither a manifest .parquet nor a folder with captions", write("notes.txt", "hello")),
@@ -310,9 +322,11 @@ CASES = [
     Case("model folder", "pickled weights only", LOCAL_TEACHER, "(only ['diffusion_pytorch_model.bin']: pickled weights",
          pipe_edited(lambda p: (p / "unet" / "diffusion_pytorch_model.safetensors").rename(p / "unet" / "diffusion_pytorch_model.bin"))),
     Case("model folder", "generation VAE damaged", "models:\n  teacher: {source: 'toy:teacher', generation: {vae: '@case/pipe/vae'}}\n  base_student: {source: 'toy:student'}\n",
-         "config key 'models.teacher.generation.vae': ", pipe_damaged("vae/config.json", "empty")),
+         "config key 'models.teacher.generation.vae': @case/pipe/vae/config.json is not valid JSON (damaged or truncated)",
+         pipe_damaged("vae/config.json", "empty")),
     Case("model folder", "CLIP folder without weights", "metrics: {clip_model: '@case/pipe/text_encoder'}\n",
-         "config key 'metrics.clip_model': ", pipe_edited(rm("text_encoder/model.safetensors"))),
+         "config key 'metrics.clip_model': model folder @case/pipe/text_encoder has no safetensors weights",
+         pipe_edited(rm("text_encoder/model.safetensors"))),
     # ---- checkpoints: a training job (damage is recovered: the job succeeds and says what it set aside)
     Case("checkpoint", "checkpoints folder is a file", None, "@case/run/checkpoints is a file, where the training run needs "
          "its checkpoints folder; move or delete it", write("run/checkpoints", "x"), command="train"),
@@ -320,21 +334,40 @@ CASES = [
          write("run", "x"), command="train"),
     Case("checkpoint", "newest weights flipped", None, "checkpoint @case/run/checkpoints/step-00000006 is damaged",
          checkpoints(lambda r: damage(r / "checkpoints" / "step-00000006" / "trainable.safetensors", "flipped")),
-         command="train", returncode=0),
+         command="train", returncode=0, resumed="toy: resuming from @case/run/checkpoints/step-00000004 (step 4 of 6)"),
     Case("checkpoint", "newest optimizer state truncated", None, "step-00000006 is damaged",
-         checkpoints(lambda r: damage(r / "checkpoints" / "step-00000006" / "optimizer.bin", "truncated")), command="train", returncode=0),
+         checkpoints(lambda r: damage(r / "checkpoints" / "step-00000006" / "optimizer.bin", "truncated")), command="train", returncode=0,
+         resumed="toy: resuming from @case/run/checkpoints/step-00000004 (step 4 of 6)"),
     Case("checkpoint", "newest trainer.json emptied", None, "step-00000006 is damaged",
-         checkpoints(lambda r: damage(r / "checkpoints" / "step-00000006" / "trainer.json", "empty")), command="train", returncode=0),
+         checkpoints(lambda r: damage(r / "checkpoints" / "step-00000006" / "trainer.json", "empty")), command="train", returncode=0,
+         resumed="toy: resuming from @case/run/checkpoints/step-00000004 (step 4 of 6)"),
     Case("checkpoint", "every checkpoint damaged", None, "step-00000002 is damaged",
          checkpoints(lambda r: [damage(p / "loss_rows.parquet", "corrupt") for p in (r / "checkpoints").glob("step-*")]),
-         command="train", returncode=0),
+         command="train", returncode=0, resumed="toy: no intact checkpoint in @case/run/checkpoints; starting afresh"),
 ]
 CASES = {c.id: c for c in CASES}
+
+
+#: Cases that stay real Snakemake runs (one per kind the workflow checks, and the hub ids, which
+#: find the Hugging Face cache through the environment): each must stop before any job starts.
+SNAKEMAKE_RUNS = {"config: unknown key", "config: hub id not cached, offline", "config: hub dataset not cached, offline",
+                  "command line: --config unknown key", "data folder: image folder missing",
+                  "model folder: U-Net weights truncated"}
 
 
 def _filled(text: str, case: Path, assets: Path) -> str:
     return (text.replace("@captions", str(case / "captions" / "img")).replace("@images", str(case / "images"))
             .replace("@case", str(case)))
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")}
+
+
+def _runner(case: Case) -> str:
+    if case.command == "snakemake":
+        return "snakemake" if case.id in SNAKEMAKE_RUNS else "in-process"
+    return case.command
 
 
 def _run(case: Case, folder: Path, assets: Path) -> subprocess.CompletedProcess:
@@ -344,8 +377,8 @@ def _run(case: Case, folder: Path, assets: Path) -> subprocess.CompletedProcess:
     if case.config is not None:
         (folder / "bad.yaml").write_text(_filled(case.config, folder, assets))
         args = ["--configfile", str(folder / "bad.yaml"), *args] if case.command == "snakemake" else [str(folder / "bad.yaml"), *args]
-    if case.command == "snakemake":
-        cmd = [*SNAKEMAKE, "--cores", "1", "-n", "--directory", str(folder), *args]
+    if case.command == "snakemake":  # a real run: the checks must stop it before any job starts
+        cmd = [*SNAKEMAKE, "--cores", "1", "--directory", str(folder), *args]
         cwd = ROOT
     elif case.command == "check":
         cmd = [sys.executable, "-m", "kd_core.check", "--schema", str(ROOT / "config" / "schema.yaml"), *args]
@@ -356,22 +389,58 @@ def _run(case: Case, folder: Path, assets: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _check_in_process(case: Case, folder: Path, assets: Path) -> subprocess.CompletedProcess:
+    """The workflow's checks of a ``snakemake --configfile bad.yaml [--config ...]`` run, in this process:
+    ``kd_core.check`` on the files Snakemake would read (bad.yaml alone, else the default config), in
+    the case's folder (Snakemake's --directory), with the case's Hugging Face cache."""
+    from huggingface_hub import constants
+
+    from kd_core import check
+
+    args = [_filled(a, folder, assets) for a in case.args]
+    if case.config is not None:
+        (folder / "bad.yaml").write_text(_filled(case.config, folder, assets))
+    files = [str(folder / "bad.yaml")] if case.config is not None else []
+    argv = [*files, *args, "--schema", str(ROOT / "config" / "schema.yaml")]
+    out, err, cwd, cache = io.StringIO(), io.StringIO(), os.getcwd(), constants.HF_HUB_CACHE
+    try:
+        os.chdir(folder)
+        constants.HF_HUB_CACHE = str(assets / "hf_cache")
+        with redirect_stdout(out), redirect_stderr(err):
+            code = check.main(argv)
+    except Exception:  # noqa: BLE001 - what a user would see: a traceback, which the test reports
+        import traceback
+
+        code, err = 99, io.StringIO(err.getvalue() + traceback.format_exc())
+    finally:
+        os.chdir(cwd)
+        constants.HF_HUB_CACHE = cache
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Every case prepared, then run two at a time: case id -> (its folder, the finished process)."""
+    """Every case prepared and run (the subprocess ones two at a time): case id -> (its folder, the
+    finished process, its files before the run, after it)."""
     from kd_core.models.tiny import build_tiny_sd
 
     assets = tmp_path_factory.mktemp("assets")
     build_tiny_sd(assets / "pipe")
     (assets / "hf_cache").mkdir()
-    folders = {}
+    toy_run(assets / "undamaged")  # the run every resumed checkpoint case must end equal to
+    folders, before, procs = {}, {}, {}
     for i, case in enumerate(CASES.values()):
         folders[case.id] = folder = tmp_path_factory.mktemp(f"case{i:03d}")
         if case.prepare is not None:
             case.prepare(folder, assets)
+        before[case.id] = _files(folder)
+    for case in CASES.values():
+        if _runner(case) == "in-process":
+            procs[case.id] = _check_in_process(case, folders[case.id], assets)
+    rest = [c for c in CASES.values() if c.id not in procs]
     with ThreadPoolExecutor(2) as pool:
-        procs = dict(zip(CASES, pool.map(lambda c: _run(c, folders[c.id], assets), CASES.values()), strict=True))
-    return {k: (folders[k], procs[k]) for k in CASES}
+        procs.update(zip([c.id for c in rest], pool.map(lambda c: _run(c, folders[c.id], assets), rest), strict=True))
+    return {k: (folders[k], procs[k], before[k], _files(folders[k])) for k in CASES}, assets
 
 
 def test_the_table_covers_every_kind_with_60_cases():
@@ -379,10 +448,16 @@ def test_the_table_covers_every_kind_with_60_cases():
     assert len(CASES) >= 60 and set(kinds.index) == {"config", "command line", "data folder", "model folder", "checkpoint"}
 
 
+def test_a_handful_of_cases_are_real_snakemake_runs_one_per_kind():
+    kinds = {CASES[c].kind for c in SNAKEMAKE_RUNS}
+    assert SNAKEMAKE_RUNS <= set(CASES) and kinds == {"config", "command line", "data folder", "model folder"}
+
+
 @pytest.mark.parametrize("case_id", list(CASES))
 def test_bad_input_is_one_line_and_writes_nothing(outcomes, case_id):
     case = CASES[case_id]
-    folder, proc = outcomes[case_id]
+    results, assets = outcomes
+    folder, proc, files_before, files_after = results[case_id]
     output = proc.stdout + proc.stderr
     assert proc.returncode == case.returncode, output
     assert "Traceback" not in output, output
@@ -391,9 +466,14 @@ def test_bad_input_is_one_line_and_writes_nothing(outcomes, case_id):
         lines = [ln for ln in output.splitlines() if ln.strip() and not ln.startswith(BANNER)]
         assert len(lines) == 1, output
         assert lines[0].startswith(("config error: ", "error: ")) and expect in lines[0], output
-        assert not (folder / "results").exists()
-    else:  # a damaged checkpoint: set aside with one warning line, the job finishes from an intact one
+        if _runner(case) == "snakemake":  # stopped before any job: nothing of the run, not even its folder
+            assert not (folder / "results").exists(), output
+            files_after = {k: v for k, v in files_after.items() if not k.startswith(".snakemake")}
+        assert files_after == {**files_before, **({"bad.yaml": files_after["bad.yaml"]} if "bad.yaml" in files_after else {})}
+    else:  # a damaged checkpoint: set aside with one warning line, the job resumes from an intact one
         warnings = [ln for ln in output.splitlines() if "is damaged" in ln or "starting afresh" in ln]
         assert any(expect in ln for ln in warnings), output
         assert len([ln for ln in warnings if "is damaged" in ln]) == len(list((folder / "run" / "checkpoints").glob("damaged-*")))
-        assert (folder / "run" / "loss.parquet").is_file()
+        assert case.resumed.replace("@case", str(folder)) in output.splitlines(), output
+        pd.testing.assert_frame_equal(pd.read_parquet(folder / "run" / "loss.parquet"),
+                                      pd.read_parquet(assets / "undamaged" / "loss.parquet"))
