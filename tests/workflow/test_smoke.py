@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from kd_core.generate import MANIFEST_SCHEMA
@@ -29,6 +30,34 @@ SMOKE = ("--configfile", "config/smoke.yaml")
 BK = ("bk_small", "bk_small_nofeat")  # block-distilled students of config/smoke.yaml (the second without feature KD)
 WIDTH = ("w0p5", "w1")  # width students of the model-size study (factors 0.5, 1.0)
 MODELS = ("teacher", "base_student", "lora_student", *BK, *WIDTH)
+
+
+def test_lora_student_images_are_the_base_student_sampled_with_its_adapter(smoke_repo, tmp_path, monkeypatch):
+    """Sampled again here as the manifest records (the eval prompts, in the same batches): with the
+    adapter, the LoRA student's images to the byte; without it, the base student's; and the two
+    differ (the adapter trained)."""
+    from kd_core.config import build
+    from kd_core.generate import GenerationConfig, generate_images
+
+    monkeypatch.chdir(smoke_repo)  # the manifest's paths are relative to the run's folder
+    images = smoke_repo / "results" / "smoke" / "images"
+    prompts = pd.read_parquet(smoke_repo / "results" / "smoke" / "prompts" / "eval.parquet")
+    meta = read_metadata(images / "lora_student" / "eval.parquet")
+    cfg = build(GenerationConfig, meta["config"])
+    assert cfg.lora and meta["settings"]["source"].endswith("models/toy_student")
+    pixels, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)  # as the smoke run's sampling jobs (a LoRA layer's sums depend on the thread count)
+    try:
+        for name, lora in (("with", cfg.lora), ("without", None)):
+            man = generate_images(meta["settings"]["source"], prompts, tmp_path / name,
+                                  build(GenerationConfig, meta["config"], lora=lora), name, name="eval")
+            pixels[name] = np.stack([np.asarray(Image.open(tmp_path / name / f)) for f in man["file"]])
+    finally:
+        torch.set_num_threads(threads)
+    made = {m: np.stack([np.asarray(Image.open(images / m / f)) for f in pd.read_parquet(images / m / "eval.parquet")["file"]])
+            for m in ("lora_student", "base_student")}
+    assert np.array_equal(pixels["with"], made["lora_student"]) and np.array_equal(pixels["without"], made["base_student"])
+    assert not np.array_equal(made["lora_student"], made["base_student"])
 
 
 def test_smoke_outputs_exist_and_match_schemas(smoke_repo):

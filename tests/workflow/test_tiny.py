@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from diffusers import DiffusionPipeline
@@ -35,4 +36,8 @@ def test_tiny_config_runs_sdxl_and_sd_pipelines(tmp_path):
     tuned = pd.concat([pd.read_parquet(images / "lora_student" / f"{s}.parquet") for s in ("eval", "filler")],
                       ignore_index=True)
     assert list(tuned["file"]) == list(student["file"])
+    # the LoRA student sampled with its adapter: its images are not the base student's
+    differ = [np.asarray(Image.open(images / "lora_student" / f)).tolist() != np.asarray(Image.open(images / "base_student" / f)).tolist()
+              for f in student["file"]]
+    assert all(differ), differ
     assert planned_jobs(repo, "--configfile", "config/tiny.yaml") == {}
