@@ -170,6 +170,13 @@ def test_smoke_evaluation_tables_figures_and_paper(smoke_repo):
     params = eff[eff["metric"] == "params_denoiser"].set_index("model")["value"]
     assert params["teacher"] > params["base_student"] == params["lora_student"]  # LoRA fused into the weights
     assert params["teacher"] > params["bk_small"] == params["bk_small_nofeat"]  # blocks removed
+    losses = {bk: pd.read_parquet(out / "train" / bk / "loss.parquet").query("split == 'train'")
+              .pivot_table(index="step", columns="term", values="value") for bk in BK}
+    for bk, terms in losses.items():  # the loss is its weighted terms; the ablation trained without feature KD
+        weighted = terms[["task_weighted", "out_kd_weighted", "feat_kd_weighted"]].sum(axis=1)
+        assert np.allclose(terms["loss"], weighted, rtol=1e-5) and (terms["feat_kd"] > 0).all()
+        assert (terms["feat_kd_weighted"] > 0).all() if bk == "bk_small" else (terms["feat_kd_weighted"] == 0).all()
+    assert losses["bk_small"]["feat_kd"].iloc[0] == losses["bk_small_nofeat"]["feat_kd"].iloc[0]  # one start: the teacher's blocks
     assert params["teacher"] == params["w1"] > params["w0p5"]  # the x1 student has the teacher's architecture
     for folder, names in (("figures", ["metric_bars", "radar", "distributions", "distribution_metrics",
                                        "attribute_accuracy", "efficiency", "loss_curves", "dmkd_accuracy",
