@@ -79,12 +79,23 @@ SNAKEFILE = textwrap.dedent('''
         resources: gpu=1
         script: "job.py"
 ''')
+# Each job, once it holds a device, waits until another job holds one too (or every other job is
+# done), so that two jobs overlap however long a job takes to start: no timing assumption.
 JOB = textwrap.dedent('''
     import os, time
     from kd_core.runlog import job
     with job(snakemake.log[0], snakemake.threads, gpus=snakemake.resources.gpu):
+        me = snakemake.wildcards.i
         start = time.time()
-        time.sleep(3)
+        os.makedirs("holding", exist_ok=True)
+        os.makedirs("done", exist_ok=True)
+        open(f"holding/{me}", "w").close()
+        deadline = time.time() + 120
+        while time.time() < deadline and not (set(os.listdir("holding")) - {me}) and len(os.listdir("done")) < 3:
+            time.sleep(0.05)
+        time.sleep(0.3)  # still holding while the other job looks
+        os.remove(f"holding/{me}")
+        open(f"done/{me}", "w").close()
         with open(snakemake.output[0], "w") as f:
             f.write(f"{os.environ['CUDA_VISIBLE_DEVICES']} {start} {time.time()}")
 ''')
