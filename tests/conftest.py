@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,3 +111,15 @@ def image_folder(root: Path, classes: list[str] | tuple[str, ...], n: int = 1, s
             pixels = torch.randint(0, 255, (size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(100 * c + i))
             Image.fromarray(pixels.numpy()).save(root / name / f"{i}.png")
     return root
+
+
+def assert_drawn(image, size: tuple[int, int] | None = None) -> None:
+    """An image a sampler drew (a PIL image or a PNG path): of ``size`` if given, finite, and not one
+    flat colour (a NaN latent decodes to a flat black image, with only a warning from numpy)."""
+    from PIL import Image
+
+    image = Image.open(image) if isinstance(image, (str, Path)) else image
+    if size is not None:
+        assert image.size == size, f"image of {image.size}, expected {size}"
+    pixels = np.asarray(image, dtype=float)
+    assert np.isfinite(pixels).all() and pixels.std() > 1.0, f"a flat image (std {pixels.std():.3f}): NaN or blank sampling"

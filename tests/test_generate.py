@@ -15,6 +15,8 @@ from kd_core.io import read_metadata
 from kd_core.prompts import PromptConfig, synthesize_prompts
 from kd_core.shards import Shard
 
+from .conftest import assert_drawn
+
 
 @pytest.fixture(scope="module")
 def prompts():
@@ -34,7 +36,8 @@ def test_generation_writes_pngs_and_manifest(request, tmp_path, prompts, which):
     source = request.getfixturevalue(which)
     man = generate_images(str(source), prompts, tmp_path, CFG, "m")
     assert list(man["file"]) == [f"{p}_{s}.png" for p, s in zip(prompts["prompt_id"], prompts["seed"], strict=True)]
-    assert all(Image.open(tmp_path / f).size == (64, 64) for f in man["file"])
+    for f in man["file"]:
+        assert_drawn(tmp_path / f, (64, 64))
     assert {"breed", "pose"} <= set(man.columns) and (man["steps"] == 2).all() and (man["dtype"] == "float32").all()
     # the record of the images made, kept beside the manifest (Snakemake deletes the manifest before a rerun)
     cols = ["file", "prompt_id", "seed", "settings_hash"]

@@ -18,7 +18,7 @@ from kd_core.train.block_kd import BlockKDConfig, train_block_kd
 from kd_core.train.distill import kd_terms
 from kd_core.train.loop import TrainConfig, complete_checkpoints
 
-from ..conftest import random_image_manifest
+from ..conftest import assert_drawn, random_image_manifest
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_train_save_and_load_every_level(tiny_sd15, teacher_images, tmp_path, le
     assert len(unet_cfg["block_out_channels"]) == (2 if level == "bk_tiny" else 3)
     image = pipe("a small red circle", num_inference_steps=2, height=64, width=64,
                  generator=torch.Generator().manual_seed(0)).images[0]
-    assert image.size == (64, 64)
+    assert_drawn(image, (64, 64))
     meta = json.loads((tmp_path / "model" / "block_kd.json").read_text())
     assert meta["params_student"] < meta["params_teacher"] and meta["block_kd"]["level"] == level
 

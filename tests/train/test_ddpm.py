@@ -16,6 +16,8 @@ from kd_core.models.tiny import tiny_vae
 from kd_core.train.ddpm import DDPMConfig, build_ddpm_unet, load_training_images, train_ddpm
 from kd_core.train.loop import TrainConfig
 
+from ..conftest import assert_drawn
+
 TINY = DDPMConfig(image_size=16, channels=(16, 32), attention=(False, True), layers_per_block=1, norm_num_groups=8,
                   num_train_timesteps=100, val_fraction=0.2, checkpoint_every_epochs=1, n_samples=4, sample_steps=3)
 
@@ -74,7 +76,7 @@ def test_train_early_stop_best_model_checkpoints_and_samples(tmp_path):
     assert meta["n_train"] == 16 and meta["n_val"] == 4 and meta["best_step"] == result.best_step  # 2 of 10 per class
     pipe = DDPMPipeline.from_pretrained(tmp_path / "model")
     assert type(pipe.unet).__name__ == "UNet2DModel" and pipe.scheduler.config.clip_sample
-    assert Image.open(tmp_path / "model" / "samples.png").size == (4 * 16, 16)  # n_samples 4: one row
+    assert_drawn(tmp_path / "model" / "samples.png", (4 * 16, 16))  # n_samples 4: one row
     # the best model, not the last, was saved: its validation loss is the best one recorded
     assert meta["best_val_loss"] == pytest.approx(val["value"].min())
 
@@ -96,7 +98,7 @@ def test_latent_ddpm_trains_on_a_frozen_autoencoder(tmp_path):
     assert not pipe.scheduler.config.clip_sample and type(pipe.scheduler).__name__ == "DDIMScheduler"
     # the autoencoder was frozen: saved unchanged
     assert all(torch.equal(before[k], v) for k, v in pipe.vqvae.state_dict().items())
-    assert Image.open(tmp_path / "model" / "samples.png").size == (4 * 16, 16)
+    assert_drawn(tmp_path / "model" / "samples.png", (4 * 16, 16))
     a = pipe(batch_size=2, generator=[torch.Generator().manual_seed(i) for i in range(2)], num_inference_steps=2,
              output_type="np").images
     b = pipe(batch_size=2, generator=[torch.Generator().manual_seed(i) for i in range(2)], num_inference_steps=2,

@@ -9,7 +9,7 @@ from kd_core.captions import DataConfig
 from kd_core.train.loop import TrainConfig
 from kd_core.train.size_study import SizeStudyConfig, train_width_student
 
-from ..conftest import random_image_manifest
+from ..conftest import assert_drawn, random_image_manifest
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,6 @@ def test_width_student_trains_saves_and_samples(tiny_sd15, images, tmp_path):
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "model")
     image = pipe("a small red circle", num_inference_steps=2, height=64, width=64,
                  generator=torch.Generator().manual_seed(0)).images[0]
-    assert image.size == (64, 64)
+    assert_drawn(image, (64, 64))
     meta = json.loads((tmp_path / "model" / "size_study.json").read_text())
     assert meta["size_study"]["factor"] == 0.5 and meta["params_student"] < meta["params_teacher"] / 2

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, LDMPipeline
-from PIL import Image
 from safetensors import safe_open
 
 from kd_core.captions import DataConfig
@@ -21,7 +20,7 @@ from kd_core.train.ddpm import DDPMConfig, build_ddpm_unet
 from kd_core.train.loop import TrainConfig
 from kd_core.train.size_study import SizeStudyConfig, train_width_student
 
-from ..conftest import random_image_manifest
+from ..conftest import assert_drawn, random_image_manifest
 
 TINY = DDPMConfig(image_size=16, channels=(16, 32), attention=(False, True), layers_per_block=1, norm_num_groups=8)
 
@@ -54,7 +53,9 @@ def test_unconditional_width_student_and_analyses(teacher_dir, tmp_path):
     prompts = pd.read_parquet(manifest)
     man = generate_images(str(tmp_path / "w0p5"), prompts, tmp_path / "images", GenerationConfig(steps=3, batch_size=4, device="cpu"),
                           "w0p5")
-    assert len(man) == 6 and Image.open(tmp_path / "images" / man["file"].iloc[0]).size == (16, 16)
+    assert len(man) == 6
+    for f in man["file"]:
+        assert_drawn(tmp_path / "images" / f, (16, 16))
     eff = pd.DataFrame(measure_model("w0p5", str(tmp_path / "w0p5"), GenerationConfig(steps=3, device="cpu"),
                                      EfficiencyConfig(warmup=0, repeats=2, batch_size=2))).set_index("metric")["value"]
     assert eff["latency_per_step"] > 0 and eff["latency_per_image"] >= eff["latency_per_step"] * 3 * 0.99

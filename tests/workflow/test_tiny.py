@@ -9,6 +9,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
+from ..conftest import assert_drawn
 from .conftest import copy_repo, planned_jobs, run
 
 pytestmark = pytest.mark.workflow  # runs Snakemake end to end
@@ -27,7 +28,8 @@ def test_tiny_config_runs_sdxl_and_sd_pipelines(tmp_path):
     assert len(teacher) == 7 and (teacher["scheduler"] == "euler").all() and (teacher["guidance_scale"] == 5.0).all()
     assert set(student["split"]) == {"eval", "filler"} and len(student) == 6
     assert teacher["negative_prompt"].str.contains("blurry").all()
-    assert Image.open(out / "images" / "teacher" / teacher["file"][0]).size == (64, 64)
+    for f in teacher["file"]:
+        assert_drawn(out / "images" / "teacher" / f, (64, 64))
     lora = json.loads((out / "models" / "lora_student" / "lora_config.json").read_text())
     assert lora["lora"]["text_encoder"] is True and lora["steps"] == 2
     keys = load_file(out / "models" / "lora_student" / "pytorch_lora_weights.safetensors")
