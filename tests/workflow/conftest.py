@@ -78,6 +78,12 @@ def planned_jobs(repo: Path, *args: str) -> dict[str, int]:
     return _job_stats(_dry_run(repo, *args))
 
 
+def plan(repo: Path, *args: str) -> tuple[dict[str, int], str]:
+    """One dry run: its job counts by rule and its text (each job's input, output, resources)."""
+    text = _dry_run(repo, *args)
+    return _job_stats(text), text
+
+
 def _job_stats(text: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for line in text.split("Job stats:")[-1].splitlines():

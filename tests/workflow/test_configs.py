@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ..conftest import image_folder
-from .conftest import ROOT, planned_jobs, run
+from .conftest import ROOT, plan, planned_jobs, run
 
 # The evaluation stage of a study with a teacher, a base student and a LoRA student and a CLIP model.
 EVALUATION = {"pairwise": 2, "pairwise_gather": 1, "alignment": 3, "alignment_gather": 1, "distribution": 1,
@@ -15,21 +15,19 @@ EVALUATION = {"pairwise": 2, "pairwise_gather": 1, "alignment": 3, "alignment_ga
 
 @pytest.mark.parametrize("name,generate,grids", [("sdxl_to_sd15_dogs", 4, 0), ("sd_turbo_wikiart", 6, 3)])
 def test_real_config_dry_run_builds_its_dag(name, generate, grids):
-    jobs = planned_jobs(ROOT, "--configfile", f"config/experiments/{name}.yaml")
+    jobs, text = plan(ROOT, "--configfile", f"config/experiments/{name}.yaml")
     # Hub models: no toy pretraining, no shapes world; a prompt table per split, generation per model
     # and split (teacher train + eval and two students' eval; or three models' eval + filler), LoRA, evaluation.
     assert jobs == {"prompts": 3, "generate": generate, "train_lora": 1, **EVALUATION} | (
         {"comparison_grid": grids} if grids else {})
-    text = run(ROOT, "-n", "--configfile", f"config/experiments/{name}.yaml", "--printshellcmds").stdout
     assert f"results/{name}/images/teacher/eval.parquet" in text
     assert "gpu=1" in text
 
 
 def test_bk_sdm_config_dry_run_trains_every_level_and_its_ablation():
-    jobs = planned_jobs(ROOT, "--configfile", "config/experiments/bk_sdm_sd15.yaml")
+    jobs, text = plan(ROOT, "--configfile", "config/experiments/bk_sdm_sd15.yaml")
     # teacher (train and eval splits), the published BK-SDM-Small, and 3 levels x (with, without feature KD)
     assert jobs == {"prompts": 3, "generate": 9, "train_block_kd": 6, **EVALUATION, "pairwise": 7, "alignment": 8}
-    text = run(ROOT, "-n", "--configfile", "config/experiments/bk_sdm_sd15.yaml").stdout
     assert "results/bk_sdm_sd15/models/bk_tiny_nofeat" in text and "gpu=1" in text
 
 
@@ -40,10 +38,9 @@ def test_dmkd_cifar10_config_dry_run(tmp_path):
     text = (ROOT / "config" / "experiments" / "dmkd_cifar10.yaml").read_text()
     cfg = tmp_path / "dmkd_cifar10.yaml"
     cfg.write_text(text.replace("real: data/cifar10", f"real: {tmp_path / 'cifar10'}"))
-    jobs = planned_jobs(ROOT, "--configfile", str(cfg))
+    jobs, out = plan(ROOT, "--configfile", str(cfg))
     assert jobs == {"dmkd_prompts": 1, "dmkd_generate": 3, "dmkd_teacher": 1, "dmkd_student": 33, "dmkd_summary": 1,
                     "figure_dmkd": 1, "paper": 1, "all": 1}
-    out = run(ROOT, "-n", "--configfile", str(cfg)).stdout
     assert "results/dmkd_cifar10/dmkd/synthetic/g7p5/manifest.parquet" in out and "gpu=1" in out
 
 
@@ -54,12 +51,11 @@ def test_size_study_cifar10_config_dry_run(tmp_path):
     text = (ROOT / "config" / "experiments" / "size_study_cifar10.yaml").read_text()
     cfg = tmp_path / "size_study_cifar10.yaml"
     cfg.write_text(text.replace("data/cifar10", str(tmp_path / "cifar10")))
-    jobs = planned_jobs(ROOT, "--configfile", str(cfg))
+    jobs, out = plan(ROOT, "--configfile", str(cfg))
     assert jobs == {"prompts": 3, "train_ddpm": 1, "generate": 6, "train_width_student": 4, "timestep_mse": 1,
                     "trajectory": 1, "size_latency": 1, "size_study_summary": 1, "figure_size_study": 1, "pairwise": 4, "pairwise_gather": 1,
                     "distribution": 1, "efficiency": 1, "summary": 1, "figure_metrics": 1, "figure_distribution": 1,
                     "figure_efficiency": 1, "figure_loss": 1, "comparison_models": 1, "paper": 1, "all": 1}
-    out = run(ROOT, "-n", "--configfile", str(cfg), "--printshellcmds").stdout
     assert "results/size_study_cifar10/models/ddpm_teacher" in out and "results/size_study_cifar10/models/w0p25" in out
     assert "gpu=1" in out
     missing = cfg.with_name("missing.yaml")
@@ -72,9 +68,8 @@ def test_size_study_cifar10_config_dry_run(tmp_path):
     latent.write_text(cfg.read_text().replace("world: {enabled: false}", "world: {enabled: true}")
                       .replace("grammar: dogs", "grammar: shapes").replace("filler_grammar: artistic", "filler_grammar: shapes")
                       .replace("ddpm_teacher:\n", "ddpm_teacher:\n  vae: toy:teacher\n"))
-    jobs = planned_jobs(ROOT, "--configfile", str(latent))
+    jobs, out = plan(ROOT, "--configfile", str(latent))
     assert jobs["toy_base"] == 1 and jobs["toy_unet"] == 1 and jobs["train_ddpm"] == 1  # the teacher holds the VAE
-    out = run(ROOT, "-n", "--configfile", str(latent), "--printshellcmds", "--forcerun", "train_ddpm").stdout
     block = out[out.index("rule train_ddpm:"):].split("\n\n")[0]
     assert "input: results/size_study_cifar10/models/toy_teacher" in block
 
@@ -82,3 +77,30 @@ def test_size_study_cifar10_config_dry_run(tmp_path):
 def test_tiny_config_dry_run_builds_tiny_models():
     jobs = planned_jobs(ROOT, "--configfile", "config/tiny.yaml")
     assert jobs == {"prompts": 3, "tiny_model": 3, "generate": 6, "train_lora": 1, "comparison_grid": 2, **EVALUATION}
+
+
+@pytest.mark.parametrize("name", ["config", "paper"])
+def test_shipped_shapes_configs_plan_every_study_through_snakemake(tmp_path, name):
+    """config/config.yaml (the demo) and config/paper.yaml, dry-run by Snakemake in an empty folder: the
+    jobs of every study, counted from the file's own settings."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
+    jobs, text = plan(ROOT, "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / f"{name}.yaml"))
+    dmkd, size, bk = cfg["dmkd"], cfg["size_study"], cfg["block_kd"]
+    synthetic = len(dmkd["synthetic"]["guidance"]) + len(dmkd["synthetic"]["fractions"])  # subsets: of the main set
+    students = ["base_student", "lora_student", *(f"{lv}{s}" for lv in bk["levels"] for s in ("", "_nofeat")),
+                *(f"w{f:g}".replace(".", "p") for f in size["factors"])]
+    assert jobs == {
+        "prompts": 3, "world_data": 2, "toy_base": 1, "toy_unet": 2, "world_classifier": 1,
+        "generate": 3 + 2 + 2 + (len(students) - 2),  # teacher train/eval/filler; base and LoRA eval/filler; the rest eval
+        "comparison_grid": 3, "pairwise": len(students), "train_lora": 1, "train_block_kd": len(bk["levels"]) * 2,
+        "train_width_student": len(size["factors"]), "dmkd_prompts": 1, "dmkd_teacher": 1,
+        "dmkd_generate": len(dmkd["synthetic"]["guidance"]), "dmkd_student": len(dmkd["seeds"]) * (1 + 2 * synthetic),
+        **{rule: 1 for rule in ("dmkd_summary", "figure_dmkd", "efficiency", "figure_loss", "size_latency", "timestep_mse",
+                                "trajectory", "attribute_accuracy", "comparison_models", "distribution", "attribute_summary",
+                                "figure_distribution", "pairwise_gather", "size_study_summary", "figure_attributes",
+                                "figure_size_study", "improvement", "summary", "figure_efficiency", "figure_metrics",
+                                "paper", "all")}}
+    for model in students:
+        assert f"results/shapes/images/{model}/eval.parquet" in text
