@@ -103,4 +103,4 @@ def test_shipped_shapes_configs_plan_every_study_through_snakemake(tmp_path, nam
                                 "figure_size_study", "improvement", "summary", "figure_efficiency", "figure_metrics",
                                 "paper", "all")}}
     for model in students:
-        assert f"results/shapes/images/{model}/eval.parquet" in text
+        assert f"results/{cfg['experiment']}/images/{model}/eval.parquet" in text
