@@ -424,3 +424,49 @@ def test_shared_helpers():
     assert means["x"] == pytest.approx(9.5)
     draws = [chunked_mean(lambda ids, gen: {"r": torch.rand(1, generator=gen)}, torch.arange(4), seed=7) for _ in "ab"]
     assert draws[0] == draws[1]
+
+
+def _stepped_val(values_by_step: dict[int, float], every: int, done_evals: int = 0):
+    """A validation function whose value is fixed by the step it runs at (``done_evals`` evaluations
+    already ran before a resume), so that an interrupted run sees the same values as an uninterrupted one."""
+    calls = {"n": done_evals}
+
+    def val_fn(model):
+        calls["n"] += 1
+        return {"loss": values_by_step[calls["n"] * every]}
+
+    return val_fn
+
+
+def test_resume_in_the_middle_of_early_stopping_patience_ends_as_the_uninterrupted_run(tmp_path):
+    values = {2: 1.0, 4: 0.5, 6: 0.7, 8: 0.8, 10: 0.9, 12: 1.0, 14: 1.1}  # best at 4; patience 3 runs out at 10
+    cfg = TrainConfig(**{**CFG.__dict__, "max_steps": 100, "eval_every": 2, "patience": 3})
+    reference = make_model()
+    expected = Trainer(reference, loss_fn_for(reference), len(X), tmp_path / "ref", cfg, val_fn=_stepped_val(values, 2)).fit()
+    assert expected.stopped_early and expected.steps == 10 and expected.best_step == 4
+    model = make_model()
+    with pytest.raises(KeyboardInterrupt):  # dies during step 8: the step-6 checkpoint holds one bad evaluation
+        Trainer(model, loss_fn_for(model, stop_at=8), len(X), tmp_path / "run", cfg, val_fn=_stepped_val(values, 2)).fit()
+    model = make_model()
+    result = Trainer(model, loss_fn_for(model), len(X), tmp_path / "run", cfg, val_fn=_stepped_val(values, 2, done_evals=3)).fit()
+    assert result.resumed_from == 6 and result.stopped_early and result.steps == 10
+    assert (result.best_step, result.best_val) == (expected.best_step, expected.best_val)
+    assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), model.parameters(), strict=True))  # the best, restored
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ref" / "loss.parquet"), pd.read_parquet(tmp_path / "run" / "loss.parquet"))
+
+
+def test_retention_after_a_damaged_newest_checkpoint_keeps_intact_ones(tmp_path):
+    """keep_checkpoints 2: the damaged newest is set aside, not counted; the resumed run's saves replace the
+    pruned ones and leave two intact checkpoints beside the damaged one."""
+    with pytest.raises(KeyboardInterrupt):
+        final_weights(tmp_path, stop_at=11)  # checkpoints step-6 and step-9
+    damage(tmp_path / "checkpoints" / "step-00000009" / "trainable.safetensors", "flipped")
+    _, result = final_weights(tmp_path)
+    assert result.resumed_from == 6
+    from kd_core.train.loop import checkpoint_meta
+
+    kept = complete_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in kept] == ["step-00000009", "step-00000012"]
+    assert all(checkpoint_meta(p)[0] is not None for p in kept)  # intact: the step-9 one made again
+    assert (tmp_path / "checkpoints" / "damaged-step-00000009").is_dir()
+    assert not (tmp_path / "checkpoints" / "step-00000006").exists()
