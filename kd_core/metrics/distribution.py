@@ -264,6 +264,23 @@ def _bias_corrected_ci(point: float, boots: np.ndarray, level: float = 0.95) -> 
     return float(np.quantile(boots, a)) - bias, float(np.quantile(boots, 1 - a)) - bias
 
 
+def fid_kid_with_cis(x: torch.Tensor, r: torch.Tensor, cfg: FeatureConfig, rng: np.random.Generator,
+                     frechet: FrechetReference | None = None, ref_cache: dict | None = None) -> dict[str, tuple[float, float, float]]:
+    """FID and KID of model features ``x`` against reference features ``r``: metric -> (value, 95% CI
+    low, high), the CI a percentile bootstrap over the model's images (``cfg.bootstrap`` resamples
+    drawn from ``rng``) shifted by the bootstrap's estimate of the bias. ``frechet`` and ``ref_cache``:
+    the reference's precomputed parts, shared by the models compared with it."""
+    frechet = frechet or FrechetReference(r)
+    kid = KID(x, r, ref_cache=ref_cache)
+    point = fid_kid(x, r, cfg.kid_subset_size, cfg.kid_subsets, cfg.seed, kid=kid)
+    boots = []
+    for b in range(cfg.bootstrap):  # as fid_kid(x, r, ..., seed + b + 1, rows, kid), faster
+        sample = torch.from_numpy(rng.integers(0, len(x), len(x)))
+        torch.default_generator.manual_seed(cfg.seed + b + 1)  # KID's subsets: the global generator
+        boots.append({"fid": frechet(x[sample]), "kid": kid(cfg.kid_subset_size, cfg.kid_subsets, sample)})
+    return {metric: (value, *_bias_corrected_ci(value, np.array([b[metric] for b in boots]))) for metric, value in point.items()}
+
+
 def distribution_metrics(model_sets: dict[str, list[str | Path]], references: dict[str, list[str | Path]],
                          cfg: FeatureConfig, out_path: str | Path | None = None, split: str = "eval",
                          size: int | None = None) -> pd.DataFrame:
@@ -283,19 +300,10 @@ def distribution_metrics(model_sets: dict[str, list[str | Path]], references: di
             if model == ref:
                 continue
             x, r = feats[model], feats[ref]
-            kid = KID(x, r, ref_cache=ref_caches.setdefault(ref, {}))
-            point = fid_kid(x, r, cfg.kid_subset_size, cfg.kid_subsets, cfg.seed, kid=kid)
-            boots = []
-            for b in range(cfg.bootstrap):  # as fid_kid(x, r, ..., seed + b + 1, rows, kid), faster
-                sample = torch.from_numpy(rng.integers(0, len(x), len(x)))
-                torch.default_generator.manual_seed(cfg.seed + b + 1)  # KID's subsets: the global generator
-                boots.append({"fid": frechet[ref](x[sample]),
-                              "kid": kid(cfg.kid_subset_size, cfg.kid_subsets, sample)})
-            for metric, value in point.items():
-                lo, hi = _bias_corrected_ci(value, np.array([b[metric] for b in boots]))
-                rows.append({"model": model, "reference": ref, "split": split, "metric": metric, "value": value,
-                             "ci_low": lo, "ci_high": hi, "n_model": len(x), "n_reference": len(r),
-                             "extractor": cfg.extractor, "feature_dim": x.shape[1]})
+            estimates = fid_kid_with_cis(x, r, cfg, rng, frechet[ref], ref_caches.setdefault(ref, {}))
+            rows += [{"model": model, "reference": ref, "split": split, "metric": metric, "value": value, "ci_low": lo,
+                      "ci_high": hi, "n_model": len(x), "n_reference": len(r), "extractor": cfg.extractor,
+                      "feature_dim": x.shape[1]} for metric, (value, lo, hi) in estimates.items()]
     out = pd.DataFrame(rows, columns=DISTRIBUTION_SCHEMA.names)
     if out_path is not None:
         write_parquet(out, out_path, DISTRIBUTION_SCHEMA, "metrics/distribution",

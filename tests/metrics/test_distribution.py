@@ -169,3 +169,25 @@ def test_kid_reference_cache_is_shared_by_models_drawn_with_one_seed():
             assert values[name, seed] == pytest.approx(KID(x, r)(30, 5), rel=1e-12)
     assert len(cache) == 2  # one entry per seed's subset draw, the second model reused both
     assert values["a", 1] != values["b", 1]
+
+
+def test_bootstrap_intervals_cover_the_population_value():
+    """40 samples of 64 model images (6-d Gaussian features) against one reference set: how often the
+    95% interval holds the value of the model's whole population (20,000 draws). Measured over 150
+    samples: FID 82% (FID is biased upward at 64 images; without the bias shift 31%), KID 98% (81%)."""
+    from kd_core.metrics.distribution import fid_kid_with_cis
+
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(400, 6, generator=g, dtype=torch.float64)
+
+    def model(n):
+        return torch.randn(n, 6, generator=g, dtype=torch.float64) * 1.3 + 0.25
+
+    truth = fid_kid(model(20000), r, subset_size=64, subsets=200, seed=1)
+    cfg = FeatureConfig(extractor="test", bootstrap=50, kid_subset_size=64, kid_subsets=20, seed=0)
+    rng = np.random.default_rng(0)
+    covered = {"fid": [], "kid": []}
+    for _ in range(40):
+        for metric, (_, lo, hi) in fid_kid_with_cis(model(64), r, cfg, rng).items():
+            covered[metric].append(lo <= truth[metric] <= hi)
+    assert np.mean(covered["fid"]) >= 0.7 and np.mean(covered["kid"]) >= 0.9, {m: np.mean(c) for m, c in covered.items()}
