@@ -127,3 +127,21 @@ def test_bad_runs_get_one_line(tmp_path):
         train_classifier(data, other, *args[2:], config("ce"), train_config())
     with pytest.raises(KDError, match="cannot load the classifier"):
         build_classifier(ClassifierModelConfig(source=str(tmp_path / "nothing")), SHAPES)
+
+
+def test_the_kept_epoch_is_chosen_on_the_validation_split_never_on_the_test_split(tmp_path):
+    """The real test labels inverted: choosing by test accuracy would keep the worst epoch. The kept
+    model is the best-validated one (highest validation accuracy, ties to the lower validation loss),
+    and its test predictions are those logged at that step."""
+    train, test = shapes_data(24, 0), shapes_data(10, 1)
+    inverted = LabelledImages(test.images, 1 - test.labels, SHAPES)
+    result = train_classifier(train, inverted, tmp_path / "model", tmp_path / "train", tmp_path / "pred.parquet",
+                              config(), train_config(8), name="student")
+    loss = pd.read_parquet(tmp_path / "train" / "loss.parquet")
+    val = loss.query("split == 'val'").pivot_table(index="step", columns="term", values="value")
+    test_acc = loss.query("split == 'test' and term == 'accuracy'").set_index("step")["value"]
+    best = val.sort_values(["accuracy", "loss"], ascending=[False, True]).index[0]
+    assert result.best_step == best and result.best_val == pytest.approx(val.loc[best, "accuracy"])
+    assert test_acc.idxmax() != best  # the test split would have chosen another epoch
+    pred = predictions(tmp_path)
+    assert pred["correct"].mean() == pytest.approx(test_acc.loc[best])
