@@ -33,6 +33,7 @@ rule attribute_summary:
         f"{OUT}/metrics/attribute_accuracy.parquet",
     params:
         seed=config["seed"],
+        bootstrap=PLAN.metrics["bootstrap"],
         code=adapter_code("attribute_summary"),
     log:
         f"{OUT}/logs/attribute_summary.log",

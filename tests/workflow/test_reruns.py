@@ -95,7 +95,8 @@ MATRIX: dict[str, tuple[dict, set[str]]] = {
     "DM-KD off": ({"dmkd.enabled": False}, END),
     "FID bootstrap count": ({"metrics.features.bootstrap": 6}, {"distribution", "figure_distribution", *SIZE_SUMMARY, *END}),
     "CI bootstrap count": ({"metrics.bootstrap": 100}, {
-        *STATS, "dmkd_summary", "figure_dmkd", "size_latency", "timestep_mse", "trajectory"}),
+        *STATS, "attribute_summary", "figure_attributes", "dmkd_summary", "figure_dmkd", "size_latency", "timestep_mse",
+        "trajectory"}),
     "efficiency repeats": ({"metrics.efficiency.repeats": 3}, {"efficiency", "figure_efficiency", *SIZE_SUMMARY, *END}),
     "images compared side by side": ({"metrics.figures.n_compare": 3}, {"comparison_models", *END}),
     "trajectory steps": ({"size_study.trajectory.steps": 4}, {"trajectory", *SIZE_SUMMARY, *END}),

@@ -263,3 +263,31 @@ def test_sharded_generation_and_metrics_equal_the_unsharded_run(smoke_repo, tmp_
     pd.testing.assert_frame_equal(pd.read_parquet(out / "metrics" / "pairwise" / "base_student.parquet"),
                                   pd.read_parquet(ref / "metrics" / "pairwise" / "base_student.parquet"))
     assert planned_jobs(repo, *targets) == {}  # idempotent: nothing left to do
+
+
+def test_tables_carry_the_provenance_the_readme_lists(smoke_repo):
+    """Config, code hash, generation settings, seeds and the metric protocol, read back from the
+    tables' metadata and compared with config/smoke.yaml."""
+    import yaml
+
+    cfg = yaml.safe_load((smoke_repo / "config" / "smoke.yaml").read_text())
+    out = smoke_repo / "results" / "smoke"
+    for split in ("train", "eval", "filler"):
+        meta = read_metadata(out / "prompts" / f"{split}.parquet")
+        assert meta["table"] == f"prompts/{split}" and len(meta["code_hash"]) == 16
+        assert meta["config"]["seed"] == cfg["seed"] and meta["config"]["grammar"] == cfg["prompts"]["grammar"]
+    for model in MODELS:  # generation settings of every model's eval images
+        meta = read_metadata(out / "images" / model / "eval.parquet")
+        gen = cfg["models"]["teacher" if model == "teacher" else "base_student"]["generation"]
+        assert len(meta["code_hash"]) == 16 and meta["settings"]["device"] == "cpu", model
+        assert {k: meta["settings"][k] for k in ("steps", "guidance_scale", "scheduler")} == {
+            k: gen[k] for k in ("steps", "guidance_scale", "scheduler")}, model
+    dist = read_metadata(out / "metrics" / "distribution.parquet")
+    assert (dist["extractor"], dist["bootstrap"], dist["seed"]) == ("classifier", cfg["metrics"]["features"]["bootstrap"], cfg["seed"])
+    assert dist["kid"]["degree"] == 3 and dist["extractor_model"].endswith("models/classifier") and "resize" in dist
+    for table in ("summary", "improvement", "attribute_accuracy"):  # every per-image CI: metrics.bootstrap
+        meta = read_metadata(out / "metrics" / f"{table}.parquet")
+        assert (meta["bootstrap"], meta["seed"]) == (cfg["metrics"]["bootstrap"], cfg["seed"]) and meta["ci"], table
+    assert "SSIM" in read_metadata(out / "metrics" / "pairwise" / "lora_student.parquet")["protocol"]
+    lora = read_metadata(out / "train" / "lora" / "loss.parquet")
+    assert lora["steps"] == lora["config"]["max_steps"] == cfg["lora"]["train"]["max_steps"] and lora["config"]["lr"] == cfg["lora"]["train"]["lr"]
