@@ -1,8 +1,11 @@
 """Compare the results of two runs of one config: tables by value, weights tensor by tensor, sampled
-images byte by byte; timings and memory aside (they are measured, not computed)."""
+images byte by byte, JSON by value, the paper's CSV tables by value and its Markdown and LaTeX by
+text; timings and memory aside (they are measured, not computed). Figures (PNG, PDF) are drawn from
+the tables compared here and are not compared."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -18,6 +21,11 @@ TIMED_COLUMNS = re.compile(r"wall_time|settings_hash|step_ms|latency|seconds|mem
 #: Tensors holding a model fingerprint (file mtimes): latent caches' ``key``.
 FINGERPRINTS = {"key"}
 IMAGES = ("images/", "dmkd/synthetic/", "data/")
+#: The paper's tables of measured times only (renderings of TIMED_TABLES).
+TIMED_PAPER = {"paper/tables/efficiency"}
+#: A line of the paper's text that reports a measured time or memory: its numbers are masked.
+TIMED_LINE = re.compile(r"latenc|per.second|memory|frontier|\bms\b|\(ms\)|seconds", re.IGNORECASE)
+NUMBER = re.compile(r"[-+]?\d[\d.]*(?:e[-+]?\d+)?", re.IGNORECASE)
 SKIPPED = ("logs/", "benchmarks/", "report.html")
 
 
@@ -47,4 +55,32 @@ def differences(reference: Path, rerun: Path) -> list[str]:
             found += [f"weights {rel}: tensor {k} differs" for k in bad[:3]]
         elif rel.endswith(".png") and rel.startswith(IMAGES) and x.read_bytes() != y.read_bytes():
             found.append(f"image {rel} differs")
+        elif rel.endswith(".json") and json.loads(x.read_text()) != json.loads(y.read_text()):
+            found.append(f"json {rel} differs")
+        elif rel.endswith((".csv", ".md", ".tex")) and rel.rsplit(".", 1)[0] not in TIMED_PAPER:
+            found += _text_differences(rel, x, y)
     return found
+
+
+def _text_differences(rel: str, x: Path, y: Path) -> list[str]:
+    if rel.endswith(".csv"):
+        left, right = pd.read_csv(x), pd.read_csv(y)
+        drop = [c for c in left.columns if TIMED_COLUMNS.search(c)]
+        try:
+            pd.testing.assert_frame_equal(left.drop(columns=drop), right.drop(columns=drop, errors="ignore"), check_exact=True)
+        except AssertionError as exc:
+            return [f"table {rel}: {str(exc).splitlines()[0]}"]
+        return []
+    if rel.startswith("paper/tables/") and (x.with_suffix(".csv")).is_file():
+        timed = [i for i, c in enumerate(pd.read_csv(x.with_suffix(".csv")).columns) if TIMED_COLUMNS.search(c)]
+        if timed:  # a rendering of a table with timed columns: its CSV is compared without them
+            return []
+
+    def lines(path: Path) -> list[str]:
+        return [NUMBER.sub("#", ln) if TIMED_LINE.search(ln) else ln for ln in path.read_text().splitlines()]
+
+    a, b = lines(x), lines(y)
+    if a != b:
+        first = next((i for i, (p, q) in enumerate(zip(a, b, strict=False)) if p != q), min(len(a), len(b)))
+        return [f"text {rel} differs from line {first + 1}"]
+    return []

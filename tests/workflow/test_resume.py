@@ -73,6 +73,11 @@ JOB_KINDS = {
     "timestep MSE": ("timestep_mse", "timestep_mse"), "trajectories": ("trajectory", "trajectory"),
     "DM-KD generation": ("dmkd_generate", "dmkd_generate_"), "DM-KD teacher training": ("dmkd_teacher", "dmkd_teacher"),
     "DM-KD student training": ("dmkd_student", "dmkd_student_"), "efficiency": ("efficiency", "efficiency"),
+    "statistics": ("summary", "summary"), "paired differences": ("improvement", "improvement"),
+    "attribute accuracy summary": ("attribute_summary", "attribute_summary"),
+    "size latency": ("size_latency", "size_latency"), "size summary": ("size_study_summary", "size_study_summary"),
+    "DM-KD summary": ("dmkd_summary", "dmkd_summary"), "comparison grids": ("comparison_grid", "comparison_grid_"),
+    "model comparison": ("comparison_models", "comparison_models"),
     "figures": ("figure_loss", "figure_"), "paper": ("paper", "paper"),
 }
 
@@ -103,7 +108,8 @@ def _kill_once(repo: Path, prefix: str, delay: float, env: dict, *args: str) -> 
 def test_sigkill_in_every_kind_of_job_then_a_rerun_equals_the_uninterrupted_run(smoke_repo, tmp_path):
     """The smoke run from scratch, killed (SIGKILL, the whole process group) at a random point of the
     work of one job of each kind in turn, rerun each time; the finished run equals the uninterrupted
-    one: every table by value, every weights file tensor by tensor, every sampled image byte by byte."""
+    one: every table by value, every weights file tensor by tensor, every sampled image byte by byte,
+    every JSON, CSV, Markdown and LaTeX file of the paper and the models (tests/workflow/outputs.py)."""
     (tmp_path / "repo").mkdir()
     repo = copy_repo(tmp_path / "repo")
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "2", "TQDM_MININTERVAL": "5"}
