@@ -210,9 +210,13 @@ def test_the_same_adapter_is_the_same_file_in_any_process(tmp_path, tiny_sd):
     import subprocess
     import sys
 
-    files = []
-    for seed in ("1", "2"):
-        subprocess.run([sys.executable, "-c", _SAVE, str(tiny_sd), str(tmp_path / seed)], check=True,
-                       env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True)
-        files.append((tmp_path / seed / "pytorch_lora_weights.safetensors").read_bytes())
+    logs = {seed: open(tmp_path / f"{seed}.log", "w") for seed in ("1", "2")}  # noqa: SIM115 - closed below
+    procs = {seed: subprocess.Popen([sys.executable, "-c", _SAVE, str(tiny_sd), str(tmp_path / seed)],
+                                    env={**os.environ, "PYTHONHASHSEED": seed}, stdout=log, stderr=subprocess.STDOUT)
+             for seed, log in logs.items()}  # side by side: each is mostly its imports
+    for seed, proc in procs.items():
+        code = proc.wait()
+        logs[seed].close()
+        assert code == 0, (tmp_path / f"{seed}.log").read_text()[-2000:]
+    files = [(tmp_path / seed / "pytorch_lora_weights.safetensors").read_bytes() for seed in ("1", "2")]
     assert files[0] == files[1]
