@@ -103,18 +103,27 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, variant
     return pipe.to(device)
 
 
+#: Options of ``from_pretrained`` that a tokenizer keeps in ``init_kwargs`` and would save.
+LOADING_OPTIONS = ("local_files_only", "cache_dir", "force_download", "token", "revision")
+
+
 def reset_tokenizers(*tokenizers) -> None:
     """Clear the truncation and padding that a fast tokenizer keeps from its last call (pipelines'
     ``tokenizer`` / ``tokenizer_2``, or tokenizers given directly). Saved as they are, they would make
     a folder's ``tokenizer.json`` depend on whether the tokenizer ran before the save: a resumed
     training that read its cache would write other bytes than the run that encoded, and every consumer
-    keyed on the folder's content would start again."""
+    keyed on the folder's content would start again. Also drop the loading options a tokenizer keeps
+    (``local_files_only`` follows ``HF_HUB_OFFLINE``): the saved bytes must not depend on the environment."""
     for tok in tokenizers:
         for t in (getattr(tok, "tokenizer", None), getattr(tok, "tokenizer_2", None), tok):
             backend = getattr(t, "backend_tokenizer", None)
             if backend is not None:
                 backend.no_truncation()
                 backend.no_padding()
+            init_kwargs = getattr(t, "init_kwargs", None)
+            if isinstance(init_kwargs, dict):
+                for key in LOADING_OPTIONS:
+                    init_kwargs.pop(key, None)
 
 
 def autoencoder(pipe: DiffusionPipeline) -> torch.nn.Module | None:

@@ -18,3 +18,18 @@ def test_a_tokenizer_saves_the_same_file_whether_or_not_it_ran(tmp_path):
     reset_tokenizers(tok)
     tok.save_pretrained(tmp_path / "reset")
     assert filecmp.cmp(tmp_path / "fresh" / "tokenizer.json", tmp_path / "reset" / "tokenizer.json", shallow=False)
+
+
+def test_a_reloaded_tokenizer_saves_the_same_files_online_or_offline(tmp_path):
+    """A tokenizer loaded with local_files_only (what HF_HUB_OFFLINE=1 makes of every load) keeps the
+    option and would save it: after reset_tokenizers the folder does not depend on the environment."""
+    from transformers import CLIPTokenizer
+
+    build_clip_tokenizer(["a", "red", "circle"], 16).save_pretrained(tmp_path / "base")
+    saved = {}
+    for offline in (True, False):
+        tok = CLIPTokenizer.from_pretrained(tmp_path / "base", local_files_only=offline)
+        reset_tokenizers(tok)
+        tok.save_pretrained(tmp_path / str(offline))
+        saved[offline] = (tmp_path / str(offline) / "tokenizer_config.json").read_text()
+    assert saved[True] == saved[False] and "local_files_only" not in saved[True]
