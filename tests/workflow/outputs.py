@@ -30,8 +30,12 @@ SKIPPED = ("logs/", "benchmarks/", "report.html")
 
 
 def _files(root: Path) -> set[str]:
+    """The outputs under ``root``: not logs, benchmarks, checkpoints, nor the hidden records a job keeps
+    of what it made (``.<name>.record.parquet``: a cache that a killed and rerun job extends with its
+    earlier attempts' rows)."""
     rels = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-    return {r for r in rels if not r.startswith(SKIPPED) and "/checkpoints/" not in f"/{r}"}
+    return {r for r in rels if not r.startswith(SKIPPED) and "/checkpoints/" not in f"/{r}"
+            and not any(part.startswith(".") for part in Path(r).parts)}
 
 
 def differences(reference: Path, rerun: Path) -> list[str]:
