@@ -51,7 +51,7 @@ profile: setup
 
 # make test: every tier but `slow` (minutes each, rarely broken); make test TIERS=all: all of them
 # in one session (one shared smoke run), as .ci/run does, but the `soak` tier; make test TIERS=soak: the
-# soak tier alone (the SIGKILL of every job kind, ~17 min on 2 cores). The ten slowest tests are printed.
+# soak tier alone (the SIGKILL of every job kind, ~15 min on 2 cores). The ten slowest tests are printed.
 TIERS ?= not-slow
 # SLURM=1: the same session on the SLURM test cluster (scripts/slurm/test.sh starts it), the cluster
 # tests included; they share the smoke run with the workflow tests (.ci/run: TIERS=all SLURM=1)
