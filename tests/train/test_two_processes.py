@@ -76,17 +76,28 @@ def images(tmp_path_factory):
     return random_image_manifest(tmp_path_factory.mktemp("images"), 10)
 
 
-def _train(script, jobs, images, n):
-    """Run ``jobs`` ((kind, source, out folder), ...) one after the other in ``n`` processes (one
-    launch); each out folder's weights of every rank."""
+def _start(script, jobs, images, n):
+    """Start ``jobs`` ((kind, source, out folder), ...), one after the other in ``n`` processes (one launch)."""
     for _, _, out in jobs:
         out.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     args = [str(a) for job in jobs for a in job]
-    proc = subprocess.run([sys.executable, str(script), str(n), str(images), *args],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = open(jobs[0][2].parent / f"train-{n}.log", "w")  # noqa: SIM115 - closed by _finish
+    return subprocess.Popen([sys.executable, str(script), str(n), str(images), *args], stdout=log,
+                            stderr=subprocess.STDOUT, env=env), log, jobs, n
+
+
+def _finish(started):
+    """Wait for :func:`_start`'s launch; each out folder's weights of every rank."""
+    proc, log, jobs, n = started
+    code = proc.wait(timeout=600)
+    log.close()
+    assert code == 0, open(log.name).read()[-4000:]
     return [[load_file(out / f"rank{i}.safetensors") for i in range(n)] for _, _, out in jobs]
+
+
+def _train(script, jobs, images, n):
+    return _finish(_start(script, jobs, images, n))
 
 
 TRAINERS = {"lora": "tiny_sd", "block_kd": "tiny_sd15", "width": "tiny_sd15"}
@@ -100,8 +111,9 @@ def trained(request, tmp_path_factory, images):
     script = root / "train.py"
     script.write_text(SCRIPT)
     sources = {kind: request.getfixturevalue(model) for kind, model in TRAINERS.items()}
-    two = _train(script, [(k, sources[k], root / "two" / k) for k in TRAINERS], images, 2)
-    one = _train(script, [(k, sources[k], root / "one" / k) for k in TRAINERS], images, 1)
+    started = [_start(script, [(k, sources[k], root / name / k) for k in TRAINERS], images, n)
+               for name, n in (("two", 2), ("one", 1))]  # side by side: most of each is starting processes
+    two, one = (_finish(s) for s in started)
     return {k: (root, *ranks, single) for k, ranks, (single,) in zip(TRAINERS, two, one, strict=True)}
 
 
