@@ -78,13 +78,17 @@ def summarise(jobs: pd.DataFrame, by: str) -> pd.DataFrame:
     return out.round(1)
 
 
+def _stamp_time(stamp: str) -> datetime:
+    """A Snakemake log time stamp (``Sun Dec  6 19:36:32 2026``) as a datetime."""
+    return datetime.strptime(" ".join(stamp.split()), "%a %b %d %H:%M:%S %Y")
+
+
 def elapsed(log_dir: Path, run_dir: Path) -> tuple[float, Path] | None:
     """Seconds from the first to the last time stamp of the newest Snakemake log that ran jobs of ``run_dir``."""
     log = run_log(log_dir, run_dir)
     if log is None:
         return None
-    stamps = [datetime.strptime(" ".join(s.split()), "%a %b %d %H:%M:%S %Y")
-              for s in _STAMP.findall(log.read_text(errors="replace"))]
+    stamps = [_stamp_time(s) for s in _STAMP.findall(log.read_text(errors="replace"))]
     return ((stamps[-1] - stamps[0]).total_seconds(), log) if len(stamps) >= 2 else None
 
 
@@ -102,7 +106,7 @@ def log_jobs(text: str) -> pd.DataFrame:
     for line in text.splitlines():
         stamp = _STAMP.match(line)
         if stamp:
-            now = datetime.strptime(" ".join(stamp.group(1).split()), "%a %b %d %H:%M:%S %Y")
+            now = _stamp_time(stamp.group(1))
             t0 = t0 or now
             continue
         entry = _ENTRY.match(line)

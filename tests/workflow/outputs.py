@@ -76,9 +76,8 @@ def _text_differences(rel: str, x: Path, y: Path) -> list[str]:
             return [f"table {rel}: {str(exc).splitlines()[0]}"]
         return []
     if rel.startswith("paper/tables/") and (x.with_suffix(".csv")).is_file():
-        timed = [i for i, c in enumerate(pd.read_csv(x.with_suffix(".csv")).columns) if TIMED_COLUMNS.search(c)]
-        if timed:  # a rendering of a table with timed columns: its CSV is compared without them
-            return []
+        if any(TIMED_COLUMNS.search(c) for c in pd.read_csv(x.with_suffix(".csv"), nrows=0).columns):
+            return []  # a rendering of a table with timed columns: its CSV is compared without them
 
     def lines(path: Path) -> list[str]:
         """Each line with a timed number masked, a Markdown table whose header names a timed column as

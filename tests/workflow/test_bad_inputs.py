@@ -370,13 +370,22 @@ def _runner(case: Case) -> str:
     return case.command
 
 
+def _arguments(case: Case, folder: Path, assets: Path) -> tuple[list[str], str | None]:
+    """The case's command-line arguments, placeholders filled, and its config file (bad.yaml, written
+    into the case's folder), if it has one."""
+    args = [_filled(a, folder, assets) for a in case.args]
+    if case.config is None:
+        return args, None
+    (folder / "bad.yaml").write_text(_filled(case.config, folder, assets))
+    return args, str(folder / "bad.yaml")
+
+
 def _run(case: Case, folder: Path, assets: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "HF_HUB_CACHE": str(assets / "hf_cache"), **case.env}
-    args = [_filled(a, folder, assets) for a in case.args]
-    if case.config is not None:
-        (folder / "bad.yaml").write_text(_filled(case.config, folder, assets))
-        args = ["--configfile", str(folder / "bad.yaml"), *args] if case.command == "snakemake" else [str(folder / "bad.yaml"), *args]
+    args, config = _arguments(case, folder, assets)
+    if config is not None:
+        args = ["--configfile", config, *args] if case.command == "snakemake" else [config, *args]
     if case.command == "snakemake":  # a real run: the checks must stop it before any job starts
         cmd = [*SNAKEMAKE, "--cores", "1", "--directory", str(folder), *args]
         cwd = ROOT
@@ -397,11 +406,8 @@ def _check_in_process(case: Case, folder: Path, assets: Path) -> subprocess.Comp
 
     from kd_core import check
 
-    args = [_filled(a, folder, assets) for a in case.args]
-    if case.config is not None:
-        (folder / "bad.yaml").write_text(_filled(case.config, folder, assets))
-    files = [str(folder / "bad.yaml")] if case.config is not None else []
-    argv = [*files, *args, "--schema", str(ROOT / "config" / "schema.yaml")]
+    args, config = _arguments(case, folder, assets)
+    argv = [*([config] if config else []), *args, "--schema", str(ROOT / "config" / "schema.yaml")]
     out, err, cwd, cache = io.StringIO(), io.StringIO(), os.getcwd(), constants.HF_HUB_CACHE
     try:
         os.chdir(folder)
