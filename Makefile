@@ -1,17 +1,23 @@
 # Two commands for a fresh machine:  make demo  (run the default experiment)  and  make test.
-# Both create .venv, install torch==2.13.0 first (the CPU wheel here; on a GPU machine install
-# the CUDA build of your choice into .venv first), then `pip install -e .[dev]`.
-
+# Both create .venv and install the lock there: torch from requirements/torch-$(TORCH_BUILD).txt
+# (cpu by default; cuda: PyPI's CUDA build; none: keep the torch already in .venv), every other
+# package at the exact version of requirements/lock.txt, then kd_core itself (editable).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/config.yaml
-TORCH  ?= torch==2.13.0
+TORCH_BUILD ?= cpu
+# WHEELHOUSE=<folder>: install from that folder only (make wheelhouse), with no network
+WHEELHOUSE ?=
+LOCK   := requirements/lock.txt
+# where torch's CPU build is found (PyPI's Linux torch is the CUDA build); read for torch alone
+TORCH_PAGE ?= https://download.pytorch.org/whl/torch/
+PIP    = $(BIN)/python -m pip install --quiet --disable-pip-version-check $(if $(WHEELHOUSE),--no-index --find-links $(WHEELHOUSE))
 SNAKEMAKE_ARGS ?=
 
 EXPERIMENT := $(or $(shell sed -n 's/^experiment: *//p' $(CONFIG)),shapes)
 
-.PHONY: setup check demo report profile test test-slurm lint dag clean help
+.PHONY: setup lock wheelhouse models check demo report profile test test-slurm lint dag clean help
 
 help:
 	@echo "make demo   - run the default experiment (config/config.yaml) with profiles/default, then its report"
@@ -22,17 +28,37 @@ help:
 	@echo "make test-slurm - profiles/slurm on a single-node SLURM cluster started here (installs slurm-wlm, munge)"
 	@echo "make lint   - ruff and snakemake --lint"
 	@echo "make dag    - print the rule graph (mermaid)"
-	@echo "variables: CONFIG=path/to/config.yaml  SNAKEMAKE_ARGS='--cores 4'  PYTHON=python3.11"
+	@echo "make lock   - resolve requirements/*.txt afresh from pyproject.toml's bounds (network)"
+	@echo "make wheelhouse WHEELHOUSE=dir - every locked wheel in dir, for make setup WHEELHOUSE=dir on an offline host"
+	@echo "make models - the hub ids CONFIG needs (MODELS_ARGS=--download: into the Hugging Face cache, HF_HOME)"
+	@echo "variables: CONFIG=path/to/config.yaml  SNAKEMAKE_ARGS='--cores 4'  PYTHON=python3.11  TORCH_BUILD=cpu|cuda|none"
+	@echo "           WHEELHOUSE=dir  PY_VERSION=3.11 PLATFORM=manylinux_2_28_x86_64 (make wheelhouse for another host)"
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+# one stamp per torch build, so that TORCH_BUILD=cuda after a CPU set-up installs the CUDA build;
+# torch alone and --no-deps, so that TORCH_PAGE is read for torch only
+$(VENV)/.installed-$(TORCH_BUILD): pyproject.toml $(LOCK) $(wildcard requirements/torch-$(TORCH_BUILD).txt) | $(BIN)/activate
+	$(if $(filter none,$(TORCH_BUILD)),,$(PIP) --no-deps $(if $(WHEELHOUSE),,$(if $(filter cpu,$(TORCH_BUILD)),--find-links $(TORCH_PAGE))) -r requirements/torch-$(TORCH_BUILD).txt)
+	$(PIP) -r $(LOCK)
+	$(PIP) --no-deps -e .
+	$(BIN)/python scripts/lock.py check --torch $(TORCH_BUILD)
+	rm -f $(VENV)/.installed-*
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-$(TORCH_BUILD)
+
+lock:
+	$(PYTHON) scripts/lock.py resolve
+
+WHEELHOUSE_DIR = $(or $(WHEELHOUSE),wheelhouse)
+wheelhouse:
+	$(PYTHON) scripts/lock.py wheelhouse $(WHEELHOUSE_DIR) --torch $(TORCH_BUILD) --torch-page $(TORCH_PAGE) $(if $(PY_VERSION),--python-version $(PY_VERSION)) $(if $(PLATFORM),--platform $(PLATFORM))
+
+MODELS_ARGS ?=
+models: setup
+	@$(BIN)/python -m kd_core.hub $(CONFIG) $(MODELS_ARGS)
 
 # Snakemake reads --configfile before the workflow's checks, and reports a YAML error without its
 # line: kd_core.check reads the file strictly first (one line naming file, line and column).
