@@ -297,6 +297,8 @@ class Plan:
             inputs["efficiency"] = f"{self.out}/metrics/efficiency.parquet"
         if self.extractor != "none":
             inputs["distribution"] = f"{self.out}/metrics/distribution.parquet"
+        if self.world:  # attribute accuracy of the teacher and every width student
+            inputs["attributes"] = [f"{self.out}/metrics/attributes/{m}.parquet" for m in ["teacher", *self.size_models]]
         return inputs
 
     @property

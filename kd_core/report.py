@@ -116,6 +116,9 @@ def format_size_study(df: pd.DataFrame) -> pd.DataFrame:
         "GFLOPs / step": df["gflops_per_step"].map(num), "ms / image": df["latency_per_image_ms"].map(num),
         "peak MiB": df["peak_memory_mib"].map(num),
         "FID [95% CI]": [_ci(v, lo, hi, 4) for v, lo, hi in zip(df["fid"], df["fid_ci_low"], df["fid_ci_high"], strict=True)],
+        **({"attribute accuracy [95% CI]": [_ci(v, lo, hi) for v, lo, hi in
+                                            zip(df["accuracy"], df["accuracy_ci_low"], df["accuracy_ci_high"], strict=True)]}
+           if "accuracy" in df and df["accuracy"].notna().any() else {}),
         "frontier": np.where(df["on_frontier"], "yes", ""),
     })
 
@@ -142,7 +145,16 @@ def size_headline(df: pd.DataFrame, meta: dict) -> list[str]:
     col = meta.get("spearman_latency_column", "latency_per_image_ms")
     what = "U-Net step latency (interleaved timing)" if col == "step_ms" else "latency per image"
     latency = ", ".join(f"x{r.factor:g} {getattr(r, col):.4g} ms" for r in s.itertuples())
-    return [f"**Model size** ({len(s)} width students): noise-prediction MSE to the teacher {errors} "
+    init = {"teacher": ", each started from the teacher's most important channels",
+            "random": ", each started from random weights"}.get(meta.get("init"), "")
+    accuracy = ""
+    if "accuracy" in s and s["accuracy"].notna().any():
+        values = ", ".join(f"x{r.factor:g} {_ci(r.accuracy, r.accuracy_ci_low, r.accuracy_ci_high)}" for r in s.itertuples())
+        teacher = df[df["model"] == "teacher"]
+        of = f" (teacher {teacher['accuracy'].iloc[0]:.3g})" if len(teacher) and np.isfinite(teacher["accuracy"].iloc[0]) else ""
+        accuracy = (f"attribute accuracy {values}{of} (Spearman width vs accuracy "
+                    f"{meta.get('spearman_width_vs_accuracy', np.nan):+.2f}, p = {meta.get('spearman_width_vs_accuracy_p', np.nan):.2g}); ")
+    return [f"**Model size** ({len(s)} width students{init}): {accuracy}noise-prediction MSE to the teacher {errors} "
             f"(Spearman rank correlation of width with error {rho_e:+.2f}, p = {p_e:.2g}); {what} {latency} "
             f"(Spearman width vs latency {rho_l:+.2f}, p = {p_l:.2g}; {meta.get('spearman_p', 'p from scipy')})"
             + _batch_latency(s, meta) + "."]

@@ -156,6 +156,9 @@ rule size_study_summary:
         f"{OUT}/metrics/size_study.parquet",
     params:
         factors=PLAN.size_factors,
+        init=config["size_study"]["init"],
+        bootstrap=config["metrics"]["bootstrap"],
+        seed=config["seed"],
         code=adapter_code("size_study_summary"),
     log:
         f"{OUT}/logs/size_study_summary.log",

@@ -14,6 +14,7 @@ import pyarrow as pa
 from scipy.stats import rankdata, spearmanr
 
 from kd_core.io import write_parquet
+from kd_core.metrics.bootstrap import bootstrap_ci
 
 SIZE_SCHEMA = pa.schema([
     ("model", pa.string()), ("factor", pa.float64()), ("params", pa.int64()), ("mse_teacher", pa.float64()),
@@ -23,6 +24,7 @@ SIZE_SCHEMA = pa.schema([
     ("latency_per_step_ms", pa.float64()), ("latency_per_image_ms", pa.float64()),
     ("peak_memory_mib", pa.float64()), ("fid", pa.float64()), ("fid_ci_low", pa.float64()), ("fid_ci_high", pa.float64()),
     ("kid", pa.float64()), ("fid_x_mparams", pa.float64()), ("fid_x_seconds", pa.float64()), ("on_frontier", pa.bool_()),
+    ("accuracy", pa.float64()), ("accuracy_ci_low", pa.float64()), ("accuracy_ci_high", pa.float64()),
 ])
 
 
@@ -103,16 +105,36 @@ def _join_costs(out: pd.DataFrame, trajectory: str | Path, efficiency: str | Pat
     return lat
 
 
+def _accuracy(out: pd.DataFrame, attributes: list[str | Path], n_boot: int, seed: int) -> None:
+    """Adds the attribute accuracy of each model (the shapes world's classifier reading its eval
+    images): per image the fraction of attributes drawn right, then the mean over images and its
+    bootstrap 95% CI over images. NaN where a model has no attribute table."""
+    per_image = {}
+    for path in attributes:
+        a = pd.read_parquet(path)
+        a = a[a["split"] == "eval"]
+        if len(a):
+            per_image[str(a["model"].iloc[0])] = a.groupby(["prompt_id", "seed"])["correct"].mean().to_numpy(float)
+    rng = np.random.default_rng(seed)
+    stats = {m: (float(x.mean()), *bootstrap_ci(x, rng, n_boot)) for m, x in sorted(per_image.items())}
+    for i, col in enumerate(("accuracy", "accuracy_ci_low", "accuracy_ci_high")):
+        out[col] = [stats[m][i] if m in stats else np.nan for m in out["model"]]
+
+
 def size_study_summary(timestep: str | Path, trajectory: str | Path, efficiency: str | Path | None, distribution: str | Path | None,
                  factors: dict[str, float], out_path: str | Path | None = None, reference: str = "real",
-                 latency: str | Path | None = None) -> pd.DataFrame:
+                 latency: str | Path | None = None, attributes: list[str | Path] = (), init: str | None = None,
+                 n_boot: int = 5000, seed: int = 0) -> pd.DataFrame:
     """Join the size study's tables (FID/KID against ``reference`` images, eval split). ``step_ms``:
     the interleaved U-Net step latency at the smallest batch (kd_core.metrics.latency; CI over
     rounds), ``step_ms_batch`` at the largest; the efficiency table's whole-pipeline latencies and
-    memory beside them."""
+    memory beside them; attribute accuracy [CI] from the per-model ``attributes`` tables (shapes
+    world); ``init`` (how the students were initialised) goes to the metadata."""
     out = _errors(timestep, factors)
     lat = _join_costs(out, trajectory, efficiency, latency, distribution, reference)
+    _accuracy(out, list(attributes), n_boot, seed)
     students = out[out["model"] != "teacher"]
+    rho_acc = _spearman(students["factor"], students["accuracy"])
     rho_err = _spearman(students["factor"], students["mse_teacher"])
     timed = "step_ms" if students["step_ms"].notna().any() else "latency_per_image_ms"
     rho_lat = _spearman(students["factor"], students[timed])
@@ -121,7 +143,9 @@ def size_study_summary(timestep: str | Path, trajectory: str | Path, efficiency:
             "spearman_width_vs_latency": rho_lat[0], "spearman_width_vs_latency_p": rho_lat[1],
             "spearman_latency_column": timed, "latency_batches": sorted(int(b) for b in lat["batch_size"].unique()),
             "spearman_width_vs_latency_batch": rho_big[0], "spearman_width_vs_latency_batch_p": rho_big[1],
+            "spearman_width_vs_accuracy": rho_acc[0], "spearman_width_vs_accuracy_p": rho_acc[1],
             "spearman_p": "exact permutation p with up to 8 students, else the t approximation",
+            "init": init,
             "fid_reference": reference,
             "mse_teacher": "per image the mean over timestep buckets, then the mean and bootstrap 95% CI over images"}
     out = out[SIZE_SCHEMA.names]

@@ -122,3 +122,29 @@ def test_heatmap_needs_students(tmp_path):
     teacher_only = pd.read_parquet(tmp_path / "ts.parquet").query("model == 'teacher'")
     with pytest.raises(KDError, match="no width students"):
         heatmap(teacher_only, tmp_path / "x.png")
+
+
+def test_size_summary_reads_attribute_accuracy(tmp_path):
+    """Per image the fraction of attributes drawn right, then the mean over images with a bootstrap CI;
+    Spearman of width with it in the metadata, and how the students began."""
+    tables(tmp_path)
+    right = {"teacher": [1, 1, 1, 1], "w0p25": [0, 0, 1, 0], "w0p5": [1, 0, 1, 0], "w1": [1, 1, 1, 0]}  # 4 images
+    paths = []
+    for model, per_image in right.items():
+        rows = [{"model": model, "split": split, "prompt_id": f"p{i}", "seed": 7, "attribute": attr, "target": "x",
+                 "predicted": "x", "correct": bool(ok) if attr == "shape" else True}
+                for split in ("eval", "train") for i, ok in enumerate(per_image) for attr in ("shape", "colour")]
+        pd.DataFrame(rows).to_parquet(tmp_path / f"{model}.parquet", index=False)
+        paths.append(tmp_path / f"{model}.parquet")
+    out = size_study_summary(tmp_path / "ts.parquet", tmp_path / "tr.parquet", tmp_path / "eff.parquet", tmp_path / "dist.parquet",
+                             FACTORS, tmp_path / "size.parquet", attributes=paths, init="teacher", n_boot=2000).set_index("model")
+    # two attributes per image, colour always right: accuracy = (1 + shape) / 2 per image
+    expected = {m: np.mean([(1 + ok) / 2 for ok in v]) for m, v in right.items()}
+    assert out["accuracy"].to_dict() == pytest.approx(expected)
+    assert (out["accuracy_ci_low"] <= out["accuracy"]).all() and (out["accuracy"] <= out["accuracy_ci_high"]).all()
+    assert out.loc["w0p5", "accuracy_ci_low"] < out.loc["w0p5", "accuracy_ci_high"]
+    meta = load_summary(tmp_path / "size.parquet").attrs
+    assert meta["spearman_width_vs_accuracy"] == pytest.approx(1.0) and meta["init"] == "teacher"
+    without = size_study_summary(tmp_path / "ts.parquet", tmp_path / "tr.parquet", tmp_path / "eff.parquet",
+                                 tmp_path / "dist.parquet", FACTORS)
+    assert without["accuracy"].isna().all()

@@ -36,3 +36,15 @@ def test_width_student_trains_saves_and_samples(tiny_sd15, images, tmp_path):
     assert_drawn(image, (64, 64))
     meta = json.loads((tmp_path / "model" / "size_study.json").read_text())
     assert meta["size_study"]["factor"] == 0.5 and meta["params_student"] < meta["params_teacher"] / 2
+
+
+@pytest.mark.parametrize("init", ["teacher", "random"])
+def test_full_width_student_from_the_teacher_starts_as_the_teacher(tiny_sd15, images, tmp_path, init):
+    """init: teacher at x1 starts with the teacher's outputs (output-KD term 0 at the first step);
+    init: random does not."""
+    train_width_student(str(tiny_sd15), DataConfig(source=str(images)), tmp_path / "model", tmp_path / "run",
+                        SizeStudyConfig(factor=1.0, init=init, val_fraction=0.34),
+                        TrainConfig(max_steps=1, batch_size=2, device="cpu", lr=1e-3))
+    loss = pd.read_parquet(tmp_path / "run" / "loss.parquet")
+    first = loss[(loss["split"] == "train") & (loss["step"] == 1)].set_index("term")["value"]
+    assert (first["out_kd"] < 1e-12) == (init == "teacher"), first["out_kd"]

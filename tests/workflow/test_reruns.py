@@ -80,6 +80,9 @@ MATRIX: dict[str, tuple[dict, set[str]]] = {
     "feature-KD weight": ({"block_kd.w_feat": 0.5}, {
         *(f"train_block_kd[bk={b}]" for b in ("bk_small", "bk_small_nofeat")), gen("bk_small"), gen("bk_small_nofeat"),
         *pairwise("bk_small", "bk_small_nofeat"), *ALL_MODELS_EVAL, *NEW_WEIGHTS}),
+    "width students from random weights": ({"size_study.init": "random"}, {
+        *(f"train_width_student[width_student={w}]" for w in ("w0p5", "w1")), gen("w0p5"), gen("w1"),
+        *pairwise("w0p5", "w1"), *ALL_MODELS_EVAL, *NEW_WEIGHTS, "size_latency", "timestep_mse", "trajectory"}),
     "a width factor added": ({"size_study.factors": [0.5, 0.75, 1.0]}, {
         "train_width_student[width_student=w0p75]", gen("w0p75"), *pairwise("w0p75"), *ALL_MODELS_EVAL,
         *NEW_WEIGHTS, "size_latency", "timestep_mse", "trajectory"}),
