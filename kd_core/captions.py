@@ -67,12 +67,19 @@ def load_pairs(cfg: DataConfig) -> pd.DataFrame:
     return out.iloc[: cfg.max_items].reset_index(drop=True)
 
 
-def _load_hub_dataset(cfg: DataConfig) -> pd.DataFrame:  # pragma: no cover - needs the network or a datasets cache
+def _load_hub_dataset(cfg: DataConfig) -> pd.DataFrame:
+    """A Hugging Face dataset (from its cache when HF_HUB_OFFLINE=1): its images written once as PNG
+    files under the datasets cache, in a folder per (name, split, filter), since the n-th image of a
+    split depends on the filter."""
+    import hashlib
+    import json
+
     try:
         import datasets
     except ImportError:
         raise KDError(f"dataset {cfg.source!r} looks like a Hugging Face dataset name: pip install datasets") from None
-    ds = datasets.load_dataset(cfg.source, split=cfg.split or "train")
+    split = cfg.split or "train"
+    ds = datasets.load_dataset(cfg.source, split=split)
     for col, want in (cfg.filter or {}).items():
         keep = set(want) if isinstance(want, list) else {want}
         ds = ds.filter(lambda ex, col=col, keep=keep: ex[col] in keep)
@@ -80,7 +87,8 @@ def _load_hub_dataset(cfg: DataConfig) -> pd.DataFrame:  # pragma: no cover - ne
     ccol = cfg.caption_column or next((c for c in CAPTION_COLUMNS if c in ds.column_names), None)
     if ccol is None and cfg.caption_template is None:
         raise KDError(f"dataset {cfg.source!r} has no caption column; set lora.caption_template")
-    cache = Path(datasets.config.HF_DATASETS_CACHE) / "kd_core_images" / cfg.source.replace("/", "__")
+    selection = hashlib.sha256(json.dumps(cfg.filter or {}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    cache = Path(datasets.config.HF_DATASETS_CACHE) / "kd_core_images" / f"{cfg.source.replace('/', '__')}__{split}__{selection}"
     rows = []
     for i, item in enumerate(ds):
         if cfg.max_items is not None and i >= cfg.max_items:
