@@ -145,7 +145,9 @@ def test_smoke_size_study(smoke_repo):
     assert (size["step_ms"] > 0).all() and size.loc["w0p5", "gflops_per_step"] < size.loc["w1", "gflops_per_step"]
     assert size.loc["w1", "gflops_per_step"] == size.loc["teacher", "gflops_per_step"]
     paper = (out / "paper" / "summary.md").read_text()
-    assert "**Model size** (2 width students)" in paper and "](../figures/size_heatmap.png)" in paper
+    assert ("**Model size** (2 width students, each started from the teacher's most important channels): "
+            "attribute accuracy x0.5 ") in paper and "](../figures/size_heatmap.png)" in paper
+    assert size["accuracy"].between(0, 1).all() and (size["accuracy_ci_low"] <= size["accuracy_ci_high"]).all()
     assert planned_jobs(smoke_repo, "size_study", *SMOKE) == {}  # the named target: all done
 
 
