@@ -39,6 +39,8 @@ def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict
                           "add one, enable size_study (its width students are compared with the teacher), or set "
                           "'evaluate_images: false'")
     folders = {name: _check_model(cfg, name, model) for name, model in cfg["models"].items()}
+    if main is None:
+        _check_unconditional(cfg, folders)
     lora = cfg["lora"]
     if lora["enabled"]:
         if lora["student"] not in cfg["models"] or lora["student"] == "teacher":
@@ -97,9 +99,36 @@ def _model_source(value: str, key: str, pipeline: bool = False) -> Path | None:
     return folder
 
 
+def _check_unconditional(cfg: dict[str, Any], folders: dict[str, Path | None]) -> None:
+    """``prompts.grammar: null``: a study without text. Every model must sample without a prompt and
+    every study must be one that needs none (the model-size study)."""
+    for section in ("lora", "block_kd", "dmkd"):
+        if cfg[section]["enabled"]:
+            raise ConfigError(f"config key 'prompts.grammar' is null (an unconditional study, no text) but "
+                              f"'{section}.enabled' is true, which trains on prompts; set a grammar or disable {section}")
+    if cfg["world"]["enabled"]:
+        raise ConfigError("config key 'prompts.grammar' is null (an unconditional study) but 'world.enabled' is true, "
+                          "whose models draw prompts; set 'prompts.grammar: shapes' or 'world.enabled: false'")
+    for name, model in cfg["models"].items():
+        source, folder = model["source"], folders.get(name)
+        text = source.startswith(("toy:", "tiny:sd")) or (
+            folder is not None and any((folder / sub).is_dir() for sub in ("text_encoder", "text_encoder_2")))
+        if text:
+            raise ConfigError(f"config key 'models.{name}.source' is {source!r}, a text-to-image model, but "
+                              "'prompts.grammar' is null (an unconditional study); set a grammar, or use an "
+                              "unconditional model (ddpm:teacher, a DDPMPipeline or LDMPipeline folder)")
+
+
 def _check_prompts(cfg: dict[str, Any]):
-    """Both grammars load; the shapes world can draw the main one's slots; it has enough prompts. Returns it."""
+    """Both grammars load; the shapes world can draw the main one's slots; it has enough prompts. Returns
+    it (None for an unconditional study: no grammar, the counts are sample counts)."""
     p = cfg["prompts"]
+    if p["grammar"] is None:
+        if p["seeds_per_prompt"] != 1:
+            raise ConfigError(f"config key 'prompts.seeds_per_prompt' is {p['seeds_per_prompt']} but 'prompts.grammar' "
+                              "is null: an unconditional study's n_train / n_eval / n_filler are sample counts, one "
+                              "seed each; set seeds_per_prompt: 1 and the counts you want")
+        return None
     grammars = {}
     for key in ("grammar", "filler_grammar"):
         try:

@@ -150,7 +150,7 @@ def load_grammar(name_or_path: str) -> Grammar:
 class PromptConfig:
     """How many prompts of which grammar go into each split (see ``config/schema.yaml``)."""
 
-    grammar: str = "shapes"
+    grammar: str | None = "shapes"  # None: an unconditional study (no text), one sample per row, named by seed
     filler_grammar: str = "shapes"
     n_train: int = 256
     n_eval: int = 32
@@ -209,6 +209,8 @@ def split_fields(cfg: PromptConfig, split: str) -> tuple[str, ...]:
     train and eval whatever their counts; from another grammar, or a huge one, they are drawn apart
     from the train and eval prompts, so they depend on those counts too.
     """
+    if cfg.grammar is None:  # unconditional: each split its own count and seed stream
+        return ("grammar", f"n_{split}", "seeds_per_prompt")
     if split in _SPLIT_FIELDS:
         return _SPLIT_FIELDS[split]
     fields = ("grammar", "filler_grammar", "n_filler", "seeds_per_prompt", "negative_prompt")
@@ -228,6 +230,8 @@ def _main_count(cfg: PromptConfig, main: Grammar, with_eval: bool) -> int:
 
 def synthesize_split(cfg: PromptConfig, split: str) -> pd.DataFrame:
     """The ``split`` table (train, eval or filler): deterministic in the fields :func:`split_fields` names."""
+    if cfg.grammar is None:
+        return _unconditional_split(cfg, split)
     main = load_grammar(cfg.grammar)
     same = cfg.filler_grammar == cfg.grammar and main.size <= _SMALL
     # reads n_train (and n_eval) only where the split depends on them
@@ -258,8 +262,27 @@ def synthesize_split(cfg: PromptConfig, split: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PROMPT_SCHEMA.names + grammar.attributes)
 
 
+#: The ``grammar`` column of an unconditional study's tables.
+UNCONDITIONAL = "unconditional"
+
+
+def _unconditional_split(cfg: PromptConfig, split: str) -> pd.DataFrame:
+    """An unconditional study's ``split``: ``n_<split>`` samples, each its own row with an empty
+    prompt and a distinct seed of the split's own stream; ``prompt_id`` names the sample. The
+    first k samples do not depend on the count."""
+    n = {"train": cfg.n_train, "eval": cfg.n_eval, "filler": cfg.n_filler}[split]
+    rng, seeds = _stream(cfg.seed, "seeds", split), {}
+    while len(seeds) < n:  # one draw at a time: a larger count keeps the first samples' seeds
+        seeds.setdefault(int(rng.integers(2**31 - 1)), None)
+    rows = [{"prompt_id": f"{split}-{i:05d}", "split": split, "prompt": "", "negative_prompt": "", "seed": int(seed),
+             "grammar": UNCONDITIONAL} for i, seed in enumerate(seeds)]
+    return pd.DataFrame(rows, columns=PROMPT_SCHEMA.names)
+
+
 def synthesize_prompts(cfg: PromptConfig) -> dict[str, pd.DataFrame]:
     """The train / eval / filler prompt tables (deterministic in ``cfg.seed``)."""
+    if cfg.grammar is None:
+        return {split: _unconditional_split(cfg, split) for split in SPLITS}
     main = load_grammar(cfg.grammar)
     total = _main_count(cfg, main, with_eval=True) + cfg.n_filler
     if cfg.filler_grammar == cfg.grammar and total > main.size:

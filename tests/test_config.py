@@ -80,6 +80,16 @@ def test_every_config_is_checked():
      "config key 'metrics.features.extractor' is 'classifier', which needs 'world.enabled: true'"),
     ({"metrics": {"features": {"extractor": "inception"}}}, "config key 'metrics.features.extractor' is 'inception': set"),
     ({"metrics": {"clip_model": "./no/clip"}}, "config key 'metrics.clip_model': local path './no/clip' does not exist"),
+    # an unconditional study (no grammar): only models and studies without text
+    ({"prompts": {"grammar": None}, "lora": {"enabled": True}}, "config key 'prompts.grammar' is null (an unconditional study, no text) but "
+     "'lora.enabled' is true, which trains on prompts; set a grammar or disable lora"),
+    ({"prompts": {"grammar": None}, "lora": {"enabled": False}, "block_kd": {"enabled": False}, "dmkd": {"enabled": False}},
+     "config key 'prompts.grammar' is null (an unconditional study) but 'world.enabled' is true"),
+    ({"prompts": {"grammar": None, "seeds_per_prompt": 4}}, "config key 'prompts.seeds_per_prompt' is 4 but 'prompts.grammar' is null"),
+    ({"world": {"enabled": False}, "prompts": {"grammar": None}, "lora": {"enabled": False}, "block_kd": {"enabled": False},
+      "dmkd": {"enabled": False}, "size_study": {"enabled": True},
+      "models": {"teacher": {"source": "tiny:sd"}}},
+     "config key 'models.teacher.source' is 'tiny:sd', a text-to-image model, but 'prompts.grammar' is null"),
 ])
 def test_bad_config_is_one_line_naming_the_key(schema, patch, message):
     with pytest.raises(ConfigError) as info:

@@ -113,3 +113,20 @@ def test_every_grammar_word_is_one_token():
     assert len(set(ids)) == len(words) and tok.unk_token_id not in ids  # one distinct token per word
     pieces = tok.tokenize("zebra")  # an unknown word still tokenizes, into pieces that spell it
     assert len(pieces) > 1 and "".join(pieces) == "zebra</w>"
+
+
+def test_unconditional_tables_are_samples_named_by_seed():
+    """grammar None: n_<split> rows each, an empty prompt and a distinct seed per row; a split's table
+    depends on its own count only."""
+    cfg = PromptConfig(grammar=None, n_train=50, n_eval=20, n_filler=0, seed=3)
+    tables = synthesize_prompts(cfg)
+    assert [len(tables[s]) for s in ("train", "eval", "filler")] == [50, 20, 0]
+    train, ev = tables["train"], tables["eval"]
+    assert set(train["prompt"]) == {""} and set(train["grammar"]) == {"unconditional"}
+    assert train["prompt_id"].is_unique and train["seed"].is_unique and not set(train["seed"]) & set(ev["seed"])
+    assert list(train.columns) == PROMPT_SCHEMA.names
+    assert split_fields(cfg, "eval") == ("grammar", "n_eval", "seeds_per_prompt")
+    more = synthesize_split(PromptConfig(grammar=None, n_train=80, n_eval=20, n_filler=0, seed=3), "eval")
+    pd.testing.assert_frame_equal(more, ev)
+    grown = synthesize_split(PromptConfig(grammar=None, n_train=80, n_eval=20, n_filler=0, seed=3), "train")
+    pd.testing.assert_frame_equal(grown.iloc[:50], train)  # more samples extend the table

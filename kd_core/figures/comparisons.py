@@ -53,7 +53,8 @@ def side_by_side(manifests: dict[str, str | os.PathLike], out_png: str | os.Path
                     ax.set_title(m)
             text = axes[i, -1]
             text.axis("off")
-            text.text(0, 0.5, "\n".join(textwrap.wrap(tables[models[0]].loc[key, "prompt"], 28)), va="center", fontsize=7)
+            label = tables[models[0]].loc[key, "prompt"] or f"seed {key[1]}"  # no text: the sample's seed
+            text.text(0, 0.5, "\n".join(textwrap.wrap(label, 28)), va="center", fontsize=7)
         fig.suptitle(f"Same prompt and seed per row ({split} prompts)")
         fig.tight_layout()
         return save_figure(fig, out_png)

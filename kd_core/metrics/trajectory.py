@@ -146,5 +146,7 @@ def trajectories(teacher: str, students: dict[str, str], factors: dict[str, floa
             save_file({k: v.contiguous() for k, v in images.items()}, str(tmp),
                       metadata={"models": ",".join(images), "steps": ",".join(map(str, grid)),
                                 "timesteps": ",".join(str(timesteps[i]) for i in grid),
-                                "prompts": "\n".join(rows_p["prompt"])})
+                                # each sample's prompt, or its seed in a study without text
+                                "prompts": "\n".join(str(p) if p else f"seed {int(sd)}"
+                                                     for p, sd in zip(rows_p["prompt"], rows_p["seed"], strict=True))})
     return table

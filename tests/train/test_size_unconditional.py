@@ -68,3 +68,5 @@ def test_unconditional_width_student_and_analyses(teacher_dir, tmp_path):
     assert set(tr["step"]) == {0, 1, 2} and (tr["distance"] > 0).all()
     with safe_open(tmp_path / "x0.safetensors", "pt") as f:
         assert f.get_tensor("w0p5").shape == (2, 2, 3, 16, 16)  # pixels: x0 itself; latents: x0 decoded
+        # no text: the denoising grid names each sample by its seed
+        assert f.metadata()["prompts"].split("\n") == [f"seed {s}" for s in prompts["seed"][:2]]

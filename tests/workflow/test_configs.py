@@ -44,7 +44,7 @@ def test_dmkd_cifar10_config_dry_run(tmp_path):
     assert "results/dmkd_cifar10/dmkd/synthetic/g7p5/manifest.parquet" in out and "gpu=1" in out
 
 
-def test_size_study_cifar10_config_dry_run(tmp_path):
+def test_size_study_cifar10_config_dry_run(tmp_path, monkeypatch):
     """The CIFAR-10 size study: a pixel DDPM teacher from the folder, 4 width students, their analyses."""
     for split in ("train", "test"):
         image_folder(tmp_path / "cifar10" / split, ["cat"])
@@ -57,6 +57,15 @@ def test_size_study_cifar10_config_dry_run(tmp_path):
                     "distribution": 1, "efficiency": 1, "summary": 1, "figure_metrics": 1, "figure_distribution": 1,
                     "figure_efficiency": 1, "figure_loss": 1, "comparison_models": 1, "paper": 1, "all": 1}
     assert "results/size_study_cifar10/models/ddpm_teacher" in out and "results/size_study_cifar10/models/w0p25" in out
+    # no grammar: the prompt tables are the sample counts, an empty prompt and a seed each
+    from kd_core.check import check
+    from kd_core.config import build
+    from kd_core.prompts import PromptConfig, synthesize_split
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # its CLIP hub id is not in this machine's cache
+    prompts = build(PromptConfig, check([str(cfg)], schema=ROOT / "config/schema.yaml")["prompts"])
+    train = synthesize_split(prompts, "train")
+    assert len(train) == 5000 and set(train["prompt"]) == {""} and train["seed"].is_unique
     assert "gpu=1" in out
     missing = cfg.with_name("missing.yaml")
     missing.write_text(text.replace("data/cifar10/train", "/nonexistent/cifar10/train"))
@@ -66,7 +75,8 @@ def test_size_study_cifar10_config_dry_run(tmp_path):
     # a latent DDPM on the shapes world's autoencoder: trained after the toy models that hold it
     latent = cfg.with_name("latent.yaml")
     latent.write_text(cfg.read_text().replace("world: {enabled: false}", "world: {enabled: true}")
-                      .replace("grammar: dogs", "grammar: shapes").replace("filler_grammar: artistic", "filler_grammar: shapes")
+                      .replace("grammar: null", "grammar: shapes").replace("n_train: 5000", "n_train: 250")
+                      .replace("n_eval: 1000", "n_eval: 50")
                       .replace("ddpm_teacher:\n", "ddpm_teacher:\n  vae: toy:teacher\n"))
     jobs, out = plan(ROOT, "--configfile", str(latent))
     assert jobs["toy_base"] == 1 and jobs["toy_unet"] == 1 and jobs["train_ddpm"] == 1  # the teacher holds the VAE
