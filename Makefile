@@ -10,7 +10,8 @@ TORCH_BUILD ?= cpu
 # WHEELHOUSE=<folder>: install from that folder only (make wheelhouse), with no network
 WHEELHOUSE ?=
 LOCK   := requirements/lock.txt
-# where torch's CPU build is found (PyPI's Linux torch is the CUDA build); read for torch alone
+# where torch's CPU build is found (PyPI's Linux torch is the CUDA build), read for torch alone; empty:
+# only where pip looks already (a mirror or find-links folder)
 TORCH_PAGE ?= https://download.pytorch.org/whl/torch/
 PIP    = $(BIN)/python -m pip install --quiet --disable-pip-version-check $(if $(WHEELHOUSE),--no-index --find-links $(WHEELHOUSE))
 SNAKEMAKE_ARGS ?=
@@ -40,7 +41,7 @@ $(BIN)/activate:
 # one stamp per torch build, so that TORCH_BUILD=cuda after a CPU set-up installs the CUDA build;
 # torch alone and --no-deps, so that TORCH_PAGE is read for torch only
 $(VENV)/.installed-$(TORCH_BUILD): pyproject.toml $(LOCK) $(wildcard requirements/torch-$(TORCH_BUILD).txt) | $(BIN)/activate
-	$(if $(filter none,$(TORCH_BUILD)),,$(PIP) --no-deps $(if $(WHEELHOUSE),,$(if $(filter cpu,$(TORCH_BUILD)),--find-links $(TORCH_PAGE))) -r requirements/torch-$(TORCH_BUILD).txt)
+	$(if $(filter none,$(TORCH_BUILD)),,$(PIP) --no-deps $(if $(WHEELHOUSE),,$(if $(and $(filter cpu,$(TORCH_BUILD)),$(TORCH_PAGE)),--find-links $(TORCH_PAGE))) -r requirements/torch-$(TORCH_BUILD).txt)
 	$(PIP) -r $(LOCK)
 	$(PIP) --no-deps -e .
 	$(BIN)/python scripts/lock.py check --torch $(TORCH_BUILD)
@@ -54,7 +55,7 @@ lock:
 
 WHEELHOUSE_DIR = $(or $(WHEELHOUSE),wheelhouse)
 wheelhouse:
-	$(PYTHON) scripts/lock.py wheelhouse $(WHEELHOUSE_DIR) --torch $(TORCH_BUILD) --torch-page $(TORCH_PAGE) $(if $(PY_VERSION),--python-version $(PY_VERSION)) $(if $(PLATFORM),--platform $(PLATFORM))
+	$(PYTHON) scripts/lock.py wheelhouse $(WHEELHOUSE_DIR) --torch $(TORCH_BUILD) --torch-page "$(TORCH_PAGE)" $(if $(PY_VERSION),--python-version $(PY_VERSION)) $(if $(PLATFORM),--platform $(PLATFORM))
 
 MODELS_ARGS ?=
 models: setup

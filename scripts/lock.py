@@ -171,7 +171,7 @@ def cmd_wheelhouse(args) -> int:
     files = [LOCK] + ([] if args.torch == "none" else [TORCH_FILES[args.torch]])
     for path in files:
         # --no-deps: the lock is already every package; a package with no wheel comes as its sdist
-        page = ["--find-links", args.torch_page] if path == TORCH_FILES["cpu"] else []
+        page = ["--find-links", args.torch_page] if path == TORCH_FILES["cpu"] and args.torch_page else []
         _pip("download", "--no-deps", "--quiet", "--disable-pip-version-check", "-d", str(out), *target, *page,
              "-r", str(path))
     for sdist in sorted(p for p in out.iterdir() if p.name.endswith((".tar.gz", ".zip"))):
