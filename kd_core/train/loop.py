@@ -27,6 +27,10 @@ would over the same global batch. The loop adds what a researcher expects of a l
   evaluation, never used to choose weights);
 - an optional exponential moving average of the trained weights (``ema_decay``), checkpointed with
   them; when set, the run ends with the EMA weights;
+- losses with state (a target network, :class:`kd_core.train.targets.EMATarget`): a loss object
+  with ``after_step(model, step)`` is called after every optimizer step (after the EMA), and one
+  with ``state_dict()`` / ``load_state_dict()`` has its state saved in every checkpoint
+  (``loss_state.safetensors``) and restored on resume, so a resumed run ends as an uninterrupted one;
 - a NaN or inf loss stops the run with a one-line error and keeps the last good checkpoint;
 - ``loss.parquet``: every loss term per step, and the validation loss per evaluation; tqdm progress.
 
@@ -391,6 +395,8 @@ class Trainer:
         while run.step < self.total and not run.stopped:
             terms, epoch = self._step(run.step)
             self._update_ema(run.step)
+            if hasattr(self.loss_fn, "after_step"):  # a loss with state: its target follows the new weights
+                self.loss_fn.after_step(self.unwrapped, run.step)
             run.step += 1
             run.rows += [{"step": run.step, "epoch": epoch, "split": "train", "term": k, "value": v} for k, v in terms.items()]
             run.rows.append({"step": run.step, "epoch": epoch, "split": "train", "term": "lr",
@@ -420,6 +426,12 @@ class Trainer:
         if self.ema is not None:
             self.ema = load_file(str(last / "ema.safetensors"))
             self._ema_pairs = None
+        if hasattr(self.loss_fn, "load_state_dict"):
+            state = last / "loss_state.safetensors"
+            if not state.is_file():
+                raise KDError(f"{self.name}: checkpoint {last} lacks loss_state.safetensors, the state of this run's "
+                              f"loss; delete {self.ckpt_dir} to train afresh")
+            self.loss_fn.load_state_dict(load_file(str(state), device=str(self.accelerator.device)))
         tqdm.write(f"{self.name}: resuming from {last} (step {run.step} of {self.total})", file=sys.stderr)
         return run
 
@@ -542,6 +554,8 @@ class Trainer:
                     save_file(self.best, str(tmp / "best.safetensors"))
                 if self.ema is not None:
                     save_file(self.ema, str(tmp / "ema.safetensors"))
+                if hasattr(self.loss_fn, "state_dict"):
+                    save_file(self.loss_fn.state_dict(), str(tmp / "loss_state.safetensors"))
                 pd.DataFrame(run.rows, columns=LOSS_SCHEMA.names).to_parquet(tmp / "loss_rows.parquet")
                 # written last, with every other file's checksum: marks the checkpoint complete
                 write_json(tmp / "trainer.json", {**run.meta(self.run_key, self.cfg), "files": file_checksums(tmp)})

@@ -470,3 +470,77 @@ def test_retention_after_a_damaged_newest_checkpoint_keeps_intact_ones(tmp_path)
     assert all(checkpoint_meta(p)[0] is not None for p in kept)  # intact: the step-9 one made again
     assert (tmp_path / "checkpoints" / "damaged-step-00000009").is_dir()
     assert not (tmp_path / "checkpoints" / "step-00000006").exists()
+
+
+class TargetLoss:
+    """A loss with state: the task MSE plus agreement with an EMA target network of the model (the
+    shape of latent consistency distillation's online / target pair)."""
+
+    def __init__(self, model, decay=0.8, stop_at=None):
+        from kd_core.train.targets import EMATarget
+
+        self.target, self.calls, self.stop_at, self.updates = EMATarget(model, decay), 0, stop_at, []
+
+    def __call__(self, model, batch, gen):
+        self.calls += 1
+        if self.stop_at is not None and self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        idx = batch.local
+        out = model(X[idx]).squeeze(-1)
+        with torch.no_grad():
+            target = self.target.net(X[idx]).squeeze(-1)
+        task, agree = ((out - Y[idx]) ** 2).mean(), ((out - target) ** 2).mean()
+        return {"loss": task + agree, "task_mse": task, "target_mse": agree}
+
+    def after_step(self, model, step):
+        self.updates.append(step)
+        self.target.update(model)
+
+    def state_dict(self):
+        return self.target.state_dict()
+
+    def load_state_dict(self, state):
+        self.target.load_state_dict(state)
+
+
+def _target_run(folder, stop_at=None):
+    model = make_model()
+    loss = TargetLoss(model, stop_at=stop_at)
+    return model, loss, Trainer(model, loss, len(X), folder, CFG).fit()
+
+
+def test_a_loss_with_a_target_network_follows_the_steps_and_resumes_exactly(tmp_path):
+    model, loss, _ = _target_run(tmp_path / "ref")
+    assert loss.updates == list(range(12))  # once after every optimizer step
+    # the target lags the trained weights by the EMA, and is not the initial network either
+    first = make_model().state_dict()
+    target = loss.target.state_dict()
+    assert not torch.equal(target["0.weight"], model.state_dict()["0.weight"])
+    assert not torch.equal(target["0.weight"], first["0.weight"])
+    with pytest.raises(KeyboardInterrupt):
+        _target_run(tmp_path / "run", stop_at=8)  # dies during step 8, after the step-6 checkpoint
+    last = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert (last / "loss_state.safetensors").is_file()
+    resumed, resumed_loss, result = _target_run(tmp_path / "run")
+    assert result.resumed_from == 6 and resumed_loss.updates == list(range(6, 12))
+    for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for k, v in loss.target.state_dict().items():
+        assert torch.equal(v, resumed_loss.target.state_dict()[k]), k
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ref" / "loss.parquet"),
+                                  pd.read_parquet(tmp_path / "run" / "loss.parquet"))
+
+
+def test_ema_target_update_and_decay_bounds():
+    from kd_core.train.targets import EMATarget
+
+    online = torch.nn.Linear(2, 1)
+    target = EMATarget(online, 0.75)
+    assert not any(p.requires_grad for p in target.net.parameters())
+    with torch.no_grad():
+        before = target.net.weight.clone()
+        online.weight.add_(4.0)
+    target.update(online)
+    assert torch.allclose(target.net.weight, 0.75 * before + 0.25 * online.weight)
+    with pytest.raises(ValueError, match="EMA decay 1.0 is outside"):
+        EMATarget(online, 1.0)
