@@ -28,8 +28,8 @@ would over the same global batch. The loop adds what a researcher expects of a l
 - an optional exponential moving average of the trained weights (``ema_decay``), checkpointed with
   them; when set, the run ends with the EMA weights;
 - losses with state (a target network, :class:`kd_core.train.targets.EMATarget`): a loss object
-  with ``after_step(model, step)`` is called after every optimizer step (after the EMA), and one
-  with ``state_dict()`` / ``load_state_dict()`` has its state saved in every checkpoint
+  with ``after_step(model, step)`` is called after every optimizer step (after the EMA); if it also
+  has ``state_dict()`` / ``load_state_dict()``, its state is saved in every checkpoint
   (``loss_state.safetensors``) and restored on resume, so a resumed run ends as an uninterrupted one;
 - a NaN or inf loss stops the run with a one-line error and keeps the last good checkpoint;
 - ``loss.parquet``: every loss term per step, and the validation loss per evaluation; tqdm progress.
@@ -363,6 +363,9 @@ class Trainer:
         if cfg.ema_decay is not None:
             self.ema = trainable_state(self.unwrapped)
         self.best: dict[str, torch.Tensor] | None = None
+        # a loss with state declares after_step; its state_dict travels with the checkpoints (a loss that
+        # merely holds modules, such as a frozen teacher, keeps nothing there)
+        self._loss_state = hasattr(loss_fn, "after_step") and hasattr(loss_fn, "state_dict")
         self.accelerator.register_save_state_pre_hook(self._save_hook)
         self.accelerator.register_load_state_pre_hook(self._load_hook)
 
@@ -426,7 +429,7 @@ class Trainer:
         if self.ema is not None:
             self.ema = load_file(str(last / "ema.safetensors"))
             self._ema_pairs = None
-        if hasattr(self.loss_fn, "load_state_dict"):
+        if self._loss_state:
             state = last / "loss_state.safetensors"
             if not state.is_file():
                 raise KDError(f"{self.name}: checkpoint {last} lacks loss_state.safetensors, the state of this run's "
@@ -554,7 +557,7 @@ class Trainer:
                     save_file(self.best, str(tmp / "best.safetensors"))
                 if self.ema is not None:
                     save_file(self.ema, str(tmp / "ema.safetensors"))
-                if hasattr(self.loss_fn, "state_dict"):
+                if self._loss_state:
                     save_file(self.loss_fn.state_dict(), str(tmp / "loss_state.safetensors"))
                 pd.DataFrame(run.rows, columns=LOSS_SCHEMA.names).to_parquet(tmp / "loss_rows.parquet")
                 # written last, with every other file's checksum: marks the checkpoint complete
