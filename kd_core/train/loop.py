@@ -434,7 +434,7 @@ class Trainer:
             if not state.is_file():
                 raise KDError(f"{self.name}: checkpoint {last} lacks loss_state.safetensors, the state of this run's "
                               f"loss; delete {self.ckpt_dir} to train afresh")
-            self.loss_fn.load_state_dict(load_file(str(state), device=str(self.accelerator.device)))
+            self.loss_fn.load_state_dict(load_file(str(state)))  # on the CPU: load_state_dict copies to the devices
         tqdm.write(f"{self.name}: resuming from {last} (step {run.step} of {self.total})", file=sys.stderr)
         return run
 

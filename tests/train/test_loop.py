@@ -544,3 +544,53 @@ def test_ema_target_update_and_decay_bounds():
     assert torch.allclose(target.net.weight, 0.75 * before + 0.25 * online.weight)
     with pytest.raises(ValueError, match="EMA decay 1.0 is outside"):
         EMATarget(online, 1.0)
+
+
+TARGET_SCRIPT = textwrap.dedent("""
+    import sys
+    import torch
+    from safetensors.torch import save_file
+    from kd_core.launch import launch_processes
+    from kd_core.train.loop import TrainConfig, Trainer
+    from tests.train.test_loop import TargetLoss
+
+    out, n = sys.argv[1], int(sys.argv[2])
+    if not launch_processes(__file__, n):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))  # no dropout
+        loss = TargetLoss(model)
+        cfg = TrainConfig(max_steps=6, batch_size=8, lr=0.05, optimizer="sgd", momentum=0.9, checkpoint_every=3,
+                          keep_checkpoints=3, seed=5, device="cpu")
+        trainer = Trainer(model, loss, 64, out, cfg)
+        trainer.fit()
+        rank = trainer.accelerator.process_index
+        save_file(loss.state_dict(), f"{out}/target{rank}.safetensors")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/model{rank}.safetensors")
+""")
+
+
+def test_a_loss_with_state_in_two_processes(tmp_path):
+    """gloo on the CPU: both ranks keep the same target; it is the one-process run's; resuming the
+    two-process run from its middle checkpoint ends with the same target again."""
+    from safetensors.torch import load_file as load
+
+    script = tmp_path / "train.py"
+    script.write_text(TARGET_SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def launch(out, n):
+        done = subprocess.run([sys.executable, str(script), str(out), str(n)], env={**os.environ, "PYTHONPATH": root},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr
+
+    launch(tmp_path / "one", 1)
+    launch(tmp_path / "two", 2)
+    one, two = load(tmp_path / "one" / "target0.safetensors"), load(tmp_path / "two" / "target0.safetensors")
+    assert all(torch.equal(v, load(tmp_path / "two" / "target1.safetensors")[k]) for k, v in two.items())
+    assert all((v - one[k]).abs().max() < 1e-6 for k, v in two.items())
+    shutil.rmtree(tmp_path / "two" / "checkpoints" / "step-00000006")
+    final = {k: v.clone() for k, v in two.items()}
+    assert "resuming from" in launch(tmp_path / "two", 2)
+    again = load(tmp_path / "two" / "target0.safetensors")
+    assert all(torch.equal(v, final[k]) for k, v in again.items())
