@@ -131,6 +131,30 @@ class Plan:
     def size_models(self) -> list[str]:
         return list(self.size_factors)
 
+    @cached_property
+    def size_compared(self) -> dict[str, float]:
+        """``size_study.compare_init``: every width student again from the other initialisation, named
+        ``w<factor>_<init>`` (``w0p5_random``), trained and evaluated like every model; the size
+        analyses keep to the students of ``size_study.init``. Name -> width factor."""
+        if not (self.size["enabled"] and self.size["compare_init"]):
+            return {}
+        return {f"{width_student_name(f)}_{self._other_init}": f for f in sorted(self.size["factors"])}
+
+    @property
+    def _other_init(self) -> str:
+        return "random" if self.size["init"] == "teacher" else "teacher"
+
+    @property
+    def width_students(self) -> list[str]:
+        """Every width student that trains: the study's, then those of the other initialisation."""
+        return self.size_models + list(self.size_compared)
+
+    def width_student_factor(self, name: str) -> float:
+        return self.size_factors.get(name, self.size_compared.get(name))
+
+    def width_student_init(self, name: str) -> str:
+        return self._other_init if name in self.size_compared else self.size["init"]
+
     def train_params(self, section: str) -> dict[str, Any]:
         """What a training job of ``lora``, ``block_kd`` or ``size_study`` reads of its section: its data
         source, the fields of DataConfig and of the study's config, and its TrainConfig (not the list of
@@ -159,7 +183,7 @@ class Plan:
     @cached_property
     def models(self) -> list[str]:
         """Every model that samples images: the configured ones, the LoRA student, the distilled students."""
-        return list(self.config["models"]) + (["lora_student"] if self.lora else []) + self.bk_models + self.size_models
+        return list(self.config["models"]) + (["lora_student"] if self.lora else []) + self.bk_models + self.width_students
 
     @property
     def students(self) -> list[str]:
@@ -178,7 +202,7 @@ class Plan:
     def model_entry(self, name: str) -> dict[str, Any]:
         """A model's config; the LoRA student is its base student with the trained adapter; a
         block-distilled or width student is sampled like the teacher (eval prompts)."""
-        if name in self.bk_models or name in self.size_factors:
+        if name in self.bk_models or name in self.size_factors or name in self.size_compared:
             teacher = self.config["models"]["teacher"]
             return {"source": f"{self.out}/models/{name}", "splits": ["eval"], "generation": teacher["generation"]}
         if name == "lora_student":
@@ -354,7 +378,7 @@ class Plan:
         if self.lora:
             tables["LoRA"] = f"{self.out}/train/lora/loss.parquet"
         tables.update({f"BK-SDM {m}": f"{self.out}/train/{m}/loss.parquet" for m in self.bk_models})
-        tables.update({f"width {m}": f"{self.out}/train/{m}/loss.parquet" for m in self.size_models})
+        tables.update({f"width {m}": f"{self.out}/train/{m}/loss.parquet" for m in self.width_students})
         return tables
 
     # ---- DM-KD --------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ wildcard_constraints:
     split="train|eval|filler",
     kind="sd|sdxl|clip",
     bk="|".join(PLAN.bk_models) or "block_kd_off",
-    width_student="|".join(PLAN.size_models) or "size_study_off",
+    width_student="|".join(PLAN.width_students) or "size_study_off",
     dmkd_set="|".join(PLAN.dmkd_sets) or "dmkd_off",
     dmkd_run="|".join(PLAN.dmkd_jobs) or "dmkd_off",
     shard=r"\d+-of-\d+",
@@ -99,7 +99,11 @@ def block_kd_settings(wildcards):
 
 
 def size_factor(wildcards):
-    return PLAN.size_factors[wildcards.width_student]
+    return PLAN.width_student_factor(wildcards.width_student)
+
+
+def size_init(wildcards):
+    return PLAN.width_student_init(wildcards.width_student)
 
 
 def dmkd_job(wildcards):

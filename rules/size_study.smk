@@ -50,6 +50,7 @@ rule train_width_student:
         data=lambda wildcards: PLAN.training_data("size_study"),
         size=PLAN.train_params("size_study"),
         factor=size_factor,
+        init=size_init,
         seed=config["seed"],
         code=adapter_code("train_width_student"),
     log:

@@ -158,3 +158,23 @@ def test_prompt_and_generation_params_leave_out_what_they_do_not_read():
     assert "batch_size" not in plan.generation_params("teacher")
     assert plan.generation_runtime("teacher") == {"batch_size": 4}
     assert plan.generation_runtime("lora_student") == {"batch_size": 4}  # its base student's
+
+
+def test_width_students_of_the_other_initialisation(root):
+    """size_study.compare_init: each width again from the other initialisation, named w<factor>_<init>,
+    a model like every other; the size analyses keep to the study's own students."""
+    from kd_core.experiment import validate_experiment
+    from kd_core.plan import Plan
+
+    schema = root / "config" / "schema.yaml"
+    cfg = validate_experiment({"size_study": {"enabled": True, "factors": [0.5, 1.0], "compare_init": True}}, schema)
+    plan = Plan(cfg)
+    assert plan.size_models == ["w0p5", "w1"] and list(plan.size_compared) == ["w0p5_random", "w1_random"]
+    assert plan.models[-4:] == ["w0p5", "w1", "w0p5_random", "w1_random"]
+    assert [plan.width_student_init(m) for m in plan.width_students] == ["teacher", "teacher", "random", "random"]
+    assert plan.width_student_factor("w0p5_random") == 0.5
+    assert plan.model_entry("w1_random")["source"].endswith("/models/w1_random")
+    random_first = Plan(validate_experiment({"size_study": {"enabled": True, "factors": [0.5], "init": "random",
+                                                            "compare_init": True}}, schema))
+    assert list(random_first.size_compared) == ["w0p5_teacher"] and random_first.width_student_init("w0p5") == "random"
+    assert Plan(validate_experiment({"size_study": {"enabled": True}}, schema)).size_compared == {}

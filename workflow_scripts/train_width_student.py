@@ -15,6 +15,6 @@ with job(snakemake.log[0], snakemake.threads, gpus=snakemake.resources.gpu) as l
         data = build(DataConfig, p, source=snakemake.params.data, split="train" if p["data"] == "teacher" else None)
         result = train_width_student(snakemake.params.teacher, data, snakemake.output.model,
                                      Path(snakemake.output.loss).parent,
-                                     build(SizeStudyConfig, p, factor=snakemake.params.factor),
+                                     build(SizeStudyConfig, p, factor=snakemake.params.factor, init=snakemake.params.init),
                                      build(TrainConfig, p["train"], seed=snakemake.params.seed))
         log.info("trained %d steps (best step %s, early stop %s)", result.steps, result.best_step, result.stopped_early)

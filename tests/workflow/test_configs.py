@@ -99,13 +99,14 @@ def test_shipped_shapes_configs_plan_every_study_through_snakemake(tmp_path, nam
     jobs, text = plan(ROOT, "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / f"{name}.yaml"))
     dmkd, size, bk = cfg["dmkd"], cfg["size_study"], cfg["block_kd"]
     synthetic = len(dmkd["synthetic"]["guidance"]) + len(dmkd["synthetic"]["fractions"])  # subsets: of the main set
+    inits = 2 if size.get("compare_init") else 1  # paper.yaml: every width from both initialisations
     students = ["base_student", "lora_student", *(f"{lv}{s}" for lv in bk["levels"] for s in ("", "_nofeat")),
-                *(f"w{f:g}".replace(".", "p") for f in size["factors"])]
+                *(f"w{f:g}".replace(".", "p") for f in size["factors"] for _ in range(inits))]
     assert jobs == {
         "prompts": 3, "world_data": 2, "toy_base": 1, "toy_unet": 2, "world_classifier": 1,
         "generate": 3 + 2 + 2 + (len(students) - 2),  # teacher train/eval/filler; base and LoRA eval/filler; the rest eval
         "comparison_grid": 3, "pairwise": len(students), "train_lora": 1, "train_block_kd": len(bk["levels"]) * 2,
-        "train_width_student": len(size["factors"]), "dmkd_prompts": 1, "dmkd_teacher": 1,
+        "train_width_student": len(size["factors"]) * inits, "dmkd_prompts": 1, "dmkd_teacher": 1,
         "dmkd_generate": len(dmkd["synthetic"]["guidance"]), "dmkd_student": len(dmkd["seeds"]) * (1 + 2 * synthetic),
         **{rule: 1 for rule in ("dmkd_summary", "figure_dmkd", "efficiency", "figure_loss", "size_latency", "timestep_mse",
                                 "trajectory", "attribute_accuracy", "comparison_models", "distribution", "attribute_summary",

@@ -7,6 +7,7 @@ of it is rewritten or trained again.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -83,6 +84,9 @@ MATRIX: dict[str, tuple[dict, set[str]]] = {
     "width students from random weights": ({"size_study.init": "random"}, {
         *(f"train_width_student[width_student={w}]" for w in ("w0p5", "w1")), gen("w0p5"), gen("w1"),
         *pairwise("w0p5", "w1"), *ALL_MODELS_EVAL, *NEW_WEIGHTS, "size_latency", "timestep_mse", "trajectory"}),
+    "width students from both initialisations": ({"size_study.compare_init": True}, {
+        *(f"train_width_student[width_student={w}]" for w in ("w0p5_random", "w1_random")), gen("w0p5_random"),
+        gen("w1_random"), *pairwise("w0p5_random", "w1_random"), *ALL_MODELS_EVAL, *NEW_WEIGHTS}),
     "a width factor added": ({"size_study.factors": [0.5, 0.75, 1.0]}, {
         "train_width_student[width_student=w0p75]", gen("w0p75"), *pairwise("w0p75"), *ALL_MODELS_EVAL,
         *NEW_WEIGHTS, "size_latency", "timestep_mse", "trajectory"}),
@@ -211,3 +215,22 @@ def test_identical_bytes_rewritten_restart_nothing(smoke_repo, tmp_path):
         assert "resuming from" in log and "starting afresh" not in log, job
     assert {p: p.read_bytes() for p in weights} == weights
     assert {p: p.stat().st_mtime_ns for p in images} == images
+
+
+@pytest.mark.slow  # ~40 s: one width student trained for real
+def test_a_width_student_of_the_other_initialisation_trains_from_it(smoke_repo, tmp_path):
+    """size_study.compare_init on the finished smoke run: w1_random trains from random weights (its
+    first output-KD term is far from 0) where w1, from the teacher's channels, starts at 0."""
+    repo = tmp_path / "compare"
+    shutil.copytree(smoke_repo, repo, symlinks=True)
+    config = config_with(repo, "compare.yaml", {"size_study.compare_init": True})
+    run(repo, "results/smoke/models/w1_random", "--configfile", str(config))  # targets before --configfile
+    out = repo / "results" / "smoke"
+    info = json.loads((out / "models" / "w1_random" / "size_study.json").read_text())
+    assert info["size_study"]["init"] == "random" and info["size_study"]["factor"] == 1.0
+
+    def first_out_kd(model):
+        loss = pd.read_parquet(out / "train" / model / "loss.parquet")
+        return loss[(loss["split"] == "train") & (loss["step"] == 1) & (loss["term"] == "out_kd")]["value"].item()
+
+    assert first_out_kd("w1") < 1e-10 < 1e-3 < first_out_kd("w1_random")
