@@ -569,6 +569,7 @@ TARGET_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # ~23 s (three launches); the one-process resume test above is in the default tier
 def test_a_loss_with_state_in_two_processes(tmp_path):
     """gloo on the CPU: both ranks keep the same target; it is the one-process run's; resuming the
     two-process run from its middle checkpoint ends with the same target again."""
