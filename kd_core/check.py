@@ -40,14 +40,19 @@ def _override(item: str) -> dict[str, Any]:
     return {key: yaml.safe_load(value) if value else None}
 
 
-def check(configfiles: list[str], overrides: list[str] = (), schema: str | Path = SCHEMA) -> dict[str, Any]:
-    """The validated config (defaults filled in) of these files and overrides; KDError on the first problem."""
+def read_configs(configfiles: list[str | Path], overrides: list[str] = ()) -> dict[str, Any]:
+    """The config files merged as Snakemake merges them (later ones and ``overrides`` win), not yet validated."""
     config: dict[str, Any] = {}
-    for path in configfiles or [Path(schema).with_name("config.yaml")]:
+    for path in configfiles:
         config = merged(config, read_config_file(path))
     for item in overrides:
         config = merged(config, _override(item))
-    return validate_experiment(config, schema)
+    return config
+
+
+def check(configfiles: list[str], overrides: list[str] = (), schema: str | Path = SCHEMA) -> dict[str, Any]:
+    """The validated config (defaults filled in) of these files and overrides; KDError on the first problem."""
+    return validate_experiment(read_configs(configfiles or [Path(schema).with_name("config.yaml")], overrides), schema)
 
 
 def main(argv: list[str] | None = None) -> int:

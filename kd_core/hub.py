@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from kd_core.config import read_config_file, validate_config
+from kd_core.config import validate_config
 from kd_core.errors import KDError
 from kd_core.sources import is_built, is_local
 
@@ -107,12 +107,9 @@ def load(configfiles: list[str], schema_path: str | Path = SCHEMA) -> tuple[dict
     """The config of these files (later ones override earlier), checked against the schema, and the schema.
 
     Only the schema's checks: listing what to download must not need the data or models to be here."""
-    from kd_core.check import merged
+    from kd_core.check import read_configs
 
-    config: dict[str, Any] = {}
-    for path in configfiles:
-        config = merged(config, read_config_file(path))
-    return validate_config(config, schema_path), yaml.safe_load(Path(schema_path).read_text())
+    return validate_config(read_configs(configfiles), schema_path), yaml.safe_load(Path(schema_path).read_text())
 
 
 def in_cache(ref: HubRef) -> bool:

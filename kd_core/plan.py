@@ -202,7 +202,7 @@ class Plan:
     def model_entry(self, name: str) -> dict[str, Any]:
         """A model's config; the LoRA student is its base student with the trained adapter; a
         block-distilled or width student is sampled like the teacher (eval prompts)."""
-        if name in self.bk_models or name in self.size_factors or name in self.size_compared:
+        if name in self.bk_models or name in self.width_students:
             teacher = self.config["models"]["teacher"]
             return {"source": f"{self.out}/models/{name}", "splits": ["eval"], "generation": teacher["generation"]}
         if name == "lora_student":

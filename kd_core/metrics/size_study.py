@@ -15,6 +15,7 @@ from scipy.stats import rankdata, spearmanr
 
 from kd_core.io import write_parquet
 from kd_core.metrics.bootstrap import bootstrap_ci
+from kd_core.metrics.stats import per_image_table
 
 SIZE_SCHEMA = pa.schema([
     ("model", pa.string()), ("factor", pa.float64()), ("params", pa.int64()), ("mse_teacher", pa.float64()),
@@ -109,12 +110,9 @@ def _accuracy(out: pd.DataFrame, attributes: list[str | Path], n_boot: int, seed
     """Adds the attribute accuracy of each model (the shapes world's classifier reading its eval
     images): per image the fraction of attributes drawn right, then the mean over images and its
     bootstrap 95% CI over images. NaN where a model has no attribute table."""
-    per_image = {}
-    for path in attributes:
-        a = pd.read_parquet(path)
-        a = a[a["split"] == "eval"]
-        if len(a):
-            per_image[str(a["model"].iloc[0])] = a.groupby(["prompt_id", "seed"])["correct"].mean().to_numpy(float)
+    long = per_image_table(attributes=attributes)
+    long = long[(long["metric"] == "accuracy_all") & (long["split"] == "eval")]
+    per_image = {str(m): g["value"].to_numpy(float) for m, g in long.groupby("model")}
     rng = np.random.default_rng(seed)
     stats = {m: (float(x.mean()), *bootstrap_ci(x, rng, n_boot)) for m, x in sorted(per_image.items())}
     for i, col in enumerate(("accuracy", "accuracy_ci_low", "accuracy_ci_high")):

@@ -113,8 +113,6 @@ def _concat_splits(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     cfg = model.config
     channels = list(cfg["block_out_channels"])
     reversed_channels = channels[::-1]
-    layers = cfg["layers_per_block"]
-    layers = list(layers)[::-1] if isinstance(layers, list | tuple) else [layers] * len(channels)
     splits = {}
     output = reversed_channels[0]
     for i, block in enumerate(model.up_blocks):
@@ -129,14 +127,15 @@ def _concat_splits(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     return splits
 
 
-def _split_of(name: str, dim: int, splits: dict[str, tuple[int, int]], geglu: set[str]) -> tuple[int, int] | None:
-    """The two widths a concatenated dimension is made of, or None for a plain one."""
-    owner, _, leaf = name.rpartition(".")
+def _split_of(name: str, dim: int, size: int, splits: dict[str, tuple[int, int]],
+              geglu: set[str]) -> tuple[int, int] | None:
+    """The two widths a concatenated dimension of ``size`` is made of, or None for a plain one."""
+    owner = name.rpartition(".")[0]
     block, _, layer = owner.rpartition(".")
     if block in splits and ((layer == "norm1" and dim == 0) or (layer in ("conv1", "conv_shortcut") and dim == 1)):
         return splits[block]
     if owner in geglu and dim == 0:  # GEGLU: one projection, then chunk(2) into value and gate
-        return None if leaf not in ("weight", "bias") else (-1, -1)
+        return size // 2, size // 2
     return None
 
 
@@ -175,14 +174,13 @@ def inherit_channels(teacher: torch.nn.Module, student: torch.nn.Module) -> dict
     if t_state.keys() != s_state.keys():
         raise KDError("the width student's parameters are not the teacher's: it cannot inherit its channels")
     splits = _concat_splits(teacher)
-    geglu = {n for n, m in teacher.named_modules() if type(m).__name__ == "GEGLU"}
-    geglu = {f"{n}.proj" for n in geglu}
+    geglu = {f"{n}.proj" for n, m in teacher.named_modules() if type(m).__name__ == "GEGLU"}
     narrow: dict[int, int] = {}
     importance: dict[int, torch.Tensor] = {}
     for name, t in t_state.items():
         s = s_state[name]
         for d in range(t.ndim):
-            if t.shape[d] == s.shape[d] or _split_of(name, d, splits, geglu) is not None:
+            if t.shape[d] == s.shape[d] or _split_of(name, d, t.shape[d], splits, geglu) is not None:
                 continue
             width = t.shape[d]
             if narrow.setdefault(width, s.shape[d]) != s.shape[d]:
@@ -203,14 +201,8 @@ def inherit_channels(teacher: torch.nn.Module, student: torch.nn.Module) -> dict
         for d in range(t.ndim):
             if t.shape[d] == s.shape[d]:
                 continue
-            split = _split_of(name, d, splits, geglu)
-            if split == (-1, -1):
-                half = t.shape[d] // 2
-                idx = torch.cat([indices(half), half + indices(half)])
-            elif split is not None:
-                idx = torch.cat([indices(split[0]), split[0] + indices(split[1])])
-            else:
-                idx = keep[t.shape[d]]
+            split = _split_of(name, d, t.shape[d], splits, geglu)
+            idx = torch.cat([indices(split[0]), split[0] + indices(split[1])]) if split else keep[t.shape[d]]
             out = out.index_select(d, idx)
         if out.shape != s.shape:
             raise KDError(f"{name}: the teacher's {tuple(t.shape)} maps to {tuple(out.shape)}, the student has "
