@@ -22,10 +22,14 @@ include: "rules/common.smk"
 include: "rules/prompts.smk"
 include: "rules/world.smk"
 include: "rules/generate.smk"
-include: "rules/lora.smk"
-include: "rules/block_kd.smk"
-include: "rules/size_study.smk"
-include: "rules/dmkd.smk"
+
+
+# one rules file per study (kd_core.studies), in their order
+for _study in PLAN.studies:
+
+    include: f"rules/{_study}.smk"
+
+
 include: "rules/metrics.smk"
 include: "rules/figures.smk"
 include: "rules/report.smk"

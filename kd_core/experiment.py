@@ -1,108 +1,59 @@
 """Whole-experiment checks run when the workflow starts, before any job: the schema, then what the
-config points at (grammars, model folders and hub ids, data folders, caption tables), image sizes
-against the models, LoRA targets and derived names."""
+config points at (grammars, model folders and hub ids, data folders), image sizes against the models,
+then each enabled study's own checks (kd_core.studies: training data, LoRA targets, ...) and the
+names it derives."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from kd_core.captions import DataConfig, load_pairs
-from kd_core.config import build, validate_config
+from kd_core import config_checks
+from kd_core.config import validate_config
+from kd_core.config_checks import image_folder, model_source
 from kd_core.errors import ConfigError, KDError
-from kd_core.image_folder import scan_image_folder
-from kd_core.models.folders import (
-    check_size,
-    example_targets,
-    hub_offline,
-    missing_targets,
-    pipeline_size_multiple,
-    require_cached,
-    require_pipeline,
-    size_multiple,
-    weight_modules,
-)
-from kd_core.models.integrity import check_model_folder
+from kd_core.models.folders import check_size, pipeline_size_multiple, size_multiple
 from kd_core.plan import Plan
 from kd_core.prompts import load_grammar
-from kd_core.sources import check_source, is_built, is_local, local_path
+from kd_core.studies import STUDIES
 from kd_core.world.render import DEFAULTS
 
 
 def validate_experiment(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
     """Validate against the schema (defaults filled in), then check grammars, model folders and hub
-    ids, data folders and caption tables, image sizes against the models, and derived names."""
+    ids, data folders and caption tables, image sizes against the models, each enabled study's
+    section (kd_core.studies) and the names it derives."""
     cfg = validate_config(config, schema_path)
     main = _check_prompts(cfg)
-    if cfg["evaluate_images"] and "base_student" not in cfg["models"] and not cfg["size_study"]["enabled"]:
+    studies = [cls for cls in STUDIES.values() if cfg[cls.key]["enabled"]]
+    if cfg["evaluate_images"] and "base_student" not in cfg["models"] and not any(s.compares_with_teacher for s in studies):
+        with_teacher = [s.key for s in STUDIES.values() if s.compares_with_teacher]
         raise ConfigError("config key 'models' lacks 'base_student', which the image evaluation compares against; "
-                          "add one, enable size_study (its width students are compared with the teacher), or set "
-                          "'evaluate_images: false'")
+                          f"add one, enable {' or '.join(with_teacher)} (its students are compared with the teacher), "
+                          "or set 'evaluate_images: false'")
     folders = {name: _check_model(cfg, name, model) for name, model in cfg["models"].items()}
     if main is None:
         _check_unconditional(cfg, folders)
-    lora = cfg["lora"]
-    if lora["enabled"]:
-        if lora["student"] not in cfg["models"] or lora["student"] == "teacher":
-            raise ConfigError(f"config key 'lora.student' is {lora['student']!r}; choose a student among "
-                              f"{[m for m in cfg['models'] if m != 'teacher']}")
-        _check_training_data(cfg, "lora")
-        _check_lora_targets(lora, folders[lora["student"]])
-    for section in ("block_kd", "size_study"):
-        if cfg[section]["enabled"]:
-            if not cfg["evaluate_images"]:
-                raise ConfigError(f"config key '{section}.enabled' is true but 'evaluate_images' is false; its students "
-                                  "are sampled and evaluated like every model: set evaluate_images: true")
-            _check_training_data(cfg, section)
+    for cls in studies:
+        if cls.samples_images and not cfg["evaluate_images"]:
+            raise ConfigError(f"config key '{cls.key}.enabled' is true but 'evaluate_images' is false; its students "
+                              "are sampled and evaluated like every model: set evaluate_images: true")
     _check_metrics(cfg)
-    _check_dmkd(cfg, main)
-    _check_sizes(cfg, folders)
+    plan = Plan(cfg)
+    for study in plan.enabled:
+        study.check(folders, main)
+    _check_sizes(cfg, folders, plan)
     try:
-        Plan(cfg).check_names()
+        plan.check_names()
     except KDError as exc:
         raise ConfigError(str(exc)) from None
     return cfg
 
 
-def _source(value: str, key: str) -> None:
-    """A model or data source that exists (a local path) or is a hub id; a ConfigError naming ``key`` otherwise."""
-    try:
-        check_source(value, key)
-    except KDError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _model_source(value: str, key: str, pipeline: bool = False) -> Path | None:
-    """A model: built by the workflow (None), a local folder that is whole (and a diffusers pipeline
-    when ``pipeline``), or a hub id (in the cache when downloads are off). Returns the folder whose
-    files are here: the local one or the cached snapshot (None for a hub id not cached yet)."""
-    _source(value, key)
-    if is_built(value):
-        return None
-    try:
-        if is_local(value):
-            folder = Path(local_path(value))
-            if pipeline:
-                require_pipeline(folder, f"config key '{key}':")
-            elif not folder.is_dir():
-                return None  # a file (FID Inception weights): its loader checks it
-        else:
-            folder = require_cached(value, f"config key '{key}'")
-            if folder is None or not hub_offline():
-                return folder  # online, from_pretrained fetches what a snapshot lacks
-    except KDError as exc:
-        raise ConfigError(str(exc)) from None
-    try:
-        check_model_folder(folder)
-    except KDError as exc:
-        raise ConfigError(f"config key '{key}': {exc}") from None
-    return folder
-
-
 def _check_unconditional(cfg: dict[str, Any], folders: dict[str, Path | None]) -> None:
     """``prompts.grammar: null``: a study without text. Every model must sample without a prompt and
     every study must be one that needs none (the model-size study)."""
-    for section in ("lora", "block_kd", "dmkd"):
+    for section in [cls.key for cls in STUDIES.values() if cls.trains_on_prompts]:
         if cfg[section]["enabled"]:
             raise ConfigError(f"config key 'prompts.grammar' is null (an unconditional study, no text) but "
                               f"'{section}.enabled' is true, which trains on prompts; set a grammar or disable {section}")
@@ -156,9 +107,9 @@ def _check_prompts(cfg: dict[str, Any]):
 def _check_model(cfg: dict[str, Any], name: str, model: dict[str, Any]) -> Path | None:
     """A model of ``models``: its source (and VAE) checked; returns its folder when its files are here."""
     key = f"models.{name}.source"
-    folder = _model_source(model["source"], key, pipeline=True)
+    folder = model_source(model["source"], key, pipeline=True)
     if model["generation"]["vae"]:
-        _model_source(model["generation"]["vae"], f"models.{name}.generation.vae")
+        model_source(model["generation"]["vae"], f"models.{name}.generation.vae")
     if model["source"].startswith("toy:") and not cfg["world"]["enabled"]:
         raise ConfigError(f"config key '{key}' is {model['source']!r}, which needs 'world.enabled: true'")
     if model["source"] == "ddpm:teacher":
@@ -178,9 +129,9 @@ def _check_ddpm_teacher(cfg: dict[str, Any], name: str, model: dict[str, Any]) -
     if vae == "ddpm:teacher":
         raise ConfigError("config key 'ddpm_teacher.vae' is the DDPM teacher itself; give an autoencoder "
                           "(a folder, a hub id, or a pipeline such as 'toy:teacher' whose vae/ is used), or null")
-    _image_folder(d["data"], "ddpm_teacher.data", d["model"]["classes"])
+    image_folder(d["data"], "ddpm_teacher.data", d["model"]["classes"])
     if vae:
-        _model_source(vae, "ddpm_teacher.vae")
+        model_source(vae, "ddpm_teacher.vae")
     if vae and vae.startswith("toy:") and not cfg["world"]["enabled"]:
         raise ConfigError(f"config key 'ddpm_teacher.vae' is {vae!r}, which needs 'world.enabled: true'")
     _check_ddpm_model(d["model"], latent=bool(vae))
@@ -192,35 +143,6 @@ def _check_ddpm_teacher(cfg: dict[str, Any], name: str, model: dict[str, Any]) -
         raise ConfigError(f"config key 'models.{name}.generation.scheduler' is {gen['scheduler']!r}, whose step "
                           "noise a latent DDPM teacher (LDMPipeline) cannot seed; use default, ddim, dpmpp, euler, "
                           "unipc or pndm")
-
-
-def _check_training_data(cfg: dict[str, Any], section: str) -> None:
-    """A study's training images: the teacher's (which then must generate its train split) or a source."""
-    data = cfg[section]["data"]
-    if data == "teacher" and "train" not in cfg["models"]["teacher"]["splits"]:
-        raise ConfigError(f"config key '{section}.data' is 'teacher' but 'models.teacher.splits' lacks 'train'; add it")
-    if data == "teacher":
-        return
-    _source(data, f"{section}.data")
-    try:
-        if not is_local(data):
-            require_cached(data, f"config key '{section}.data'", repo_type="dataset")
-            return
-    except KDError as exc:
-        raise ConfigError(str(exc)) from None
-    try:
-        load_pairs(build(DataConfig, cfg[section], source=local_path(data), split=None))
-    except KDError as exc:
-        raise ConfigError(f"config key '{section}.data': {exc}") from None
-
-
-def _image_folder(root: str, key: str, classes: list[str] | None = None) -> None:
-    """A labelled image folder ``<root>/<class>/<image>``: its layout and the first image of each class
-    (the job that reads it decodes every image before it trains)."""
-    try:
-        scan_image_folder(Path(root).expanduser(), classes, same_size=False, verify="first")
-    except KDError as exc:
-        raise ConfigError(f"config key '{key}': {exc}") from None
 
 
 def _check_ddpm_model(m: dict[str, Any], latent: bool = False) -> None:
@@ -244,32 +166,6 @@ def _check_ddpm_model(m: dict[str, Any], latent: bool = False) -> None:
                           f"down-samplings cannot halve evenly; use a multiple of {2 ** (len(ch) - 1)}")
 
 
-def _check_dmkd(cfg: dict[str, Any], grammar) -> None:
-    """DM-KD: real data from the world or an existing folder; labels that the grammar has; a synthetic source."""
-    d = cfg["dmkd"]
-    if not d["enabled"]:
-        return
-    if d["real"] is None:
-        if not cfg["world"]["enabled"]:
-            raise ConfigError("config key 'dmkd.real' is null, which means the shapes world's images, but "
-                              "'world.enabled' is false; give a folder with train/<class>/ and test/<class>/")
-        unknown = [a for a in d["labels"] if a not in grammar.attributes]
-        if unknown:
-            raise ConfigError(f"config key 'dmkd.labels' has {unknown}, not attributes of grammar "
-                              f"{grammar.name!r}; choose among {grammar.attributes}")
-    else:
-        root = Path(d["real"]).expanduser()
-        missing = [s for s in ("train", "test") if not (root / s).is_dir()]
-        if missing:
-            raise ConfigError(f"config key 'dmkd.real': {d['real']!r} lacks the sub-folder(s) {missing}; "
-                              "expected <folder>/train/<class>/ and <folder>/test/<class>/ images")
-        for split in ("train", "test"):
-            _image_folder(str(root / split), "dmkd.real", d["classes"])
-    folder = d["synthetic"]["folder"]
-    if folder is not None:
-        _image_folder(folder, "dmkd.synthetic.folder")
-
-
 def _check_metrics(cfg: dict[str, Any]) -> None:
     """Resolve ``metrics.features.extractor: auto`` and check the metric models and folders."""
     m, feats = cfg["metrics"], cfg["metrics"]["features"]
@@ -277,9 +173,9 @@ def _check_metrics(cfg: dict[str, Any]) -> None:
     for key, source in (("metrics.clip_model", m["clip_model"]), ("metrics.features.model", feats["model"]),
                         ("metrics.features.real_images", feats["real_images"])):
         if key == "metrics.features.real_images" and source:
-            _source(source, key)
+            config_checks.source(source, key)
         elif source:
-            _model_source(source, key)
+            model_source(source, key)
     blocks = m["figures"]["grid_blocks"]
     grid = [n for n, model in cfg["models"].items() if {"eval", "filler"} <= set(model["splits"])]
     p = cfg["prompts"]
@@ -299,23 +195,6 @@ def _check_metrics(cfg: dict[str, Any]) -> None:
                           "local FID Inception weights file")
 
 
-def _check_lora_targets(lora: dict[str, Any], folder: Path | None) -> None:
-    """Every LoRA target names a module of the student (read from its weights' headers when its files
-    are here; a model the workflow builds is checked by train_lora before it trains)."""
-    if folder is None:
-        return
-    parts = [("unet", "lora.unet_targets", lora["unet_targets"])]
-    if lora["text_encoder"]:
-        parts += [(te, "lora.text_targets", lora["text_targets"]) for te in ("text_encoder", "text_encoder_2")
-                  if (folder / te).is_dir()]
-    for part, key, targets in parts:
-        modules = weight_modules(folder / part)
-        missing = missing_targets(modules, targets)
-        if missing:
-            raise ConfigError(f"config key '{key}' has {missing}, which name no module of the student's {part} "
-                              f"({folder / part}); use module names such as {example_targets(modules)}")
-
-
 def _size_multiple(cfg: dict[str, Any], source: str, folder: Path | None) -> int | None:
     """The multiple a model's image sizes must be: from the toy world's config, or its folder's configs."""
     if source in ("toy:teacher", "toy:student"):
@@ -325,17 +204,11 @@ def _size_multiple(cfg: dict[str, Any], source: str, folder: Path | None) -> int
     return pipeline_size_multiple(folder) if folder is not None else None
 
 
-def _check_sizes(cfg: dict[str, Any], folders: dict[str, Path | None]) -> None:
+def _check_sizes(cfg: dict[str, Any], folders: dict[str, Path | None], plan: Plan) -> None:
     """Every image size the config sets suits the model that takes it (models built as tiny random
     pipelines are checked by their jobs, before any work)."""
     sizes = [(name, f"models.{name}.generation.resolution", m["generation"]["resolution"]) for name, m in cfg["models"].items()]
-    if cfg["lora"]["enabled"]:
-        sizes.append((cfg["lora"]["student"], "lora.resolution", cfg["lora"]["resolution"]))
-    for section in ("block_kd", "size_study"):
-        if cfg[section]["enabled"]:
-            sizes.append(("teacher", f"{section}.resolution", cfg[section]["resolution"]))
-    if cfg["dmkd"]["enabled"] and cfg["dmkd"]["synthetic"]["folder"] is None:
-        sizes.append(("teacher", "dmkd.synthetic.generation.resolution", cfg["dmkd"]["synthetic"]["generation"]["resolution"]))
+    sizes += [size for study in plan.enabled for size in study.image_sizes()]
     for name, key, size in sizes:
         multiple = _size_multiple(cfg, cfg["models"][name]["source"], folders[name]) if size else None
         if multiple:

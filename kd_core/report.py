@@ -16,29 +16,13 @@ import pandas as pd
 from kd_core.figures.style import model_order
 from kd_core.io import atomic_dir, read_metadata, write_text
 from kd_core.provenance import versions
-
-#: Tables of the paper: metric table name -> title; FORMATTERS turn a metric table into the table as printed.
-TITLES = {
-    "summary": "Per-image metrics, eval prompts: mean [95% CI]",
-    "improvement": "Each student against the base student (paired, eval prompts)",
-    "distribution": "FID and KID against reference sets [95% CI]",
-    "attribute_accuracy": "Attribute accuracy read by the shapes-world classifier [95% CI]",
-    "efficiency": "Efficiency (median of repeats)",
-    "size_study": "Model size: width students against the teacher (MSE to the teacher over all timestep buckets [95% CI over images])",
-    "timestep_mse": "Model size: noise-prediction MSE to the teacher per timestep bucket (rows: models by width)",
-    "dmkd": "DM-KD: classifiers on the real test split, mean over training seeds [95% CI over seeds and test images]; paired difference to the hard-label student",
-}
-
-
-def _ci(mean: float, lo: float, hi: float, digits: int = 3) -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
+from kd_core.studies import STUDIES
+from kd_core.studies.base import PaperTable, format_ci
 
 
 def format_summary(df: pd.DataFrame, split: str = "eval") -> pd.DataFrame:
     df = df[df["split"] == split]
-    cells = df.assign(cell=[_ci(m, lo, hi) for m, lo, hi in zip(df["mean"], df["ci_low"], df["ci_high"], strict=True)])
+    cells = df.assign(cell=[format_ci(m, lo, hi) for m, lo, hi in zip(df["mean"], df["ci_low"], df["ci_high"], strict=True)])
     out = cells.pivot(index="metric", columns="model", values="cell").fillna("")
     return out[model_order(out.columns)].reset_index()
 
@@ -47,7 +31,7 @@ def format_improvement(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "model": df["model"], "metric": df["metric"], "better": np.where(df["higher_is_better"], "higher", "lower"),
         "baseline": df["baseline_mean"].map("{:.4g}".format), "student": df["model_mean"].map("{:.4g}".format),
-        "difference [95% CI]": [_ci(d, lo, hi) for d, lo, hi in zip(df["difference"], df["ci_low"], df["ci_high"], strict=True)],
+        "difference [95% CI]": [format_ci(d, lo, hi) for d, lo, hi in zip(df["difference"], df["ci_low"], df["ci_high"], strict=True)],
         "relative": df["relative_change"].map("{:+.1%}".format), "p (Wilcoxon)": df["p_value"].map("{:.2g}".format),
         "improved": np.where(df["improved"], "yes", "no"), "n": df["n"],
     })
@@ -56,14 +40,14 @@ def format_improvement(df: pd.DataFrame) -> pd.DataFrame:
 def format_distribution(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "model": df["model"], "reference": df["reference"], "metric": df["metric"].str.upper(),
-        "value [95% CI]": [_ci(v, lo, hi, 4) for v, lo, hi in zip(df["value"], df["ci_low"], df["ci_high"], strict=True)],
+        "value [95% CI]": [format_ci(v, lo, hi, 4) for v, lo, hi in zip(df["value"], df["ci_low"], df["ci_high"], strict=True)],
         "n model": df["n_model"], "n reference": df["n_reference"], "features": df["extractor"] + " " + df["feature_dim"].astype(str) + "-d",
     })
 
 
 def format_attributes(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["split"] == "eval"]
-    cells = df.assign(cell=[_ci(a, lo, hi) for a, lo, hi in zip(df["accuracy"], df["ci_low"], df["ci_high"], strict=True)])
+    cells = df.assign(cell=[format_ci(a, lo, hi) for a, lo, hi in zip(df["accuracy"], df["ci_low"], df["ci_high"], strict=True)])
     return cells.pivot(index="attribute", columns="model", values="cell").reset_index()
 
 
@@ -71,107 +55,6 @@ def format_efficiency(df: pd.DataFrame) -> pd.DataFrame:
     df = df.assign(metric=df["metric"] + " (" + df["unit"] + ")")
     out = df.pivot(index="metric", columns="model", values="value").map(lambda v: f"{v:.4g}")
     return out.reset_index()
-
-
-def format_dmkd(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "run": df["run"], "data": df["data"], "objective": df["objective"],
-        "guidance": df["guidance"].map(lambda g: "" if not np.isfinite(g) else f"{g:g}"), "train images": df["n_train"],
-        "seeds": df["n_seeds"],
-        "accuracy [95% CI]": [_ci(a, lo, hi) for a, lo, hi in zip(df["accuracy"], df["ci_low"], df["ci_high"], strict=True)],
-        "seed sd": df["seed_sd"].map(lambda v: "" if not np.isfinite(v) else f"{v:.3f}"),
-        "of real-data student": df["relative_to_real"].map("{:.1%}".format),
-        "vs hard labels [95% CI]": [_ci(d, lo, hi) if b else "" for d, lo, hi, b in
-                                    zip(df["difference"], df["diff_ci_low"], df["diff_ci_high"], df["baseline"], strict=True)],
-        "p": [f"{p:.2g}" if b else "" for p, b in zip(df["p_value"], df["baseline"], strict=True)],
-    })
-
-
-def dmkd_headline(df: pd.DataFrame) -> list[str]:
-    """One sentence per KD student on a full synthetic set: its share of the real-data student, and
-    the paired difference to the hard-label student on the same images."""
-    lines = []
-    kd = df[(df["objective"] == "kd") & (df["baseline"] != "") & ~df["run"].str.contains("_f[0-9]+_", regex=True)]
-    for r in kd.itertuples():
-        seeds = f"mean of {r.n_seeds} seeds; CI over seeds and test images" if r.n_seeds > 1 else "one seed; CI over test images"
-        test = "bootstrap" if r.n_seeds > 1 else "McNemar"
-        lines.append(f"**{r.run}** (DM-KD, {r.n_train} synthetic images): real-test accuracy {_ci(r.accuracy, r.ci_low, r.ci_high)} "
-                     f"({seeds}), {r.relative_to_real:.1%} of the student trained on real images; "
-                     f"against hard labels on the same images ({r.baseline}) {r.difference:+.3g} "
-                     f"[{r.diff_ci_low:+.3g}, {r.diff_ci_high:+.3g}] ({test} p = {r.p_value:.2g}).")
-    return lines
-
-
-def format_size_study(df: pd.DataFrame) -> pd.DataFrame:
-    def num(v, fmt="{:.4g}"):
-        return fmt.format(v) if np.isfinite(v) else "n/a"
-
-    return pd.DataFrame({
-        "model": df["model"], "width": df["factor"].map("x{:g}".format), "parameters": df["params"].map("{:,}".format),
-        "MSE to teacher": [_ci(m, lo, hi) if name != "teacher" else "0" for name, m, lo, hi in
-                           zip(df["model"], df["mse_teacher"], df["mse_teacher_ci_low"], df["mse_teacher_ci_high"], strict=True)],
-        "task MSE": df["mse_noise"].map(num), "final latent drift": df["trajectory_final"].map(num),
-        "U-Net ms / step [95% CI]": [_ci(v, lo, hi, 4) for v, lo, hi in
-                                     zip(df["step_ms"], df["step_ms_ci_low"], df["step_ms_ci_high"], strict=True)],
-        "GFLOPs / step": df["gflops_per_step"].map(num), "ms / image": df["latency_per_image_ms"].map(num),
-        "peak MiB": df["peak_memory_mib"].map(num),
-        "FID [95% CI]": [_ci(v, lo, hi, 4) for v, lo, hi in zip(df["fid"], df["fid_ci_low"], df["fid_ci_high"], strict=True)],
-        **({"attribute accuracy [95% CI]": [_ci(v, lo, hi) for v, lo, hi in
-                                            zip(df["accuracy"], df["accuracy_ci_low"], df["accuracy_ci_high"], strict=True)]}
-           if "accuracy" in df and df["accuracy"].notna().any() else {}),
-        "frontier": np.where(df["on_frontier"], "yes", ""),
-    })
-
-
-def format_timestep_mse(df: pd.DataFrame) -> pd.DataFrame:
-    vs = df[df["target"] == "teacher"]
-    order = vs.drop_duplicates("model").sort_values("factor")["model"]
-    out = vs.pivot(index="model", columns="bucket", values="mse").loc[list(order)]
-    edges = vs.drop_duplicates("bucket").set_index("bucket").sort_index()
-    out.columns = [f"t {lo}-{hi}" if b >= 0 else "all t" for b, lo, hi in
-                   zip(edges.index, edges["t_low"], edges["t_high"], strict=True)]
-    out = out[[*out.columns[1:], out.columns[0]]] if len(out.columns) > 1 and out.columns[0] == "all t" else out
-    return out.map("{:.4g}".format).reset_index()
-
-
-def size_headline(df: pd.DataFrame, meta: dict) -> list[str]:
-    """Width against error and against latency: Spearman rank correlations over the students."""
-    s = df[df["model"] != "teacher"].sort_values("factor")
-    if s.empty:
-        return []
-    rho_e, p_e = meta.get("spearman_width_vs_mse_teacher", np.nan), meta.get("spearman_width_vs_mse_teacher_p", np.nan)
-    rho_l, p_l = meta.get("spearman_width_vs_latency", np.nan), meta.get("spearman_width_vs_latency_p", np.nan)
-    errors = ", ".join(f"x{r.factor:g} {r.mse_teacher:.3g}" for r in s.itertuples())
-    col = meta.get("spearman_latency_column", "latency_per_image_ms")
-    what = "U-Net step latency (interleaved timing)" if col == "step_ms" else "latency per image"
-    latency = ", ".join(f"x{r.factor:g} {getattr(r, col):.4g} ms" for r in s.itertuples())
-    init = {"teacher": ", each started from the teacher's most important channels",
-            "random": ", each started from random weights"}.get(meta.get("init"), "")
-    accuracy = ""
-    if "accuracy" in s and s["accuracy"].notna().any():
-        values = ", ".join(f"x{r.factor:g} {_ci(r.accuracy, r.accuracy_ci_low, r.accuracy_ci_high)}" for r in s.itertuples())
-        teacher = df[df["model"] == "teacher"]
-        of = f" (teacher {teacher['accuracy'].iloc[0]:.3g})" if len(teacher) and np.isfinite(teacher["accuracy"].iloc[0]) else ""
-        accuracy = (f"attribute accuracy {values}{of} (Spearman width vs accuracy "
-                    f"{meta.get('spearman_width_vs_accuracy', np.nan):+.2f}, p = {meta.get('spearman_width_vs_accuracy_p', np.nan):.2g}); ")
-    return [f"**Model size** ({len(s)} width students{init}): {accuracy}noise-prediction MSE to the teacher {errors} "
-            f"(Spearman rank correlation of width with error {rho_e:+.2f}, p = {p_e:.2g}); {what} {latency} "
-            f"(Spearman width vs latency {rho_l:+.2f}, p = {p_l:.2g}; {meta.get('spearman_p', 'p from scipy')})"
-            + _batch_latency(s, meta) + "."]
-
-
-def _batch_latency(s: pd.DataFrame, meta: dict) -> str:
-    """The step latency at the study's largest batch, where the device is busier than at one image."""
-    batches = meta.get("latency_batches") or []
-    if len(batches) < 2 or "step_ms_batch" not in s or s["step_ms_batch"].isna().all():
-        return ""
-    latency = ", ".join(f"x{r.factor:g} {r.step_ms_batch:.4g} ms" for r in s.itertuples())
-    return (f"; at {max(batches)} images per step {latency} (Spearman {meta.get('spearman_width_vs_latency_batch', np.nan):+.2f}, "
-            f"p = {meta.get('spearman_width_vs_latency_batch_p', np.nan):.2g})")
-
-
-FORMATTERS = {"dmkd": format_dmkd, "size_study": format_size_study, "timestep_mse": format_timestep_mse, "summary": format_summary, "improvement": format_improvement, "distribution": format_distribution,
-              "attribute_accuracy": format_attributes, "efficiency": format_efficiency}
 
 
 def headline(improvement: pd.DataFrame) -> list[str]:
@@ -190,6 +73,20 @@ def headline(improvement: pd.DataFrame) -> list[str]:
     return lines
 
 
+#: Tables of the paper, metric table name -> title, how it is printed, its headline: the workflow's own,
+#: then each study's (kd_core.studies: Study.paper_tables).
+TABLES = {
+    "summary": PaperTable("Per-image metrics, eval prompts: mean [95% CI]", format_summary),
+    "improvement": PaperTable("Each student against the base student (paired, eval prompts)", format_improvement,
+                              lambda df, meta: headline(df) if not df.empty else []),
+    "distribution": PaperTable("FID and KID against reference sets [95% CI]", format_distribution),
+    "attribute_accuracy": PaperTable("Attribute accuracy read by the shapes-world classifier [95% CI]", format_attributes),
+    "efficiency": PaperTable("Efficiency (median of repeats)", format_efficiency),
+} | {name: table for study in STUDIES.values() for name, table in study.paper_tables.items()}
+#: the printed titles, by table name
+TITLES = {name: table.title for name, table in TABLES.items()}
+
+
 def _md(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False)
 
@@ -202,8 +99,8 @@ def write_paper(tables: dict[str, str | os.PathLike], figures: dict[str, str | o
                 out_md: str | os.PathLike, tables_dir: str | os.PathLike) -> str:
     """Write ``summary.md`` and every table as CSV, Markdown and LaTeX in ``tables_dir``."""
     out_md, tables_dir = Path(out_md), Path(tables_dir)
-    loaded = {name: pd.read_parquet(path) for name, path in tables.items() if name in FORMATTERS}
-    printed = {name: FORMATTERS[name](df) for name, df in loaded.items()}
+    loaded = {name: pd.read_parquet(path) for name, path in tables.items() if name in TABLES}
+    printed = {name: TABLES[name].format(df) for name, df in loaded.items()}
     with atomic_dir(tables_dir) as tmp:
         for name, df in printed.items():
             loaded[name].to_csv(tmp / f"{name}.csv", index=False)
@@ -214,9 +111,8 @@ def write_paper(tables: dict[str, str | os.PathLike], figures: dict[str, str | o
     rel = os.path.relpath
     lines = [f"# Knowledge distillation study: `{config.get('experiment')}`", "",
              "Every number below is read from the Parquet tables in `metrics/`; every figure is in PNG and PDF.", ""]
-    heads = headline(loaded["improvement"]) if "improvement" in loaded and not loaded["improvement"].empty else []
-    heads += size_headline(loaded["size_study"], read_metadata(tables["size_study"])) if "size_study" in loaded else []
-    heads += dmkd_headline(loaded["dmkd"]) if "dmkd" in loaded else []
+    heads = [line for name, df in loaded.items() if TABLES[name].headline
+             for line in TABLES[name].headline(df, read_metadata(tables[name]))]
     if heads:
         lines += ["## Headline", ""] + [f"- {s}" for s in heads] + [""]
     lines += ["## Tables", ""]

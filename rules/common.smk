@@ -1,5 +1,6 @@
 # Config validation, the experiment plan (kd_core.plan: models, runs, names, output paths), thread
-# counts, wildcard constraints, and the input functions that read their wildcards.
+# counts, wildcard constraints, and the input functions of the shared rules that read their
+# wildcards (a study's are in its rules file).
 
 import sys
 from pathlib import Path
@@ -57,15 +58,13 @@ MODEL_THREADS = _model_threads()
 BASE_THREADS = _cpu_only_cores() or MODEL_THREADS
 
 
+# each study's own wildcards (kd_core.studies: Study.wildcards) too
 wildcard_constraints:
     model="|".join(PLAN.models),
     split="train|eval|filler",
     kind="sd|sdxl|clip",
-    bk="|".join(PLAN.bk_models) or "block_kd_off",
-    width_student="|".join(PLAN.width_students) or "size_study_off",
-    dmkd_set="|".join(PLAN.dmkd_sets) or "dmkd_off",
-    dmkd_run="|".join(PLAN.dmkd_jobs) or "dmkd_off",
     shard=r"\d+-of-\d+",
+    **PLAN.wildcard_constraints(),
 
 
 def prompt_params(wildcards):
@@ -91,32 +90,3 @@ def generate_config(wildcards):
 def generate_runtime(wildcards):
     """The batch size: read by the job, not compared by Snakemake (kd_core.config.Runtime)."""
     return Runtime(PLAN.generation_runtime(wildcards.model))
-
-
-def block_kd_settings(wildcards):
-    """The level and the ablation flag of a block-distilled student's name."""
-    return {"level": wildcards.bk.removesuffix("_nofeat"), "feature_kd": not wildcards.bk.endswith("_nofeat")}
-
-
-def size_factor(wildcards):
-    return PLAN.width_student_factor(wildcards.width_student)
-
-
-def size_init(wildcards):
-    return PLAN.width_student_init(wildcards.width_student)
-
-
-def dmkd_job(wildcards):
-    return PLAN.dmkd_job(wildcards.dmkd_run)
-
-
-def dmkd_data(wildcards):
-    return PLAN.dmkd_data(wildcards.dmkd_run)
-
-
-def dmkd_student_input(wildcards):
-    return PLAN.dmkd_student_inputs(wildcards.dmkd_run)
-
-
-def dmkd_generation(wildcards):
-    return PLAN.dmkd_generation(wildcards.dmkd_set)

@@ -2,14 +2,17 @@
 # images the diffusion teacher generates from class prompts (one set per guidance scale); the
 # baselines are a student on the real images and students on the synthetic images with hard
 # labels. Every student run is trained once per seed (dmkd.seeds); every classifier is scored
-# on the real test split, and the summary pools the seeds (metrics/dmkd.parquet).
+# on the real test split, and the summary pools the seeds (metrics/dmkd.parquet). Its plan:
+# kd_core.studies.dmkd.
+
+DMKD = PLAN.study("dmkd")
 
 
 rule dmkd_prompts:
     output:
         f"{OUT}/dmkd/prompts.parquet",
     params:
-        dmkd=PLAN.dmkd_prompt_settings,
+        dmkd=DMKD.prompt_settings,
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
         code=adapter_code("dmkd_prompts"),
@@ -34,8 +37,8 @@ rule dmkd_generate:
         manifest=f"{OUT}/dmkd/synthetic/{{dmkd_set}}/manifest.parquet",
     params:
         source=lambda wildcards: PLAN.teacher_source,
-        generation=dmkd_generation,
-        runtime=Runtime(PLAN.dmkd_generation_runtime()),
+        generation=lambda wildcards: DMKD.generation(wildcards.dmkd_set),
+        runtime=Runtime(DMKD.generation_runtime()),
         code=adapter_code("dmkd_generate"),
     log:
         f"{OUT}/logs/dmkd_generate_{{dmkd_set}}.log",
@@ -53,14 +56,14 @@ rule dmkd_generate:
 
 rule dmkd_teacher:
     input:
-        real=PLAN.dmkd_real_inputs(),
+        real=DMKD.real_inputs(),
     output:
         model=directory(f"{OUT}/models/dmkd_teacher"),
         loss=f"{OUT}/train/dmkd_teacher/loss.parquet",
         predictions=f"{OUT}/metrics/dmkd/teacher.parquet",
     params:
-        real=lambda wildcards: PLAN.dmkd_real,
-        dmkd=PLAN.dmkd_teacher_settings,
+        real=lambda wildcards: DMKD.real,
+        dmkd=DMKD.teacher_settings,
         grammar=config["prompts"]["grammar"],
         seed=config["seed"],
         code=adapter_code("dmkd_train"),
@@ -80,16 +83,16 @@ rule dmkd_teacher:
 
 use rule dmkd_teacher as dmkd_student with:
     input:
-        unpack(dmkd_student_input),
+        unpack(lambda wildcards: DMKD.student_inputs(wildcards.dmkd_run)),
     output:
         model=directory(f"{OUT}/models/dmkd_{{dmkd_run}}"),
         loss=f"{OUT}/train/dmkd_{{dmkd_run}}/loss.parquet",
         predictions=f"{OUT}/metrics/dmkd/{{dmkd_run}}.parquet",
     params:
-        real=lambda wildcards: PLAN.dmkd_real,
-        data=dmkd_data,
-        run=dmkd_job,
-        dmkd=PLAN.dmkd_student_settings,
+        real=lambda wildcards: DMKD.real,
+        data=lambda wildcards: DMKD.data(wildcards.dmkd_run),
+        run=lambda wildcards: DMKD.job(wildcards.dmkd_run),
+        dmkd=DMKD.student_settings,
         grammar=config["prompts"]["grammar"],
         code=adapter_code("dmkd_train"),
     log:
@@ -101,12 +104,12 @@ use rule dmkd_teacher as dmkd_student with:
 rule dmkd_summary:
     input:
         teacher=rules.dmkd_teacher.output.predictions,
-        runs=expand(f"{OUT}/metrics/dmkd/{{dmkd_run}}.parquet", dmkd_run=PLAN.dmkd_jobs),
+        runs=expand(f"{OUT}/metrics/dmkd/{{dmkd_run}}.parquet", dmkd_run=DMKD.jobs if DMKD.enabled else []),
     output:
         f"{OUT}/metrics/dmkd.parquet",
     params:
-        runs=PLAN.dmkd_runs,
-        jobs=PLAN.dmkd_jobs,
+        runs=DMKD.runs if DMKD.enabled else {},
+        jobs=DMKD.jobs if DMKD.enabled else {},
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
         code=adapter_code("dmkd_summary"),
@@ -126,14 +129,14 @@ rule dmkd_summary:
 rule figure_dmkd:
     input:
         table=rules.dmkd_summary.output[0],
-        losses=list(PLAN.dmkd_loss_tables().values()),
+        losses=list(DMKD.curves().values()) if DMKD.enabled else [],
     output:
         accuracy=report(f"{OUT}/figures/dmkd_accuracy.png", caption="../report/dmkd_accuracy.rst", category="DM-KD"),
         accuracy_pdf=f"{OUT}/figures/dmkd_accuracy.pdf",
         curves=report(f"{OUT}/figures/dmkd_curves.png", caption="../report/dmkd_curves.rst", category="DM-KD"),
         curves_pdf=f"{OUT}/figures/dmkd_curves.pdf",
     params:
-        runs=list(PLAN.dmkd_loss_tables()),
+        runs=list(DMKD.curves()) if DMKD.enabled else [],
         code=adapter_code("figure_dmkd"),
     log:
         f"{OUT}/logs/figure_dmkd.log",

@@ -1,17 +1,20 @@
 # LoRA knowledge transfer: a student LoRA-tuned on the teacher's images (or a caption dataset),
-# then sampled like every other model (rule generate, model 'lora_student').
+# then sampled like every other model (rule generate, model 'lora_student'). Its plan:
+# kd_core.studies.lora.
+
+LORA = PLAN.study("lora")
 
 
 rule train_lora:
     input:
-        **PLAN.lora_inputs(),
+        **(LORA.inputs() if LORA.enabled else {}),
     output:
         adapter=directory(f"{OUT}/models/lora_student"),
         loss=f"{OUT}/train/lora/loss.parquet",
     params:
-        student=lambda wildcards: PLAN.lora_student_source,
-        data=lambda wildcards: PLAN.training_data("lora"),
-        lora=PLAN.train_params("lora"),
+        student=lambda wildcards: LORA.student_source,
+        data=lambda wildcards: LORA.training_data(),
+        lora=LORA.train_params(),
         seed=config["seed"],
         code=adapter_code("train_lora"),
     log:

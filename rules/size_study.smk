@@ -5,7 +5,9 @@
 # and its figures: timestep_mse (size x timestep heatmap), trajectory (divergence and denoising
 # grid), size_latency (interleaved U-Net step latency and FLOPs), size_study_summary (cost and quality
 # against size, the efficiency frontier). All of it: the
-# target size_study.
+# target size_study. Its plan: kd_core.studies.size_study.
+
+SIZE = PLAN.study("size_study")
 
 
 localrules:
@@ -41,16 +43,16 @@ rule train_ddpm:
 
 rule train_width_student:
     input:
-        **PLAN.size_train_inputs(),
+        **(SIZE.inputs() if SIZE.enabled else {}),
     output:
         model=directory(f"{OUT}/models/{{width_student}}"),
         loss=f"{OUT}/train/{{width_student}}/loss.parquet",
     params:
         teacher=lambda wildcards: PLAN.teacher_source,
-        data=lambda wildcards: PLAN.training_data("size_study"),
-        size=PLAN.train_params("size_study"),
-        factor=size_factor,
-        init=size_init,
+        data=lambda wildcards: SIZE.training_data(),
+        size=SIZE.train_params(),
+        factor=lambda wildcards: SIZE.factor(wildcards.width_student),
+        init=lambda wildcards: SIZE.init(wildcards.width_student),
         seed=config["seed"],
         code=adapter_code("train_width_student"),
     log:
@@ -69,14 +71,14 @@ rule train_width_student:
 
 rule timestep_mse:
     input:
-        **PLAN.size_analysis_inputs(),
+        **(SIZE.analysis_inputs() if SIZE.enabled else {}),
     output:
         f"{OUT}/metrics/timestep_mse.parquet",
     params:
         teacher=lambda wildcards: PLAN.teacher_source,
-        students=PLAN.size_student_dirs(),
-        factors=PLAN.size_factors,
-        settings=PLAN.size["timestep_mse"],
+        students=SIZE.student_dirs(),
+        factors=SIZE.factors,
+        settings=SIZE.cfg["timestep_mse"],
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
         code=adapter_code("timestep_mse"),
@@ -96,14 +98,14 @@ rule timestep_mse:
 
 rule size_latency:
     input:
-        **PLAN.size_model_inputs(),
+        **(SIZE.model_inputs() if SIZE.enabled else {}),
     output:
         f"{OUT}/metrics/size_latency.parquet",
     params:
         teacher=lambda wildcards: PLAN.teacher_source,
-        students=PLAN.size_student_dirs(),
-        factors=PLAN.size_factors,
-        settings=PLAN.size["latency"],
+        students=SIZE.student_dirs(),
+        factors=SIZE.factors,
+        settings=SIZE.cfg["latency"],
         guidance=config["models"]["teacher"]["generation"]["guidance_scale"],
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
@@ -124,15 +126,15 @@ rule size_latency:
 
 rule trajectory:
     input:
-        **PLAN.size_analysis_inputs(),
+        **(SIZE.analysis_inputs() if SIZE.enabled else {}),
     output:
         table=f"{OUT}/metrics/trajectory.parquet",
         images=f"{OUT}/metrics/trajectory_x0.safetensors",
     params:
         teacher=lambda wildcards: PLAN.teacher_source,
-        students=PLAN.size_student_dirs(),
-        factors=PLAN.size_factors,
-        settings=PLAN.size["trajectory"],
+        students=SIZE.student_dirs(),
+        factors=SIZE.factors,
+        settings=SIZE.cfg["trajectory"],
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
         code=adapter_code("trajectory"),
@@ -152,11 +154,11 @@ rule trajectory:
 
 rule size_study_summary:
     input:
-        **PLAN.size_summary_inputs(),
+        **SIZE.summary_inputs(),
     output:
         f"{OUT}/metrics/size_study.parquet",
     params:
-        factors=PLAN.size_factors,
+        factors=SIZE.factors,
         init=config["size_study"]["init"],
         bootstrap=config["metrics"]["bootstrap"],
         seed=config["seed"],
@@ -208,5 +210,5 @@ rule figure_size_study:
 
 rule size_study:
     input:
-        PLAN.size_figures(),
+        SIZE.figure_files(),
         f"{OUT}/metrics/size_study.parquet",

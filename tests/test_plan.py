@@ -7,7 +7,9 @@ import pytest
 import yaml
 
 from kd_core.experiment import validate_experiment
-from kd_core.plan import FIGURE_TITLES, Plan, guidance_tag, width_student_name
+from kd_core.plan import Plan
+from kd_core.studies.dmkd import guidance_tag
+from kd_core.studies.size_study import width_student_name
 
 from .conftest import ROOT
 
@@ -28,26 +30,27 @@ def test_smoke_plan():
     plan = plan_of("smoke.yaml")
     assert plan.out == "results/smoke"
     assert plan.models == ["teacher", "base_student", "lora_student", "bk_small", "bk_small_nofeat", "w0p5", "w1"]
-    assert plan.size_factors == {"w0p5": 0.5, "w1": 1.0} and plan.bk_models == ["bk_small", "bk_small_nofeat"]
+    size, dmkd = plan.study("size_study"), plan.study("dmkd")
+    assert size.factors == {"w0p5": 0.5, "w1": 1.0} and plan.study("block_kd").models == ["bk_small", "bk_small_nofeat"]
     assert plan.model_entry("w0p5") == {"source": "results/smoke/models/w0p5", "splits": ["eval"],
                                         "generation": plan.config["models"]["teacher"]["generation"]}
     assert plan.model_entry("lora_student")["generation"]["lora"] == "results/smoke/models/lora_student"
     assert plan.model_dir("toy:teacher") == "results/smoke/models/toy_teacher" and plan.teacher_source == plan.model_dir("toy:teacher")
     assert plan.grid_models == ["teacher", "base_student", "lora_student"]  # eval and filler images
     # DM-KD: the real-data student, each set with KD and hard labels, the 50% share; every run per seed
-    assert list(plan.dmkd_runs) == ["real_ce", "g2_kd", "g2_ce", "g2_f50_kd", "g2_f50_ce"]
-    assert plan.dmkd_runs["g2_f50_kd"] == {"data": "g2", "fraction": 0.5, "objective": "kd", "guidance": 2.0,
-                                           "baseline": "g2_f50_ce"}
-    assert len(plan.dmkd_jobs) == 10 and plan.dmkd_job("g2_kd_s1")["seed"] == 1
-    assert plan.dmkd_data("real_ce_s0") == "real"
-    assert plan.dmkd_data("g2_kd_s0") == "results/smoke/dmkd/synthetic/g2/manifest.parquet"
-    assert set(plan.dmkd_student_inputs("g2_kd_s0")) == {"real", "synthetic", "teacher"}
-    assert "teacher" not in plan.dmkd_student_inputs("g2_ce_s0")
-    assert plan.training_data("block_kd") == "results/smoke/images/teacher/train.parquet"
+    assert list(dmkd.runs) == ["real_ce", "g2_kd", "g2_ce", "g2_f50_kd", "g2_f50_ce"]
+    assert dmkd.runs["g2_f50_kd"] == {"data": "g2", "fraction": 0.5, "objective": "kd", "guidance": 2.0,
+                                      "baseline": "g2_f50_ce"}
+    assert len(dmkd.jobs) == 10 and dmkd.job("g2_kd_s1")["seed"] == 1
+    assert dmkd.data("real_ce_s0") == "real"
+    assert dmkd.data("g2_kd_s0") == "results/smoke/dmkd/synthetic/g2/manifest.parquet"
+    assert set(dmkd.student_inputs("g2_kd_s0")) == {"real", "synthetic", "teacher"}
+    assert "teacher" not in dmkd.student_inputs("g2_ce_s0")
+    assert plan.study("block_kd").training_data() == "results/smoke/images/teacher/train.parquet"
     targets = plan.all_targets()
     assert len(targets) == len(set(targets)) and "results/smoke/paper/summary.md" in targets
     assert set(plan.metric_tables()) >= {"pairwise", "summary", "dmkd", "size_study", "timestep_mse"}
-    assert set(plan.paper_figures()) >= {FIGURE_TITLES["size_heatmap"], FIGURE_TITLES["dmkd_accuracy"],
+    assert set(plan.paper_figures()) >= {size.figure_titles["size_heatmap"], dmkd.figure_titles["dmkd_accuracy"],
                                          "2x2 prompt/filler grid: lora_student"}
     assert set(plan.loss_tables()) == {"toy vae", "toy teacher", "toy student", "LoRA", "BK-SDM bk_small",
                                        "BK-SDM bk_small_nofeat", "width w0p5", "width w1"}
@@ -56,9 +59,14 @@ def test_smoke_plan():
 def test_disabled_studies_plan_nothing():
     plan = plan_of("smoke.yaml", **{"lora.enabled": False, "block_kd.enabled": False, "size_study.enabled": False,
                                     "dmkd.enabled": False})
-    assert plan.models == ["teacher", "base_student"]
-    assert plan.lora_inputs() == {} and plan.block_kd_inputs() == {} and plan.size_analysis_inputs() == {}
-    assert plan.dmkd_runs == {} and plan.dmkd_jobs == {} and plan.size_figures() == [] and plan.dmkd_figures() == []
+    assert plan.models == ["teacher", "base_student"] and plan.enabled == []
+    assert plan.loss_tables() == {"toy vae": "results/smoke/train/toy/vae/loss.parquet",
+                                  "toy teacher": "results/smoke/train/toy/teacher/loss.parquet",
+                                  "toy student": "results/smoke/train/toy/student/loss.parquet"}
+    assert set(plan.metric_tables()) == {"pairwise", "summary", "distribution", "attribute_accuracy", "efficiency"}
+    # a disabled study's wildcards match no file's name
+    assert {k: v for k, v in plan.wildcard_constraints().items()} == {
+        "bk": "block_kd_off", "width_student": "size_study_off", "dmkd_set": "dmkd_off", "dmkd_run": "dmkd_off"}
     assert not any("dmkd" in t or "size_" in t for t in plan.all_targets())
 
 
@@ -98,10 +106,10 @@ def _other(value):
 
 # job params builder -> (config section it draws from, the dataclasses whose fields it may hold)
 PARAMS = {
-    "lora": ("lora", lambda p: p.train_params("lora"), ["kd_core.captions:DataConfig", "kd_core.train.lora:LoRAConfig"]),
-    "block_kd": ("block_kd", lambda p: p.train_params("block_kd"),
+    "lora": ("lora", lambda p: p.study("lora").train_params(), ["kd_core.captions:DataConfig", "kd_core.train.lora:LoRAConfig"]),
+    "block_kd": ("block_kd", lambda p: p.study("block_kd").train_params(),
                  ["kd_core.captions:DataConfig", "kd_core.train.block_kd:BlockKDConfig"]),
-    "size_study": ("size_study", lambda p: p.train_params("size_study"),
+    "size_study": ("size_study", lambda p: p.study("size_study").train_params(),
                    ["kd_core.captions:DataConfig", "kd_core.train.size_study:SizeStudyConfig"]),
     # one job per split, each reading its own count only
     "world_data[train]": ("world", lambda p: p.world_data_params("train"), ["kd_core.world.dataset:WorldDataConfig"]),
@@ -169,12 +177,14 @@ def test_width_students_of_the_other_initialisation(root):
     schema = root / "config" / "schema.yaml"
     cfg = validate_experiment({"size_study": {"enabled": True, "factors": [0.5, 1.0], "compare_init": True}}, schema)
     plan = Plan(cfg)
-    assert plan.size_models == ["w0p5", "w1"] and list(plan.size_compared) == ["w0p5_random", "w1_random"]
+    size = plan.study("size_study")
+    assert list(size.factors) == ["w0p5", "w1"] and list(size.compared) == ["w0p5_random", "w1_random"]
     assert plan.models[-4:] == ["w0p5", "w1", "w0p5_random", "w1_random"]
-    assert [plan.width_student_init(m) for m in plan.width_students] == ["teacher", "teacher", "random", "random"]
-    assert plan.width_student_factor("w0p5_random") == 0.5
+    assert [size.init(m) for m in size.models] == ["teacher", "teacher", "random", "random"]
+    assert size.factor("w0p5_random") == 0.5
     assert plan.model_entry("w1_random")["source"].endswith("/models/w1_random")
+    assert list(size.student_dirs()) == ["w0p5", "w1"]  # the analyses: the study's own students
     random_first = Plan(validate_experiment({"size_study": {"enabled": True, "factors": [0.5], "init": "random",
-                                                            "compare_init": True}}, schema))
-    assert list(random_first.size_compared) == ["w0p5_teacher"] and random_first.width_student_init("w0p5") == "random"
-    assert Plan(validate_experiment({"size_study": {"enabled": True}}, schema)).size_compared == {}
+                                                            "compare_init": True}}, schema)).study("size_study")
+    assert list(random_first.compared) == ["w0p5_teacher"] and random_first.init("w0p5") == "random"
+    assert Plan(validate_experiment({"size_study": {"enabled": True}}, schema)).study("size_study").compared == {}
