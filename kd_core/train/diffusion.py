@@ -75,6 +75,19 @@ class Diffusion:
             return self.scheduler.get_velocity(z0, noise, t)
         return z0
 
+    def x0_eps(self, output: torch.Tensor, t: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted clean input, predicted noise) of the denoiser's ``output`` at ``sample`` = ``z_t``,
+        whatever its ``prediction_type``: the inverse of :meth:`target` given ``z_t = a z0 + s eps``
+        (``a = sqrt(abar_t)``, ``s = sqrt(1 - abar_t)``)."""
+        abar = self.alphas_cumprod.to(sample.device)[t].float().reshape(-1, *([1] * (sample.ndim - 1)))
+        a, s = abar.sqrt(), (1 - abar).sqrt()
+        output, sample = output.float(), sample.float()
+        if self.prediction_type == "epsilon":
+            return (sample - s * output) / a, output
+        if self.prediction_type == "v_prediction":  # v = a eps - s z0
+            return a * sample - s * output, a * output + s * sample
+        return output, (sample - a * output) / s
+
     def noised(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> Noised:
         """``z0`` noised to timesteps ``t`` with ``noise``, and the target."""
         return Noised(z0, noise, t, self.scheduler.add_noise(z0, noise, t), self.target(z0, noise, t))

@@ -1,0 +1,183 @@
+"""The step-distillation study's analyses: latency per image of every (model, steps) pair timed
+interleaved, and the study's table, quality and cost against steps with the paired difference of
+the student and its teacher at equal steps.
+
+Latency. Every pipeline the study samples with is loaded once (the teacher's serves all its step
+counts, the student's all of its) and timed in rounds; each round makes one image with every
+(model, steps) pair in a freshly shuffled order, with the same prompt and seed, so that drift of the
+machine falls on all pairs alike. Per pair: the median over rounds with a bootstrap 95% CI, and the
+median of its time over the full-step teacher's in the same round (paired) with its CI.
+
+Quality. Per (model, steps) and metric (attribute accuracy in the shapes world, the CLIP score where
+configured, the pairwise metrics against the teacher's full-step image of the same prompt and seed):
+the mean with a percentile bootstrap 95% CI over images; for the student, the paired difference to
+the teacher at the same step count (the same prompts and seeds) with its CI and a Wilcoxon p-value,
+and its mean as a share of the full-step teacher's. FID / KID (one value per model, CI from the
+feature bootstrap) are taken from the distribution table as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from kd_core.generate import GenerationConfig
+from kd_core.io import write_parquet
+from kd_core.metrics.bootstrap import bootstrap_ci
+from kd_core.metrics.directions import HIGHER_IS_BETTER
+from kd_core.metrics.efficiency import time_pipeline
+from kd_core.metrics.stats import paired_improvement, per_image_table
+from kd_core.models.loading import image_size, load_pipeline
+from kd_core.seeding import resolve_device, resolve_dtype
+
+LATENCY_SCHEMA = pa.schema([
+    ("model", pa.string()), ("steps", pa.int64()), ("latency_ms", pa.float64()), ("ci_low", pa.float64()),
+    ("ci_high", pa.float64()), ("ratio_teacher", pa.float64()), ("ratio_ci_low", pa.float64()),
+    ("ratio_ci_high", pa.float64()), ("rounds", pa.int64()), ("device", pa.string()), ("dtype", pa.string()),
+])
+
+TABLE_SCHEMA = pa.schema([
+    ("model", pa.string()), ("role", pa.string()), ("steps", pa.int64()), ("metric", pa.string()),
+    ("higher_is_better", pa.bool_()), ("mean", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+    ("n", pa.int64()), ("baseline", pa.string()), ("difference", pa.float64()), ("diff_ci_low", pa.float64()),
+    ("diff_ci_high", pa.float64()), ("p_value", pa.float64()), ("of_full_teacher", pa.float64()),
+])
+
+PROMPT = "a photo"
+
+
+def _pipeline_key(source: str, g: GenerationConfig) -> tuple:
+    return (source, g.dtype, g.device, g.variant, g.vae, g.scheduler, g.lora)
+
+
+def step_latency(models: dict[str, tuple[str, GenerationConfig]], reference: str, rounds: int = 10, warmup: int = 1,
+                 out_path: str | Path | None = None, prompt: str = PROMPT, seed: int = 0,
+                 n_boot: int = 2000) -> pd.DataFrame:
+    """Latency per image of every model (name -> (source, generation config)), interleaved rounds;
+    ``reference`` (the full-step teacher) is the denominator of each round's ratio."""
+    if reference not in models:
+        raise ValueError(f"the reference model {reference!r} is not among the timed models")
+    pipes: dict[tuple, object] = {}
+    runs = {}
+    for name, (source, g) in models.items():
+        device = resolve_device(g.device)
+        dtype = resolve_dtype(g.dtype, device)
+        key = _pipeline_key(source, g)
+        if key not in pipes:
+            pipe = load_pipeline(source, device, dtype, g.variant, g.vae, g.scheduler, g.lora)
+            pipe.set_progress_bar_config(disable=True)
+            if g.lora:  # timed as deployed: the adapter merged
+                pipe.fuse_lora()
+                pipe.unload_lora_weights()
+            pipes[key] = pipe
+        pipe = pipes[key]
+        runs[name] = (pipe, device, dtype, g.steps, g.guidance_scale, image_size(pipe, g.resolution, "resolution"))
+    rng = np.random.default_rng(seed)
+    names = list(runs)
+    times: dict[str, list[float]] = {m: [] for m in names}
+    for r in tqdm(range(warmup + rounds), desc="latency per image", unit="round"):
+        for i in rng.permutation(len(names)):
+            pipe, device, _, steps, guidance, size = runs[names[i]]
+            total, _ = time_pipeline(pipe, device, prompt, steps, guidance, size, seed=seed)
+            if r >= warmup:
+                times[names[i]].append(total * 1e3)
+    rows = []
+    ref = np.asarray(times[reference])
+    for m in names:
+        x = np.asarray(times[m])
+        lo, hi = bootstrap_ci(x, rng, n_boot, stat=np.median)
+        ratio = x / ref
+        r_lo, r_hi = bootstrap_ci(ratio, rng, n_boot, stat=np.median)
+        _, device, dtype, steps, _, _ = runs[m]
+        rows.append({"model": m, "steps": steps, "latency_ms": float(np.median(x)), "ci_low": lo, "ci_high": hi,
+                     "ratio_teacher": float(np.median(ratio)), "ratio_ci_low": r_lo, "ratio_ci_high": r_hi,
+                     "rounds": len(x), "device": str(device), "dtype": str(dtype).removeprefix("torch.")})
+    table = pd.DataFrame(rows, columns=LATENCY_SCHEMA.names)
+    if out_path is not None:
+        write_parquet(table, out_path, LATENCY_SCHEMA, "metrics/step_latency",
+                      {"protocol": __doc__.split("\n\n")[1].replace("\n", " "), "reference": reference, "prompt": prompt,
+                       "threads": torch.get_num_threads(), "ci": "percentile bootstrap 95% of the median over rounds"})
+    return table
+
+
+def step_distill_summary(students: dict[str, int], teachers: dict[str, int], teacher: str, full_steps: int,
+                         pairwise: list[str | Path], attributes: list[str | Path], alignment: list[str | Path],
+                         latency: str | Path, distribution: str | Path | None = None, out_path: str | Path | None = None,
+                         split: str = "eval", seed: int = 0, n_boot: int = 5000) -> pd.DataFrame:
+    """The study's table. ``students`` / ``teachers``: model name -> steps (the teacher at its full
+    ``full_steps`` is ``teacher``); the per-image tables of every one of them (pairwise: students' and
+    step teachers' only, the full teacher being their reference)."""
+    roles = {m: ("student", n) for m, n in students.items()} | {m: ("teacher", n) for m, n in teachers.items()}
+    roles[teacher] = ("teacher", full_steps)
+    at_steps = {n: m for m, n in teachers.items()} | {full_steps: teacher}
+    long = per_image_table(pairwise, attributes, alignment)
+    long = long[(long["split"] == split) & long["model"].isin(list(roles))]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (model, metric), g in long.groupby(["model", "metric"], sort=True):
+        v = g["value"].to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            continue
+        lo, hi = bootstrap_ci(v, rng, n_boot)
+        role, steps = roles[model]
+        rows.append({"model": model, "role": role, "steps": steps, "metric": metric,
+                     "higher_is_better": bool(HIGHER_IS_BETTER.get(metric, True)), "mean": float(v.mean()),
+                     "ci_low": lo, "ci_high": hi, "n": len(v)})
+    table = pd.DataFrame(rows)
+    diffs = []
+    for model, n in students.items():  # the paired difference to the teacher at the same step count
+        base = at_steps.get(n)
+        if base is None:
+            continue
+        pair = long[long["model"].isin([model, base])]
+        d = paired_improvement(pair, base, seed=seed, n_boot=n_boot)
+        diffs.append(d.assign(model=model)[["model", "metric", "baseline", "difference", "ci_low", "ci_high", "p_value"]]
+                     .rename(columns={"ci_low": "diff_ci_low", "ci_high": "diff_ci_high"}))
+    if len(table):
+        if diffs:
+            table = table.merge(pd.concat(diffs, ignore_index=True), on=["model", "metric"], how="left")
+        full = table[table["model"] == teacher].set_index("metric")["mean"]
+        table["of_full_teacher"] = table["mean"] / table["metric"].map(full)
+    table = _with_latency_and_distribution(table, roles, latency, distribution, at_steps)
+    for col in TABLE_SCHEMA.names:
+        if col not in table:
+            table[col] = np.nan if col != "baseline" else ""
+    table["baseline"] = table["baseline"].fillna("")
+    table = table[TABLE_SCHEMA.names].sort_values(["role", "steps", "metric"], ignore_index=True)
+    if out_path is not None:
+        write_parquet(table, out_path, TABLE_SCHEMA, "metrics/step_distill",
+                      {"protocol": __doc__.split("\n\n")[2].replace("\n", " "), "teacher": teacher, "full_steps": full_steps,
+                       "students": students, "teachers": teachers, "bootstrap": n_boot,
+                       "ci": "percentile 95%, images (pairs) resampled", "test": "Wilcoxon signed-rank"})
+    return table
+
+
+def _with_latency_and_distribution(table: pd.DataFrame, roles: dict[str, tuple[str, int]], latency: str | Path,
+                                   distribution: str | Path | None, at_steps: dict[int, str]) -> pd.DataFrame:
+    """Rows of the latency per image (and, where measured, FID / KID against the real images) of every pair."""
+    rows = []
+    lat = pd.read_parquet(latency).set_index("model")
+    for model, (role, steps) in roles.items():
+        if model not in lat.index:
+            continue
+        r = lat.loc[model]
+        rows.append({"model": model, "role": role, "steps": steps, "metric": "latency_ms", "higher_is_better": False,
+                     "mean": r["latency_ms"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": int(r["rounds"]),
+                     "of_full_teacher": r["ratio_teacher"]})
+    if distribution is not None:
+        dist = pd.read_parquet(distribution)
+        dist = dist[(dist["reference"] == "real") & dist["model"].isin(list(roles))]
+        for r in dist.itertuples():
+            role, steps = roles[r.model]
+            rows.append({"model": r.model, "role": role, "steps": steps, "metric": r.metric, "higher_is_better": False,
+                         "mean": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": int(r.n_model)})
+    extra = pd.DataFrame(rows)
+    if extra.empty:
+        return table
+    return pd.concat([table, extra], ignore_index=True) if len(table) else extra

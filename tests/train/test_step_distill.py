@@ -1,0 +1,124 @@
+"""Latent consistency distillation: the solver and boundary condition against diffusers' own, the
+loss's parts, and both methods trained end to end on tiny pipelines, their outputs reloaded in plain
+diffusers and sampled with LCMScheduler."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
+
+from kd_core.captions import DataConfig
+from kd_core.errors import KDError
+from kd_core.generate import GenerationConfig, generate_images
+from kd_core.prompts import PromptConfig, synthesize_prompts
+from kd_core.train.diffusion import Diffusion
+from kd_core.train.loop import TrainConfig
+from kd_core.train.step_distill import (
+    SkippingDDIM,
+    StepDistillConfig,
+    boundary_scalings,
+    check_config,
+    train_step_distill,
+)
+
+TRAIN = TrainConfig(max_steps=3, batch_size=2, lr=1e-2, lr_scheduler="constant", checkpoint_every=2, device="cpu")
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+def test_boundary_condition_is_lcm_scheduler_s():
+    lcm = LCMScheduler(**SCHEDULE)
+    for t in (0, 1, 19, 259, 999):
+        ours = boundary_scalings(torch.tensor([t]))
+        theirs = lcm.get_scalings_for_boundary_condition_discrete(t)
+        assert [float(v) for v in ours] == pytest.approx([float(v) for v in theirs], rel=1e-6)
+    c_skip, c_out = boundary_scalings(torch.tensor([0]))
+    assert float(c_skip) == 1 and float(c_out) == 0  # f(x, 0) = x
+
+
+def test_skipping_solver_grid_and_step_are_ddim_s():
+    sched = DDIMScheduler(**SCHEDULE, set_alpha_to_one=False, clip_sample=False)
+    solver = SkippingDDIM(sched.alphas_cumprod, 1000, 50)
+    assert solver.k == 20 and solver.timesteps[0] == 19 and solver.timesteps[-1] == 999 and len(solver.timesteps) == 50
+    index, start, end = solver.draw(500, torch.Generator().manual_seed(0))
+    assert torch.equal(start, solver.timesteps[index]) and torch.equal(end, (start - 20).clamp(min=0))
+    assert set(index.tolist()) == set(range(50))  # every grid point is drawn
+    # one solver step equals a DDIM step (eta 0) of a 50-step DDIM sampler from the same point
+    sched.set_timesteps(50)
+    gen = torch.Generator().manual_seed(1)
+    x, eps = torch.randn(1, 4, 8, 8, generator=gen), torch.randn(1, 4, 8, 8, generator=gen)
+    for i in (5, 30, 49):
+        t = int(solver.timesteps[i])
+        abar = sched.alphas_cumprod[t]
+        x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+        expected = sched.step(eps, t, x).prev_sample
+        assert torch.allclose(solver.step(x0, eps, torch.tensor([i])), expected, atol=1e-5), i
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_x0_and_noise_from_every_prediction_type(prediction_type):
+    d = Diffusion({**SCHEDULE, "prediction_type": prediction_type})
+    gen = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(6, 4, 8, 8, generator=gen), torch.randn(6, 4, 8, 8, generator=gen)
+    t = torch.tensor([0, 10, 200, 500, 900, 999])
+    b = d.noised(z0, noise, t)
+    x0, eps = d.x0_eps(b.target, t, b.noisy)
+    assert torch.allclose(x0, z0, atol=1e-3) and torch.allclose(eps, noise, atol=2e-3)
+
+
+@pytest.mark.parametrize(("changes", "key"), [({"method": "dmd"}, "method"), ({"loss": "l1"}, "loss"),
+                                              ({"guidance_min": 5.0, "guidance_max": 4.0}, "guidance_min")])
+def test_bad_settings_are_named(changes, key):
+    with pytest.raises(KDError, match=f"step_distill.{key}"):
+        check_config(StepDistillConfig(**changes))
+
+
+@pytest.fixture(scope="module")
+def teacher_images(tmp_path_factory, tiny_sd):
+    out = tmp_path_factory.mktemp("teacher")
+    prompts = synthesize_prompts(PromptConfig(grammar="dogs", filler_grammar="artistic", n_train=6, n_eval=2, n_filler=1))
+    generate_images(str(tiny_sd), prompts["train"], out, GenerationConfig(steps=2, resolution=64, batch_size=3, device="cpu"),
+                    "teacher")
+    return out / "manifest.parquet"
+
+
+def _sample(pipe, steps=2, **kw):
+    return pipe("a professional photo of a pug sleeping", num_inference_steps=steps, height=64, width=64,
+                generator=torch.Generator().manual_seed(0), output_type="np", **kw).images
+
+
+def test_lcm_lora_trains_and_samples_in_plain_diffusers(tmp_path, tiny_sd, teacher_images):
+    cfg = StepDistillConfig(method="lcm_lora", rank=4, guidance_min=2.0, guidance_max=4.0, resolution=64, val_fraction=0.25)
+    result = train_step_distill(str(tiny_sd), DataConfig(str(teacher_images)), tmp_path / "adapter", tmp_path / "run",
+                                cfg, TRAIN)
+    assert result.steps == 3
+    loss = pd.read_parquet(tmp_path / "run" / "loss.parquet")
+    assert {"loss", "consistency_l2"} <= set(loss["term"]) and (loss["split"] == "val").any()
+    assert np.isfinite(loss["value"]).all()
+    meta = json.loads((tmp_path / "adapter" / "lora_config.json").read_text())
+    assert meta["step_distill"]["method"] == "lcm_lora" and meta["steps"] == 3
+    # as the published LCM-LoRA is used: a plain pipeline, the adapter, LCMScheduler, no guidance
+    pipe = DiffusionPipeline.from_pretrained(str(tiny_sd))
+    plain = _sample(pipe, guidance_scale=1.0)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    pipe.load_lora_weights(str(tmp_path / "adapter"))
+    adapted = {n for n, m in pipe.unet.named_modules() if len(getattr(m, "lora_A", ()))}
+    assert any(n.endswith("conv1") for n in adapted) and any(n.endswith("to_q") for n in adapted)
+    images = _sample(pipe, guidance_scale=1.0)
+    assert np.isfinite(images).all() and np.abs(images - plain).max() > 1e-3
+
+
+def test_lcm_trains_a_guided_student_pipeline(tmp_path, tiny_sd, teacher_images):
+    cfg = StepDistillConfig(method="lcm", guidance_min=2.0, guidance_max=4.0, guidance_embedding_dim=32, resolution=64,
+                            val_fraction=0.25, ema_decay=0.5)
+    train_step_distill(str(tiny_sd), DataConfig(str(teacher_images)), tmp_path / "student", tmp_path / "run", cfg, TRAIN)
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "student"))
+    assert isinstance(pipe.scheduler, LCMScheduler) and pipe.unet.config.time_cond_proj_dim == 32
+    teacher = DiffusionPipeline.from_pretrained(str(tiny_sd))
+    changed = [k for k, p in pipe.unet.state_dict().items() if k in teacher.unet.state_dict()
+               and not torch.equal(p, teacher.unet.state_dict()[k])]
+    assert changed  # trained from the teacher's weights
+    assert np.isfinite(_sample(pipe, guidance_scale=3.0)).all()
+    assert json.loads((tmp_path / "student" / "step_distill.json").read_text())["step_distill"]["method"] == "lcm"
