@@ -209,10 +209,6 @@ class StepDistill(Study):
         if self.teacher_entry["source"].startswith("ddpm:"):
             raise ConfigError("config key 'step_distill.teacher' names an unconditional DDPM teacher; step distillation "
                               "distils a text-to-image teacher's guided estimate")
-        clash = set(self.models) & set(models)
-        if clash:
-            raise ConfigError(f"config key 'models' has {sorted(clash)}, names the step-distillation study gives its "
-                              "models; rename them")
 
     def image_sizes(self) -> list[tuple[str, str, int | None]]:
         return [(self.teacher_name, "step_distill.resolution", self.cfg["resolution"])]

@@ -222,7 +222,8 @@ class ConsistencyLoss:
             x0_u, eps_u = self.diffusion.x0_eps(u_out, start, x)
             wb = w.float().reshape(-1, *([1] * (x.ndim - 1)))
             x_prev = self.solver.step(x0_c + wb * (x0_c - x0_u), eps_c + wb * (eps_c - eps_u), d.index.to(dev))
-            target_net = self.target.net if self.target is not None else model
+            # the online student itself (LCM-LoRA), outside DDP: a forward without gradient needs no sync
+            target_net = self.target.net if self.target is not None else getattr(model, "module", model)
             target = self.consistency(target_net, x_prev, end, cond, w_cond)
         diff = pred - target
         l2 = diff.pow(2).mean()

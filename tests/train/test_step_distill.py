@@ -108,17 +108,65 @@ def test_lcm_lora_trains_and_samples_in_plain_diffusers(tmp_path, tiny_sd, teach
     assert any(n.endswith("conv1") for n in adapted) and any(n.endswith("to_q") for n in adapted)
     images = _sample(pipe, guidance_scale=1.0)
     assert np.isfinite(images).all() and np.abs(images - plain).max() > 1e-3
+    # the workflow's images of the adapter (kd_core.generate: its scheduler 'lcm', guidance 1) are the
+    # plain pipeline's, prompt by prompt and seed by seed, up to PNG rounding
+    from PIL import Image
+
+    prompts = synthesize_prompts(PromptConfig(grammar="dogs", filler_grammar="artistic", n_train=2, n_eval=3, n_filler=1))["eval"]
+    gen = GenerationConfig(steps=2, resolution=64, batch_size=1, device="cpu", scheduler="lcm", guidance_scale=1.0,
+                           lora=str(tmp_path / "adapter"))
+    manifest = generate_images(str(tiny_sd), prompts, tmp_path / "images", gen, "lcm_lora_s2")
+    worst = 0
+    for row in manifest.itertuples():
+        ours = np.asarray(Image.open(tmp_path / "images" / row.file), dtype=np.int16)
+        theirs = pipe(row.prompt, num_inference_steps=2, guidance_scale=1.0, height=64, width=64,
+                      generator=torch.Generator("cpu").manual_seed(int(row.seed)), output_type="pil").images[0]
+        worst = max(worst, int(np.abs(ours - np.asarray(theirs, dtype=np.int16)).max()))
+    assert worst == 0, f"the workflow's images differ from plain diffusers' by up to {worst} grey levels"
 
 
-def test_lcm_trains_a_guided_student_pipeline(tmp_path, tiny_sd, teacher_images):
+def test_lcm_trains_a_guided_student_pipeline_and_resumes_exactly(tmp_path, tiny_sd, teacher_images, monkeypatch):
+    """The full LCM student: a pipeline folder with LCMScheduler and a guidance embedding, trained from
+    the teacher's weights; a run killed during step 3 resumes from the step-2 checkpoint and ends with
+    the uninterrupted run's weights and EMA target network."""
+    import kd_core.train.step_distill as sd
+    from kd_core.train.loop import complete_checkpoints
+
     cfg = StepDistillConfig(method="lcm", guidance_min=2.0, guidance_max=4.0, guidance_embedding_dim=32, resolution=64,
                             val_fraction=0.25, ema_decay=0.5)
-    train_step_distill(str(tiny_sd), DataConfig(str(teacher_images)), tmp_path / "student", tmp_path / "run", cfg, TRAIN)
+    data = DataConfig(str(teacher_images))
+    train_step_distill(str(tiny_sd), data, tmp_path / "student", tmp_path / "run", cfg, TRAIN)
     pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "student"))
     assert isinstance(pipe.scheduler, LCMScheduler) and pipe.unet.config.time_cond_proj_dim == 32
-    teacher = DiffusionPipeline.from_pretrained(str(tiny_sd))
-    changed = [k for k, p in pipe.unet.state_dict().items() if k in teacher.unet.state_dict()
-               and not torch.equal(p, teacher.unet.state_dict()[k])]
-    assert changed  # trained from the teacher's weights
-    assert np.isfinite(_sample(pipe, guidance_scale=3.0)).all()
+    teacher = DiffusionPipeline.from_pretrained(str(tiny_sd)).unet.state_dict()
+    student = pipe.unet.state_dict()
+    assert {k for k in student if k not in teacher} == {"time_embedding.cond_proj.weight"}
+    assert any(not torch.equal(student[k], teacher[k]) for k in teacher)  # trained from the teacher's weights
+    assert np.isfinite(_sample(pipe, guidance_scale=3.0)).all()  # told the scale through its embedding, no CFG
     assert json.loads((tmp_path / "student" / "step_distill.json").read_text())["step_distill"]["method"] == "lcm"
+
+    calls = {"n": 0}
+    real = sd.ConsistencyLoss.__call__
+
+    def dies_in_step_3(self, model, batch, gen):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, model, batch, gen)
+
+    monkeypatch.setattr(sd.ConsistencyLoss, "__call__", dies_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_step_distill(str(tiny_sd), data, tmp_path / "student2", tmp_path / "run2", cfg, TRAIN)
+    assert complete_checkpoints(tmp_path / "run2" / "checkpoints")[-1].name == "step-00000002"
+    monkeypatch.setattr(sd.ConsistencyLoss, "__call__", real)
+    result = train_step_distill(str(tiny_sd), data, tmp_path / "student2", tmp_path / "run2", cfg, TRAIN)
+    assert result.resumed_from == 2
+    resumed = DiffusionPipeline.from_pretrained(str(tmp_path / "student2")).unet.state_dict()
+    assert all(torch.equal(resumed[k], v) for k, v in student.items())
+    from safetensors.torch import load_file
+
+    targets = [load_file(p / "checkpoints" / "step-00000003" / "loss_state.safetensors") for p in (tmp_path / "run", tmp_path / "run2")]
+    assert targets[0] and all(torch.equal(targets[0][k], targets[1][k]) for k in targets[0])
+    assert any(not torch.equal(targets[0][k], student[k]) for k in student)  # the target lags the student
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / "loss.parquet"),
+                                  pd.read_parquet(tmp_path / "run2" / "loss.parquet"))

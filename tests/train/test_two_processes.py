@@ -1,4 +1,4 @@
-"""LoRA, block KD and width distillation in two CPU processes (gloo, through kd_core.launch):
+"""LoRA, block KD, width distillation and step distillation in two CPU processes (gloo, through kd_core.launch):
 both ranks end with the same weights, and those of one process trained on the same global batch."""
 
 import os
@@ -65,6 +65,13 @@ SCRIPT = textwrap.dedent("""
                 teacher = build_classifier(model, labelled.classes)
                 cfg = ClassifierConfig(objective="kd", model=model, val_fraction=0.25)
                 train_classifier(labelled, labelled, out + "/model", out + "/run", out + "/predictions.parquet", cfg, train, teacher)
+            elif kind in ("lcm_lora", "lcm"):  # step distillation: LCM-LoRA, and the full U-Net with its EMA target
+                from kd_core.train.step_distill import StepDistillConfig, train_step_distill
+                # L2: the Huber loss's gradient d / sqrt(d^2 + c^2) turns float noise of order 1e-7 in the
+                # targets (batches of 2 against 4) into up to 1/c = 1000 times that (1.3e-6 measured)
+                cfg = StepDistillConfig(method=kind, rank=4, guidance_min=2.0, guidance_max=4.0, guidance_embedding_dim=32,
+                                        ema_decay=0.5, resolution=64, val_fraction=0.25, loss="l2")
+                train_step_distill(source, data, out + "/model", out + "/run", cfg, train)
             else:
                 from kd_core.train.size_study import SizeStudyConfig, train_width_student
                 train_width_student(source, data, out + "/model", out + "/run", SizeStudyConfig(factor=0.5, val_fraction=0.25), train)
@@ -100,7 +107,7 @@ def _train(script, jobs, images, n):
     return _finish(_start(script, jobs, images, n))
 
 
-TRAINERS = {"lora": "tiny_sd", "block_kd": "tiny_sd15", "width": "tiny_sd15"}
+TRAINERS = {"lora": "tiny_sd", "block_kd": "tiny_sd15", "width": "tiny_sd15", "lcm_lora": "tiny_sd", "lcm": "tiny_sd"}
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +139,16 @@ def test_two_processes_train_the_weights_of_one(trained, kind):
     moved = max((one[k] - start[k]).abs().max().item() for k in one)
     worst = max((rank0[k] - one[k]).abs().max().item() for k in one)
     assert moved > 1e-4 and worst < 1e-7, f"largest difference {worst:.2e} (last step moved weights by up to {moved:.2e})"
-    if kind != "lora":
+    if kind not in ("lora", "lcm_lora"):  # (the adapters: diffusers LoRA folders)
         DiffusionPipeline.from_pretrained(root / "two" / kind / "model")  # the main process wrote the pipeline
+    if kind == "lcm":  # the EMA target network followed the same weights in both processes, and in one
+        targets = [load_file(root / name / kind / "run" / "checkpoints" / "step-00000003" / "loss_state.safetensors")
+                   for name in ("two", "one")]
+        assert targets[0].keys() == targets[1].keys()
+        # within 1e-7, or two float32 ulps of the value (the weights above differ by < 1e-7; their EMA lerp
+        # rounds once more: 1.19e-7, one ulp at |w| ~ 1, measured)
+        for k in targets[0]:
+            assert torch.allclose(targets[0][k], targets[1][k], rtol=2**-22, atol=1e-7), k
 
 
 @pytest.mark.slow  # half a minute; the three diffusion trainers above stay in make test

@@ -24,6 +24,17 @@ def test_real_config_dry_run_builds_its_dag(name, generate, grids):
     assert "gpu=1" in text
 
 
+@pytest.mark.parametrize("name", ["lcm_lora_sd15", "lcm_lora_sdxl"])
+def test_lcm_lora_configs_dry_run_sample_student_and_teacher_at_every_step_count(name):
+    jobs, text = plan(ROOT, "--configfile", f"config/experiments/{name}.yaml")
+    # the teacher's train and eval images, the base student's, and the student and the teacher at 1, 2, 4, 8 steps
+    assert jobs == {"prompts": 3, "generate": 3 + 8, "train_step_distill": 1, **EVALUATION, "pairwise": 9, "alignment": 10,
+                    "step_latency": 1, "step_distill_summary": 1, "figure_step_distill": 1}
+    for model in ("lcm_lora_s1", "lcm_lora_s8", "teacher_s4"):
+        assert f"results/{name}/images/{model}/eval.parquet" in text
+    assert "gpu=1" in text
+
+
 def test_bk_sdm_config_dry_run_trains_every_level_and_its_ablation():
     jobs, text = plan(ROOT, "--configfile", "config/experiments/bk_sdm_sd15.yaml")
     # teacher (train and eval splits), the published BK-SDM-Small, and 3 levels x (with, without feature KD)
@@ -100,8 +111,12 @@ def test_shipped_shapes_configs_plan_every_study_through_snakemake(tmp_path, nam
     dmkd, size, bk = cfg["dmkd"], cfg["size_study"], cfg["block_kd"]
     synthetic = len(dmkd["synthetic"]["guidance"]) + len(dmkd["synthetic"]["fractions"])  # subsets: of the main set
     inits = 2 if size.get("compare_init") else 1  # paper.yaml: every width from both initialisations
+    step = cfg.get("step_distill", {"enabled": False})
+    full = cfg["models"]["teacher"]["generation"]["steps"]
+    step_models = [*(f"{step['method']}_s{n}" for n in step["steps"]), *(f"teacher_s{n}" for n in step["steps"] if n != full)
+                   ] if step["enabled"] else []
     students = ["base_student", "lora_student", *(f"{lv}{s}" for lv in bk["levels"] for s in ("", "_nofeat")),
-                *(f"w{f:g}".replace(".", "p") for f in size["factors"] for _ in range(inits))]
+                *(f"w{f:g}".replace(".", "p") for f in size["factors"] for _ in range(inits)), *step_models]
     assert jobs == {
         "prompts": 3, "world_data": 2, "toy_base": 1, "toy_unet": 2, "world_classifier": 1,
         "generate": 3 + 2 + 2 + (len(students) - 2),  # teacher train/eval/filler; base and LoRA eval/filler; the rest eval
@@ -112,6 +127,8 @@ def test_shipped_shapes_configs_plan_every_study_through_snakemake(tmp_path, nam
                                 "trajectory", "attribute_accuracy", "comparison_models", "distribution", "attribute_summary",
                                 "figure_distribution", "pairwise_gather", "size_study_summary", "figure_attributes",
                                 "figure_size_study", "improvement", "summary", "figure_efficiency", "figure_metrics",
-                                "paper", "all")}}
+                                "paper", "all")},
+        **({rule: 1 for rule in ("train_step_distill", "step_latency", "step_distill_summary", "figure_step_distill")}
+           if step["enabled"] else {})}
     for model in students:
         assert f"results/{cfg['experiment']}/images/{model}/eval.parquet" in text

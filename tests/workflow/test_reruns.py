@@ -43,6 +43,7 @@ ALL_MODELS_EVAL = {"attribute_accuracy", "attribute_summary", "figure_attributes
                    "figure_distribution", "pairwise_gather", "comparison_models", *STATS}
 NEW_WEIGHTS = {"efficiency", "figure_loss"}  # a trained model changed: its cost and the loss curves
 DMKD_RUNS = ("real_ce", "g2_kd", "g2_ce", "g2_f50_kd", "g2_f50_ce")
+STEP_MODELS = ("lcm_lora_s1", "lcm_lora_s2", "teacher_s1", "teacher_s2")  # the smoke teacher samples with 3 steps
 
 MATRIX: dict[str, tuple[dict, set[str]]] = {
     # the five edits that reran every training before
@@ -108,6 +109,9 @@ MATRIX: dict[str, tuple[dict, set[str]]] = {
     "images compared side by side": ({"metrics.figures.n_compare": 3}, {"comparison_models", *END}),
     "trajectory steps": ({"size_study.trajectory.steps": 4}, {"trajectory", *SIZE_SUMMARY, *END}),
     "timestep buckets": ({"size_study.timestep_mse.buckets": 2}, {"timestep_mse", *SIZE_SUMMARY, *END}),
+    "step distillation on": ({"step_distill.enabled": True, "step_distill.steps": [1, 2]}, {
+        "train_step_distill", *(gen(m) for m in STEP_MODELS), *pairwise(*STEP_MODELS), *ALL_MODELS_EVAL, *NEW_WEIGHTS,
+        "step_latency", "step_distill_summary", "figure_step_distill"}),
 }
 
 
