@@ -24,6 +24,13 @@ EXPECTED = {
                                             "nota-ai/bk-sdm-small", "metrics.clip_model": CLIP_L},
     "config/experiments/dmkd_cifar10.yaml": {"models.teacher.source": SD15, "dmkd.teacher.source": "microsoft/resnet-18"},
     "config/experiments/size_study_cifar10.yaml": {"metrics.features.model": "openai/clip-vit-base-patch32"},
+    "config/experiments/lcm_lora_sd15.yaml": {"models.teacher.source": SD15, "models.base_student.source": SD15,
+                                              "metrics.clip_model": CLIP_L},
+    "config/experiments/lcm_lora_sdxl.yaml": {"models.teacher.source": "stabilityai/stable-diffusion-xl-base-1.0",
+                                              "models.base_student.source": "stabilityai/stable-diffusion-xl-base-1.0",
+                                              "models.teacher.generation.vae": "madebyollin/sdxl-vae-fp16-fix",
+                                              "models.base_student.generation.vae": "madebyollin/sdxl-vae-fp16-fix",
+                                              "metrics.clip_model": CLIP_L},
 }
 
 
@@ -80,7 +87,7 @@ def test_every_schema_key_that_names_a_hub_id_is_annotated(root):
 
     walk(schema, "")
     assert missing == []
-    assert len(annotated) == 9
+    assert len(annotated) == 10
 
 
 def test_download_fetches_each_as_its_loader_reads_it(root, monkeypatch, capsys):
