@@ -23,6 +23,9 @@ rule train_step_distill:
         f"{OUT}/logs/train_step_distill.log",
     benchmark:
         f"{OUT}/benchmarks/train_step_distill.tsv"
+    # the student's eight sampling jobs, the latency and the study's table wait for it: first in line
+    # when the teacher's images are there (the demo's critical path ran through it, 188 s waiting)
+    priority: 1
     threads: MODEL_THREADS
     resources:
         mem_mb=32000,

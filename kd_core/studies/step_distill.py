@@ -212,6 +212,3 @@ class StepDistill(Study):
 
     def image_sizes(self) -> list[tuple[str, str, int | None]]:
         return [(self.teacher_name, "step_distill.resolution", self.cfg["resolution"])]
-
-    def wildcards(self) -> dict[str, str]:
-        return {}

@@ -80,10 +80,10 @@ def require_targets(pipe, cfg: LoRAConfig) -> None:
         parts += [(name, cfg.text_targets, "lora.text_targets") for name in ("text_encoder", "text_encoder_2")
                   if getattr(pipe, name, None) is not None]
     for part, targets, key in parts:
-        _require_targets(getattr(pipe, part), targets, key, part)
+        require_module_targets(getattr(pipe, part), targets, key, part)
 
 
-def _require_targets(module: torch.nn.Module, targets: tuple[str, ...], key: str, part: str) -> None:
+def require_module_targets(module: torch.nn.Module, targets: tuple[str, ...], key: str, part: str) -> None:
     missing = missing_targets((name for name, _ in module.named_modules()), targets)
     if missing:
         layers = example_targets(n for n, m in module.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
@@ -102,7 +102,7 @@ def add_lora(pipe, cfg: LoRAConfig, weights: torch.dtype = torch.float32) -> dic
         if module is not None:
             module.requires_grad_(False)
             if name != "vae":
-                _cast(module, weights)
+                cast_frozen(module, weights)
     pipe.unet.add_adapter(_peft_config(cfg, cfg.unet_targets))
     modules = {"unet": pipe.unet}
     if cfg.text_encoder:
@@ -114,7 +114,7 @@ def add_lora(pipe, cfg: LoRAConfig, weights: torch.dtype = torch.float32) -> dic
     return modules
 
 
-def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> None:
     """``module``'s weights to ``dtype``, but those its class keeps in fp32 (``_keep_in_fp32_modules``, as
     ``from_pretrained(torch_dtype=...)`` keeps them). Not diffusers' ``ModelMixin.to(dtype)``: it warns at
     every cast, even of a model that keeps no module in fp32."""

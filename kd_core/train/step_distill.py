@@ -54,7 +54,7 @@ from kd_core.train.loop import (
     run_precision,
     weight_dtype,
 )
-from kd_core.train.lora import _cast, _require_targets, save_lora
+from kd_core.train.lora import cast_frozen, require_module_targets, save_lora
 from kd_core.train.targets import EMATarget
 
 METHODS = ("lcm_lora", "lcm")
@@ -301,8 +301,8 @@ def train_step_distill(teacher: str, data: DataConfig, out_dir: str | Path, run_
     t_unet = pipe.unet.eval().requires_grad_(False)
     torch.manual_seed(train.seed)  # LoRA's random initialisation of A, or the guidance embedding's
     if cfg.method == "lcm_lora":
-        _require_targets(t_unet, cfg.unet_targets, "step_distill.unet_targets", "unet")
-        _cast(t_unet, weights)
+        require_module_targets(t_unet, cfg.unet_targets, "step_distill.unet_targets", "unet")
+        cast_frozen(t_unet, weights)
         t_unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or cfg.rank, init_lora_weights="gaussian",
                                       target_modules=list(cfg.unet_targets)))
         for p in t_unet.parameters():  # adapters train in fp32 over half-precision weights
