@@ -102,3 +102,10 @@ def encode_text_batch(pipe, prompts: list[str], batch_size: int = 64) -> dict[st
         else:
             out.setdefault("prompt_embeds", []).append(enc[0].float().cpu())
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def sdxl_added_cond(pooled: torch.Tensor, size: int, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """SDXL's micro-conditioning of a batch, as its pipeline passes it to the U-Net: the pooled text
+    embeddings and the size ids (original size, crop (0, 0), target size) of square ``size`` images."""
+    time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=dtype, device=device).repeat(len(pooled), 1)
+    return {"text_embeds": pooled.to(device, dtype), "time_ids": time_ids}

@@ -30,7 +30,7 @@ from kd_core.models.folders import example_targets, missing_targets
 from kd_core.models.loading import image_size, load_pipeline
 from kd_core.seeding import resolve_device
 from kd_core.sources import fingerprint
-from kd_core.train.data import encode_pairs, encode_text_batch
+from kd_core.train.data import encode_pairs, encode_text_batch, sdxl_added_cond
 from kd_core.train.diffusion import Diffusion, Noised, sample_posterior
 from kd_core.train.loop import (
     VAL_SEED,
@@ -201,8 +201,7 @@ def text_conditioning(pipe, cache: dict[str, torch.Tensor], prompts: list[str], 
             emb, pooled = emb.to(device), (pooled.to(device) if xl else None)
         kw: dict = {"encoder_hidden_states": emb}
         if xl:
-            time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=emb.dtype, device=device).repeat(len(ids), 1)
-            kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+            kw["added_cond_kwargs"] = sdxl_added_cond(pooled, size, emb.dtype, device)
         return kw
 
     return conditioning

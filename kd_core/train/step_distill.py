@@ -32,14 +32,13 @@ from pathlib import Path
 
 import torch
 from diffusers import LCMScheduler, UNet2DConditionModel
-from peft import LoraConfig
 
 from kd_core.captions import DataConfig, load_pairs
 from kd_core.errors import KDError
 from kd_core.models.loading import image_size, load_pipeline
 from kd_core.seeding import resolve_device
 from kd_core.sources import fingerprint
-from kd_core.train.data import encode_pairs, encode_text_batch
+from kd_core.train.data import encode_pairs, encode_text_batch, sdxl_added_cond
 from kd_core.train.diffusion import Diffusion, sample_posterior
 from kd_core.train.distill import save_student_pipeline
 from kd_core.train.loop import (
@@ -54,7 +53,7 @@ from kd_core.train.loop import (
     run_precision,
     weight_dtype,
 )
-from kd_core.train.lora import cast_frozen, require_module_targets, save_lora
+from kd_core.train.lora import LoRAConfig, add_lora, require_module_targets, save_lora
 from kd_core.train.targets import EMATarget
 
 METHODS = ("lcm_lora", "lcm")
@@ -151,9 +150,7 @@ class Conditioning:
     def _kwargs(self, emb: torch.Tensor, pooled: torch.Tensor | None, dtype: torch.dtype) -> dict:
         kw: dict = {"encoder_hidden_states": emb.to(self.device, dtype)}
         if self.xl:
-            s = self.size
-            time_ids = torch.tensor([s, s, 0, 0, s, s], dtype=dtype, device=self.device).repeat(len(emb), 1)
-            kw["added_cond_kwargs"] = {"text_embeds": pooled.to(self.device, dtype), "time_ids": time_ids}
+            kw["added_cond_kwargs"] = sdxl_added_cond(pooled, self.size, dtype, self.device)
         return kw
 
     def of(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict:
@@ -302,13 +299,9 @@ def train_step_distill(teacher: str, data: DataConfig, out_dir: str | Path, run_
     torch.manual_seed(train.seed)  # LoRA's random initialisation of A, or the guidance embedding's
     if cfg.method == "lcm_lora":
         require_module_targets(t_unet, cfg.unet_targets, "step_distill.unet_targets", "unet")
-        cast_frozen(t_unet, weights)
-        t_unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or cfg.rank, init_lora_weights="gaussian",
-                                      target_modules=list(cfg.unet_targets)))
-        for p in t_unet.parameters():  # adapters train in fp32 over half-precision weights
-            if p.requires_grad:
-                p.data = p.data.float()
-        student, teacher_fn, target, w_embed = t_unet, _lora_teacher(t_unet), None, None
+        lora = LoRAConfig(rank=cfg.rank, alpha=cfg.alpha or cfg.rank, dropout=0.0, unet_targets=tuple(cfg.unet_targets))
+        student = add_lora(pipe, lora, weights)["unet"]  # the frozen weights in the training precision, adapters fp32
+        teacher_fn, target, w_embed = _lora_teacher(student), None, None
     else:
         student = guided_student(t_unet, cfg.guidance_embedding_dim).to(device).train()
         if weights != torch.float32:
