@@ -26,7 +26,7 @@ from kd_core.prompts import PromptConfig, split_fields
 from kd_core.shards import shard_names
 from kd_core.sources import BUILT, is_built, local_path
 from kd_core.studies import STUDIES, Study
-from kd_core.studies.base import split_runtime
+from kd_core.studies.base import TRAIN, split_runtime
 
 #: Title of every figure that is not a study's (the studies': Study.figure_titles), in the order of the paper.
 FIGURE_TITLES = {
@@ -38,7 +38,6 @@ FIGURE_TITLES = {
     "efficiency": "Quality against cost",
     "loss_curves": "Training losses",
 }
-TRAIN = "kd_core.train.loop:TrainConfig"
 
 
 class Plan:

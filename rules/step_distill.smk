@@ -38,11 +38,11 @@ rule train_step_distill:
 
 rule step_latency:
     input:
-        **{m: PLAN.efficiency_inputs()[m] for m in STEP.timed()} if STEP.enabled else {},
+        **STEP.latency_inputs() if STEP.enabled else {},
     output:
         f"{OUT}/metrics/step_latency.parquet",
     params:
-        models=lambda wildcards: {m: PLAN.efficiency_models()[m] for m in STEP.timed()},
+        models=lambda wildcards: STEP.latency_models(),
         reference=STEP.teacher_name,
         settings=STEP.cfg["latency"],
         seed=config["seed"],

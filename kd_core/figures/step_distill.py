@@ -12,9 +12,8 @@ import pandas as pd
 from kd_core.errors import KDError
 from kd_core.figures.plots import _table
 from kd_core.figures.style import Figure, plt, save_figure, style
+from kd_core.studies.step_distill import QUALITY, quality
 
-#: the quality measure of the figures and the headline, the first the table has
-QUALITY = ("accuracy_all", "clip_score", "ssim", "psnr")
 LABELS = {"accuracy_all": "attribute accuracy", "clip_score": "CLIP score", "ssim": "SSIM to the full-step teacher",
           "psnr": "PSNR to the full-step teacher (dB)", "fid": "FID to real images", "latency_ms": "latency per image (ms)"}
 COLOURS = {"student": "#d62728", "teacher": "#222222"}
@@ -22,10 +21,9 @@ COLOURS = {"student": "#d62728", "teacher": "#222222"}
 
 def quality_metric(table: pd.DataFrame) -> str:
     """The study's quality measure: attribute accuracy in the shapes world, else the CLIP score, else SSIM."""
-    have = set(table["metric"])
-    for m in QUALITY:
-        if m in have:
-            return m
+    metric = quality(table)
+    if metric is not None:
+        return metric
     raise KDError(f"the step-distillation table has none of the quality measures {QUALITY}")
 
 

@@ -19,7 +19,9 @@ the device is busy enough.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,40 @@ def flops(unet: torch.nn.Module, inputs: dict) -> int:
         return count_flops(lambda: unet(**inputs))
 
 
+def _step_ms(unet: torch.nn.Module, inputs: dict, device: torch.device) -> float:
+    """Milliseconds of one forward pass (the device synchronised before and after)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    unet(**inputs)
+    _sync(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(calls: dict[str, Callable[[], float]], rounds: int, warmup: int, rng: np.random.Generator,
+                     desc: str) -> dict[str, np.ndarray]:
+    """Each call's milliseconds (what it returns) over ``rounds`` rounds; every round runs every call
+    once, in an order freshly shuffled by ``rng``, so that drift of the machine falls on all alike.
+    The first ``warmup`` rounds are run and dropped."""
+    names = list(calls)
+    times: dict[str, list[float]] = {m: [] for m in names}
+    for r in tqdm(range(warmup + rounds), desc=desc, unit="round"):
+        for i in rng.permutation(len(names)):
+            ms = calls[names[i]]()
+            if r >= warmup:
+                times[names[i]].append(ms)
+    return {m: np.asarray(t) for m, t in times.items()}
+
+
+def median_and_ratio(x: np.ndarray, reference: np.ndarray, rng: np.random.Generator, n_boot: int) -> dict[str, float]:
+    """The median of ``x`` and of its ratio to ``reference`` round by round (both timed within each
+    round, so a burst of load cancels), each with a percentile bootstrap 95% CI."""
+    lo, hi = bootstrap_ci(x, rng, n_boot, stat=np.median)
+    ratio = x / reference
+    r_lo, r_hi = bootstrap_ci(ratio, rng, n_boot, stat=np.median)
+    return {"median": float(np.median(x)), "ci_low": lo, "ci_high": hi, "ratio": float(np.median(ratio)),
+            "ratio_ci_low": r_lo, "ratio_ci_high": r_hi}
+
+
 def denoiser_latency(teacher: str, students: dict[str, str], factors: dict[str, float], cfg: LatencyConfig,
                      out_path: str | Path | None = None, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
     """Step latency (interleaved rounds) and FLOPs of the teacher's and every student's U-Net."""
@@ -118,26 +154,15 @@ def denoiser_latency(teacher: str, students: dict[str, str], factors: dict[str, 
     rows = []
     for batch in cfg.batch_sizes:
         inputs = step_inputs(pipe, batch, cfg.guidance_scale, device, dtype)
-        times: dict[str, list[float]] = {m: [] for m in unets}
-        names = list(unets)
         with torch.inference_mode():
-            for r in tqdm(range(cfg.warmup + cfg.rounds), desc=f"step latency, batch {batch}", unit="round"):
-                for i in rng.permutation(len(names)):
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    unets[names[i]](**inputs)
-                    _sync(device)
-                    if r >= cfg.warmup:
-                        times[names[i]].append((time.perf_counter() - t0) * 1e3)
+            times = time_interleaved({m: partial(_step_ms, u, inputs, device) for m, u in unets.items()}, cfg.rounds, cfg.warmup, rng,
+                                     f"step latency, batch {batch}")
         for m, unet in unets.items():
-            x = np.asarray(times[m])
-            ratio = x / np.asarray(times["teacher"])  # round by round: both timed within one round
-            lo, hi = bootstrap_ci(x, rng, n_boot, stat=np.median)
-            r_lo, r_hi = bootstrap_ci(ratio, rng, n_boot, stat=np.median)
+            s = median_and_ratio(times[m], times["teacher"], rng, n_boot)
             rows.append({"model": m, "factor": 1.0 if m == "teacher" else factors.get(m, float("nan")),
-                         "batch_size": batch, "step_ms": float(np.median(x)), "ci_low": lo, "ci_high": hi,
-                         "ratio_teacher": float(np.median(ratio)), "ratio_ci_low": r_lo, "ratio_ci_high": r_hi,
-                         "gflops": flops(unet, inputs) / 1e9, "params": count_parameters(unet), "rounds": len(x),
+                         "batch_size": batch, "step_ms": s["median"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                         "ratio_teacher": s["ratio"], "ratio_ci_low": s["ratio_ci_low"], "ratio_ci_high": s["ratio_ci_high"],
+                         "gflops": flops(unet, inputs) / 1e9, "params": count_parameters(unet), "rounds": len(times[m]),
                          "device": str(device), "dtype": str(dtype).removeprefix("torch.")})
     table = pd.DataFrame(rows, columns=LATENCY_SCHEMA.names)
     if out_path is not None:

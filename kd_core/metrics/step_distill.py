@@ -18,19 +18,20 @@ feature bootstrap) are taken from the distribution table as they are.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 
 from kd_core.generate import GenerationConfig
 from kd_core.io import write_parquet
 from kd_core.metrics.bootstrap import bootstrap_ci
 from kd_core.metrics.directions import HIGHER_IS_BETTER
 from kd_core.metrics.efficiency import time_pipeline
+from kd_core.metrics.latency import median_and_ratio, time_interleaved
 from kd_core.metrics.stats import paired_improvement, per_image_table
 from kd_core.models.loading import image_size, load_pipeline
 from kd_core.seeding import resolve_device, resolve_dtype
@@ -77,26 +78,18 @@ def step_latency(models: dict[str, tuple[str, GenerationConfig]], reference: str
             pipes[key] = pipe
         pipe = pipes[key]
         runs[name] = (pipe, device, dtype, g.steps, g.guidance_scale, image_size(pipe, g.resolution, "resolution"))
+    def image(run) -> float:
+        pipe, device, _, steps, guidance, size = run
+        return time_pipeline(pipe, device, prompt, steps, guidance, size, seed=seed)[0] * 1e3
+
     rng = np.random.default_rng(seed)
-    names = list(runs)
-    times: dict[str, list[float]] = {m: [] for m in names}
-    for r in tqdm(range(warmup + rounds), desc="latency per image", unit="round"):
-        for i in rng.permutation(len(names)):
-            pipe, device, _, steps, guidance, size = runs[names[i]]
-            total, _ = time_pipeline(pipe, device, prompt, steps, guidance, size, seed=seed)
-            if r >= warmup:
-                times[names[i]].append(total * 1e3)
+    times = time_interleaved({m: partial(image, run) for m, run in runs.items()}, rounds, warmup, rng, "latency per image")
     rows = []
-    ref = np.asarray(times[reference])
-    for m in names:
-        x = np.asarray(times[m])
-        lo, hi = bootstrap_ci(x, rng, n_boot, stat=np.median)
-        ratio = x / ref
-        r_lo, r_hi = bootstrap_ci(ratio, rng, n_boot, stat=np.median)
-        _, device, dtype, steps, _, _ = runs[m]
-        rows.append({"model": m, "steps": steps, "latency_ms": float(np.median(x)), "ci_low": lo, "ci_high": hi,
-                     "ratio_teacher": float(np.median(ratio)), "ratio_ci_low": r_lo, "ratio_ci_high": r_hi,
-                     "rounds": len(x), "device": str(device), "dtype": str(dtype).removeprefix("torch.")})
+    for m, (_, device, dtype, steps, _, _) in runs.items():
+        s = median_and_ratio(times[m], times[reference], rng, n_boot)
+        rows.append({"model": m, "steps": steps, "latency_ms": s["median"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                     "ratio_teacher": s["ratio"], "ratio_ci_low": s["ratio_ci_low"], "ratio_ci_high": s["ratio_ci_high"],
+                     "rounds": len(times[m]), "device": str(device), "dtype": str(dtype).removeprefix("torch.")})
     table = pd.DataFrame(rows, columns=LATENCY_SCHEMA.names)
     if out_path is not None:
         write_parquet(table, out_path, LATENCY_SCHEMA, "metrics/step_latency",

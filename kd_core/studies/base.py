@@ -128,14 +128,19 @@ class Study:
         settings: adding a level trains only that level)."""
         return read_by(self.cfg, DATA, self.config_class, keep=("data",), nested={"train": TRAIN})
 
+    @property
+    def teacher_images(self) -> str:
+        """The manifest ``data: teacher`` means: the teacher's train-split images."""
+        return self.plan.teacher_images
+
     def training_data(self) -> str:
         """The training images: the teacher's train-split manifest, or a local source (folder, table)."""
         data = self.cfg["data"]
-        return self.plan.teacher_images if data == "teacher" else local_path(data)
+        return self.teacher_images if data == "teacher" else local_path(data)
 
     def with_data(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """``inputs`` and, when the study trains on the teacher's images, their manifest."""
-        return inputs | ({"data": self.plan.teacher_images} if self.cfg["data"] == "teacher" else {})
+        return inputs | ({"data": self.teacher_images} if self.cfg["data"] == "teacher" else {})
 
     def sampled_like_teacher(self, name: str) -> dict[str, Any]:
         """A trained student's entry: its folder, sampled on the eval prompts with the teacher's settings."""

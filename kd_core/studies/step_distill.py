@@ -19,10 +19,12 @@ from kd_core import config_checks
 from kd_core.errors import ConfigError
 from kd_core.studies.base import PaperTable, Study, format_ci
 
-QUALITY = ("accuracy_all", "clip_score", "ssim", "psnr")  # the quality measure: the first the table has
+#: the study's quality measure (paper table, headline, figures): the first of these the table has
+QUALITY = ("accuracy_all", "clip_score", "ssim", "psnr")
 
 
-def _quality(df) -> str | None:
+def quality(df) -> str | None:
+    """Attribute accuracy in the shapes world, else the CLIP score, else SSIM or PSNR to the full-step teacher."""
     return next((m for m in QUALITY if m in set(df["metric"])), None)
 
 
@@ -31,7 +33,7 @@ def format_step_distill(df):
     the same steps [CI] and its p, the share of the full-step teacher's, FID [CI], latency [CI]."""
     import pandas as pd
 
-    metric = _quality(df)
+    metric = quality(df)
     rows = []
     for (model, role, steps), g in df.groupby(["model", "role", "steps"], sort=False):
         by = g.set_index("metric")
@@ -56,7 +58,7 @@ def format_step_distill(df):
 def step_headline(df, meta: dict) -> list[str]:
     """One sentence per student step count: quality against the teacher at the same steps (paired),
     its share of the full-step teacher's, and the latency of each."""
-    metric = _quality(df)
+    metric = quality(df)
     if metric is None:
         return []
     q = df[df["metric"] == metric].set_index("model")
@@ -152,15 +154,24 @@ class StepDistill(Study):
     def teacher_source(self) -> str:
         return self.plan.model_dir(self.teacher_entry["source"])
 
+    @property
+    def teacher_images(self) -> str:
+        """``data: teacher``: the train-split images of the distilled model (``step_distill.teacher``)."""
+        return self.plan.manifest(self.teacher_name, "train")
+
     def inputs(self) -> dict[str, Any]:
         """The teacher (when built here) and its training images."""
-        data = {"data": self.plan.manifest(self.teacher_name, "train")} if self.cfg["data"] == "teacher" else {}
-        return {"teacher": self.plan.built_input(self.teacher_entry["source"])} | data
+        return self.with_data({"teacher": self.plan.built_input(self.teacher_entry["source"])})
 
-    def training_data(self) -> str:
-        if self.cfg["data"] == "teacher":
-            return self.plan.manifest(self.teacher_name, "train")
-        return super().training_data()
+    def latency_inputs(self) -> dict[str, list[str]]:
+        """The built folders and adapters of every timed pair (step_latency's inputs)."""
+        inputs = self.plan.efficiency_inputs()
+        return {m: inputs[m] for m in self.timed()}
+
+    def latency_models(self) -> dict[str, tuple[str, dict]]:
+        """Every timed pair as sampled: name -> (source, generation config)."""
+        models = self.plan.efficiency_models()
+        return {m: models[m] for m in self.timed()}
 
     def loss_tables(self) -> dict[str, str]:
         return {f"step distillation {self.method}": f"{self.out}/train/{self.method}/loss.parquet"}
