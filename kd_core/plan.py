@@ -222,18 +222,30 @@ class Plan:
         source = self.metrics["features"]["model"] or (self.clip if self.extractor == "clip" else None)
         return self.model_dir(source) if source else None
 
-    def efficiency_inputs(self) -> dict[str, list[str]]:
-        """Each model's built folder and adapter (hub ids and local paths need none)."""
+    @property
+    def efficiency_timed(self) -> list[str]:
+        """The models the efficiency table times: every model, but, when ``metrics.efficiency.steps``
+        fixes one step count for all, those a study times itself at their own step counts
+        (step distillation's ``<method>_s<n>`` and ``<teacher>_s<n>``: at the fixed count each would
+        repeat the cost of its network, at a step count it is never sampled at)."""
+        if self.metrics["efficiency"]["steps"] is None:
+            return list(self.models)
+        own = {m for study in self.enabled for m in study.timed_at_own_steps()}
+        return [m for m in self.models if m not in own]
+
+    def efficiency_inputs(self, models: list[str] | None = None) -> dict[str, list[str]]:
+        """Each timed model's built folder and adapter (hub ids and local paths need none)."""
         inputs = {}
-        for m in self.models:
+        for m in self.efficiency_timed if models is None else models:
             entry = self.model_entry(m)
             lora = entry["generation"].get("lora")
             inputs[m] = self.built_input(entry["source"]) + ([lora] if lora else [])
         return inputs
 
-    def efficiency_models(self) -> dict[str, tuple[str, dict]]:
-        """name -> (source, generation config) of every model, as sampled."""
-        return {m: (self.model_dir(self.model_entry(m)["source"]), self.generation_params(m)) for m in self.models}
+    def efficiency_models(self, models: list[str] | None = None) -> dict[str, tuple[str, dict]]:
+        """name -> (source, generation config) of every timed model (or of ``models``), as sampled."""
+        return {m: (self.model_dir(self.model_entry(m)["source"]), self.generation_params(m))
+                for m in (self.efficiency_timed if models is None else models)}
 
     def loss_tables(self) -> dict[str, str]:
         """Title -> loss.parquet of every diffusion training run (the toy models', then each study's)."""

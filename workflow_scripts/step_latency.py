@@ -1,8 +1,8 @@
-"""Adapter: rule step_latency -> kd_core.metrics.step_distill.step_latency (interleaved latency per image)."""
+"""Adapter: rule step_latency -> kd_core.metrics.step_latency.step_latency (interleaved latency per image)."""
 
 from kd_core.config import build
 from kd_core.generate import GenerationConfig
-from kd_core.metrics.step_distill import step_latency
+from kd_core.metrics.step_latency import step_latency
 from kd_core.runlog import job
 
 with job(snakemake.log[0], snakemake.threads):

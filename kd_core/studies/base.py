@@ -90,6 +90,12 @@ class Study:
         """The config entry of one of :attr:`models` (source, splits, generation), as sampled."""
         raise KeyError(name)
 
+    def timed_at_own_steps(self) -> list[str]:
+        """Those of :attr:`models` whose step latency its own job measures, each at the step count it
+        samples with (the efficiency table leaves them out when it times every model at one fixed
+        step count: there they would repeat their network's cost at a step count they never use)."""
+        return []
+
     def loss_tables(self) -> dict[str, str]:
         """Title -> loss.parquet of each of its diffusion trainings (the loss-curve figure)."""
         return {}

@@ -165,13 +165,14 @@ class StepDistill(Study):
 
     def latency_inputs(self) -> dict[str, list[str]]:
         """The built folders and adapters of every timed pair (step_latency's inputs)."""
-        inputs = self.plan.efficiency_inputs()
-        return {m: inputs[m] for m in self.timed()}
+        return self.plan.efficiency_inputs(self.timed())
 
     def latency_models(self) -> dict[str, tuple[str, dict]]:
         """Every timed pair as sampled: name -> (source, generation config)."""
-        models = self.plan.efficiency_models()
-        return {m: models[m] for m in self.timed()}
+        return self.plan.efficiency_models(self.timed())
+
+    def timed_at_own_steps(self) -> list[str]:
+        return list(self.models)
 
     def loss_tables(self) -> dict[str, str]:
         return {f"step distillation {self.method}": f"{self.out}/train/{self.method}/loss.parquet"}

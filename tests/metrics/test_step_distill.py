@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from kd_core.generate import GenerationConfig
-from kd_core.metrics.step_distill import step_distill_summary, step_latency
+from kd_core.metrics.step_distill import step_distill_summary
+from kd_core.metrics.step_latency import step_latency
 
 N = 40
 

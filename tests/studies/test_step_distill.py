@@ -45,6 +45,21 @@ def test_every_step_count_is_a_model_of_the_student_and_of_the_teacher():
     assert full.generate_inputs("lcm_s2", "eval")["model"] == ["results/smoke/models/lcm"]
 
 
+def test_the_efficiency_table_times_step_models_only_at_their_own_step_counts():
+    """At one fixed step count for every model (metrics.efficiency.steps) the step models would repeat
+    their networks' cost at a count they are never sampled at: step_latency times them instead."""
+    cfg = _cfg(steps=[1, 2])
+    fixed = Plan(validate_experiment(cfg | {"metrics": cfg["metrics"] | {"efficiency": {"steps": 10}}}, SCHEMA))
+    step_models = {"lcm_lora_s1", "lcm_lora_s2", "teacher_s1", "teacher_s2"}
+    assert step_models <= set(fixed.models)
+    assert set(fixed.efficiency_models()) == set(fixed.models) - step_models
+    assert set(fixed.efficiency_inputs()) == set(fixed.models) - step_models
+    assert set(fixed.study("step_distill").latency_models()) == step_models | {"teacher"}
+    own = Plan(validate_experiment(cfg, SCHEMA))  # steps: null, each model at its own count: every model
+    assert own.metrics["efficiency"]["steps"] is None
+    assert list(own.efficiency_models()) == own.models and own.efficiency_models()["teacher_s1"][1]["steps"] == 1
+
+
 @pytest.mark.parametrize(("step", "models", "message"), [
     ({"teacher": "nope"}, None, "config key 'step_distill.teacher' is 'nope'"),
     ({"guidance_min": 6.0, "guidance_max": 3.0}, None, "the range is empty"),
