@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
+from safetensors.torch import load_file
 
 from kd_core.captions import DataConfig
 from kd_core.errors import KDError
@@ -16,6 +17,7 @@ from kd_core.generate import GenerationConfig, generate_images
 from kd_core.prompts import PromptConfig, synthesize_prompts
 from kd_core.train.diffusion import Diffusion
 from kd_core.train.loop import TrainConfig
+from kd_core.train.lora import KOHYA_FILE
 from kd_core.train.step_distill import (
     SkippingDDIM,
     StepDistillConfig,
@@ -90,7 +92,8 @@ def _sample(pipe, steps=2, **kw):
 
 
 def test_lcm_lora_trains_and_samples_in_plain_diffusers(tmp_path, tiny_sd, teacher_images):
-    cfg = StepDistillConfig(method="lcm_lora", rank=4, guidance_min=2.0, guidance_max=4.0, resolution=64, val_fraction=0.25)
+    cfg = StepDistillConfig(method="lcm_lora", rank=4, alpha=8.0, guidance_min=2.0, guidance_max=4.0, resolution=64,
+                            val_fraction=0.25, kohya=True)
     result = train_step_distill(str(tiny_sd), DataConfig(str(teacher_images)), tmp_path / "adapter", tmp_path / "run",
                                 cfg, TRAIN)
     assert result.steps == 3
@@ -123,6 +126,15 @@ def test_lcm_lora_trains_and_samples_in_plain_diffusers(tmp_path, tiny_sd, teach
                       generator=torch.Generator("cpu").manual_seed(int(row.seed)), output_type="pil").images[0]
         worst = max(worst, int(np.abs(ours - np.asarray(theirs, dtype=np.int16)).max()))
     assert worst == 0, f"the workflow's images differ from plain diffusers' by up to {worst} grey levels"
+    # kohya export on request (A1111 / ComfyUI): the file, read by diffusers' kohya loader, samples as the
+    # diffusers-format adapter, its alpha (8, not the rank 4) carried
+    alphas = {k: v for k, v in load_file(tmp_path / "adapter" / KOHYA_FILE).items() if k.endswith(".alpha")}
+    assert alphas and all(float(v) == 8.0 for v in alphas.values()) and all(k.startswith("lora_unet") for k in alphas)
+    kohya = DiffusionPipeline.from_pretrained(str(tiny_sd))
+    kohya.scheduler = LCMScheduler.from_config(kohya.scheduler.config)
+    kohya.load_lora_weights(str(tmp_path / "adapter"), weight_name=KOHYA_FILE)
+    from_kohya = _sample(kohya, guidance_scale=1.0)
+    assert np.abs(from_kohya - images).max() < 1e-5, f"kohya and diffusers adapters sample {np.abs(from_kohya - images).max():.3g} apart"
 
 
 def test_lcm_trains_a_guided_student_pipeline_and_resumes_exactly(tmp_path, tiny_sd, teacher_images, monkeypatch):
