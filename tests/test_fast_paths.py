@@ -164,8 +164,13 @@ def test_trainer_applies_the_training_switches(tmp_path):
             assert trainer.opt.optimizer.defaults["fused"] is True and not unet.is_gradient_checkpointing
         trainer.fit()
         finals.append(trainable_state(trainer.unwrapped))
-    for k in finals[0]:
-        torch.testing.assert_close(finals[1][k], finals[0][k], rtol=1e-4, atol=1e-6)
+    # AdamW moves a weight whose gradient is near zero by up to lr a step whatever the gradient's
+    # rounding, and the two layouts round differently: one weight in 2,304 ended 1.5e-5 apart on one
+    # CPU. So: all within what two steps can move, and all but a few within 1e-6 (a switch that changed
+    # the computation moves nearly every weight by ~lr).
+    diff = torch.cat([(finals[1][k] - finals[0][k]).abs().flatten() for k in finals[0]])
+    assert diff.max() <= 2 * 1e-3 and (diff > 1e-6).float().mean() < 1e-3, (
+        f"{int((diff > 1e-6).sum())} of {diff.numel()} weights differ by > 1e-6 (max {diff.max():.3g})")
 
 
 def test_trainer_compiles_the_trained_model_with_its_feature_hooks(tmp_path, monkeypatch, capfd):
