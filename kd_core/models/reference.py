@@ -28,7 +28,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from kd_core.models.bk_sdm import LEVELS, SD15_UNET_CONFIG, build_student
+from kd_core.models.bk_sdm import LEVELS, SD15_UNET_CONFIG, SDXL_UNET_CONFIG, build_student
 from kd_core.models.tokenizer import build_clip_tokenizer
 from kd_core.prompts import iter_words
 from kd_core.world.toy import SCHEDULE
@@ -53,16 +53,6 @@ CLIP_L_TEXT: dict[str, Any] = {
 CLIP_G_TEXT: dict[str, Any] = CLIP_L_TEXT | {
     "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
     "hidden_act": "gelu", "projection_dim": 1280,
-}
-SDXL_UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 128, "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "block_out_channels": [320, 640, 1280], "layers_per_block": 2, "transformer_layers_per_block": [1, 2, 10],
-    "attention_head_dim": [5, 10, 20], "cross_attention_dim": 2048, "use_linear_projection": True,
-    "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816, "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu",
 }
 
 

@@ -6,6 +6,8 @@ from kd_core.errors import KDError
 from kd_core.models.bk_sdm import (
     LEVELS,
     SD15_UNET_CONFIG,
+    SDXL_LEVELS,
+    SDXL_UNET_CONFIG,
     build_student,
     feature_map,
     student_config,
@@ -83,4 +85,88 @@ def test_students_copy_the_teacher_and_feature_maps_pair_equal_shapes(tiny_sd15,
     for t_name, s_name in fmap.items():
         assert tf[t_name].shape == sf[s_name].shape, (t_name, s_name)
     # fewer parameters, strictly, at every level
+    assert count_parameters(student) < count_parameters(teacher)
+
+
+#: Published sizes: SDXL's U-Net (2,567,463,684 in Stability's and diffusers' configs), SSD-1B 1.3 B and
+#: Segmind-Vega 0.74 B (segmind's model cards, arXiv 2401.02677), KOALA-1B and -700M "up to 54% and
+#: 69%" smaller than SDXL's U-Net (arXiv 2312.04005). EXACT: an independent count of the same configs
+#: (a formula over the diffusers modules, no torch; it gives SDXL's published figure exactly).
+SDXL_PUBLISHED = {"ssd_1b": 1.3e9, "vega": 0.74e9}
+SDXL_SMALLER = {"koala_1b": 0.54, "koala_700m": 0.69}
+SDXL_EXACT = {"teacher": 2_567_463_684, "ssd_1b": 1_331_334_404, "vega": 745_225_604, "koala_1b": 1_161_184_324,
+              "koala_700m": 782_822_724}
+
+
+def test_sdxl_parameter_counts_match_the_published_ones():
+    with torch.device("meta"):
+        teacher = UNet2DConditionModel(**SDXL_UNET_CONFIG)
+        counts = {"teacher": count_parameters(teacher)}
+        for level in SDXL_LEVELS:
+            student = UNet2DConditionModel.from_config(student_config(teacher.config, level))
+            counts[level] = count_parameters(student)
+            t_state, s_state = teacher.state_dict(), student.state_dict()
+            for s_key, t_key in weight_map(student, level).items():
+                assert t_state[t_key].shape == s_state[s_key].shape, (level, s_key, t_key)
+    assert counts == SDXL_EXACT
+    for level, published in SDXL_PUBLISHED.items():  # published to two digits
+        assert abs(counts[level] - published) / published < 0.03, (level, counts[level])
+    for level, smaller in SDXL_SMALLER.items():  # "up to 54%": 54.8% smaller; "69%": 69.5%
+        assert 0 <= 1 - counts[level] / counts["teacher"] - smaller < 0.01, (level, counts[level])
+
+
+def test_sdxl_student_configs_are_the_published_ones():
+    cfg = {level: student_config(SDXL_UNET_CONFIG, level) for level in SDXL_LEVELS}
+    ssd = cfg["ssd_1b"]
+    assert ssd["transformer_layers_per_block"] == [1, 2, 4] and ssd["layers_per_block"] == 2
+    assert ssd["reverse_transformer_layers_per_block"] == [[4, 4, 10], [2, 1, 1], 1]
+    assert ssd["mid_block_type"] == "UNetMidBlock2D"
+    assert cfg["vega"]["transformer_layers_per_block"] == [1, 1, 2] and "reverse_transformer_layers_per_block" not in cfg["vega"]
+    assert cfg["vega"]["mid_block_type"] == "UNetMidBlock2D"
+    assert cfg["koala_1b"]["transformer_layers_per_block"] == [1, 2, 6] and cfg["koala_1b"]["layers_per_block"] == 1
+    assert cfg["koala_1b"]["mid_block_type"] == "UNetMidBlock2DCrossAttn"
+    assert cfg["koala_700m"]["transformer_layers_per_block"] == [1, 2, 5] and cfg["koala_700m"]["mid_block_type"] is None
+    with torch.device("meta"):
+        mid = UNet2DConditionModel.from_config(ssd).mid_block
+    assert len(mid.resnets) == 1 and not getattr(mid, "attentions", None)  # one resnet, no attention
+    with pytest.raises(KDError, match="SDXL-layout teacher.*use bk_base"):
+        student_config(SD15, "ssd_1b")
+    with pytest.raises(KDError, match="one transformer depth per stage"):
+        student_config({**SDXL_UNET_CONFIG, "transformer_layers_per_block": [1, [2, 2], 10]}, "vega")
+    for level in LEVELS:  # the SD 1.x levels are unchanged
+        assert student_config(SD15, level)["layers_per_block"] == 1
+
+
+def _sdxl_layout_unet(depths=(1, 2, 4)) -> UNet2DConditionModel:
+    """SDXL's layout in miniature: an outer stage without attention, transformer depths above 1 inside."""
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=16, block_out_channels=(16, 32, 64), layers_per_block=2, down_block_types=SDXL_UNET_CONFIG["down_block_types"],
+        up_block_types=SDXL_UNET_CONFIG["up_block_types"], transformer_layers_per_block=list(depths),
+        attention_head_dim=(2, 4, 8), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=32,
+        norm_num_groups=8).eval()
+
+
+@pytest.mark.parametrize("level", SDXL_LEVELS)
+def test_sdxl_students_copy_the_teacher_and_feature_maps_pair_equal_shapes(level):
+    teacher = _sdxl_layout_unet()
+    student = build_student(teacher, level).eval()
+    depth = {"ssd_1b": 2, "vega": 1, "koala_1b": 2, "koala_700m": 2}[level]  # the innermost 4 scaled (0.4, 0.2, 0.6, 0.5)
+    assert student.config.transformer_layers_per_block[-1] == depth
+    assert len(student.down_blocks[2].attentions[0].transformer_blocks) == depth
+    t_state = teacher.state_dict()
+    for s_key, value in student.state_dict().items():
+        assert torch.equal(value, t_state[weight_map(student, level)[s_key]]), s_key
+    fmap = feature_map(teacher, student, level)
+    th, sh = FeatureHooks(teacher, list(fmap)), FeatureHooks(student, list(fmap.values()))
+    x, t, cond = torch.randn(2, 4, 16, 16), torch.tensor([10, 500]), torch.randn(2, 5, 32)
+    added = {"text_embeds": torch.randn(2, 32), "time_ids": torch.randn(2, 6)}  # SDXL's micro-conditioning
+    with torch.no_grad():
+        out_t = teacher(x, t, encoder_hidden_states=cond, added_cond_kwargs=added).sample
+        out_s = student(x, t, encoder_hidden_states=cond, added_cond_kwargs=added).sample
+    tf, sf = th.pop(), sh.pop()
+    assert out_s.shape == out_t.shape and torch.isfinite(out_s).all() and len(fmap) == 6
+    for t_name, s_name in fmap.items():
+        assert tf[t_name].shape == sf[s_name].shape, (t_name, s_name)
     assert count_parameters(student) < count_parameters(teacher)
