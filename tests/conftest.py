@@ -50,6 +50,16 @@ def tiny_sdxl(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_layout(tmp_path_factory) -> Path:
+    """SDXL's U-Net layout in miniature (transformer depths 2 and 4): the teacher of every SDXL block-KD student."""
+    from kd_core.models.tiny import build_tiny_sdxl
+
+    out = tmp_path_factory.mktemp("models") / "tiny_sdxl_layout"
+    build_tiny_sdxl(out, sdxl_layout=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_sd15(tmp_path_factory) -> Path:
     """SD 1.5's block layout in miniature: the teacher of every BK-SDM student."""
     from kd_core.models.tiny import build_tiny_sd

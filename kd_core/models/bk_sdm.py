@@ -130,6 +130,9 @@ def student_config(teacher: Mapping[str, Any], level: str) -> dict[str, Any]:
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in teacher.items() if not k.startswith("_")}
     if level in SDXL_LEVELS:
         return _sdxl_student_config(cfg, level)
+    if cfg.get("addition_embed_type") == "text_time":
+        raise KDError(f"{level} is defined for SD 1.x-style U-Nets; this teacher has SDXL's micro-conditioning: "
+                      f"choose one of {', '.join(SDXL_LEVELS)}")
     layers = cfg["layers_per_block"]
     if not isinstance(layers, int) or layers < 2:
         raise KDError(f"BK-SDM students remove one layer per stage: the teacher needs layers_per_block >= 2 (an int), "

@@ -61,18 +61,28 @@ def build_tiny_sd(out_dir: str | Path, seed: int = 0, sd15_layout: bool = False)
     save_pipeline(out_dir, vae=tiny_vae(), text_encoder=text, tokenizer=tok, unet=unet, scheduler=DDIMScheduler(**SCHEDULE))
 
 
-def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> None:
-    """An SDXL-style pipeline: two text encoders, ``text_time`` micro-conditioning, random weights."""
+def build_tiny_sdxl(out_dir: str | Path, seed: int = 0, sdxl_layout: bool = False) -> None:
+    """An SDXL-style pipeline: two text encoders, ``text_time`` micro-conditioning, random weights.
+    ``sdxl_layout``: SDXL's U-Net layout in miniature (an outer stage without attention, two with
+    transformers 2 and 4 deep, two layers per block), from which every SDXL block-KD student can be
+    derived."""
     torch.manual_seed(seed)
     tok = build_clip_tokenizer(iter_words(GRAMMARS), MAX_LENGTH)
     text = CLIPTextModel(_text_config(len(tok)))
     text_2 = CLIPTextModelWithProjection(_text_config(len(tok)))
+    if sdxl_layout:
+        layout = dict(block_out_channels=(16, 32, 64), layers_per_block=2,
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                      attention_head_dim=(2, 4, 8), transformer_layers_per_block=(1, 2, 4))
+    else:
+        layout = dict(block_out_channels=(32, 64), layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                      transformer_layers_per_block=(1, 1))
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8)
+        sample_size=32, in_channels=4, out_channels=4, use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64,
+        norm_num_groups=8, **layout)
     sched = EulerDiscreteScheduler(**{k: v for k, v in SCHEDULE.items() if k not in ("clip_sample", "set_alpha_to_one")})
     pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=text, text_encoder_2=text_2, tokenizer=tok,
                                      tokenizer_2=tok, unet=unet, scheduler=sched)

@@ -12,8 +12,10 @@ The teacher is frozen, in half precision on GPU, and kept out of ``accelerator.p
 weighs the terms 1 / 1 / 1; segmind's small-sd / tiny-sd used 1 / 0.5 / 0.5. Every term goes to
 ``loss.parquet`` raw (``task``, ``out_kd``, ``feat_kd``) and weighted (``*_weighted``).
 
-The trained student U-Net, with the teacher's VAE, text encoder, tokenizer and scheduler, is saved
-as a pipeline folder that ``DiffusionPipeline.from_pretrained`` loads.
+The trained student U-Net, with the teacher's VAE, text encoder(s), tokenizer(s) and scheduler, is
+saved as a pipeline folder that ``DiffusionPipeline.from_pretrained`` loads. An SDXL teacher's
+students (``ssd_1b``, ``vega``, ``koala_1b``, ``koala_700m``) learn with SDXL's micro-conditioning,
+as its pipeline passes it, and are ``StableDiffusionXLPipeline`` folders.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from kd_core.train.loop import TrainConfig, TrainResult
 
 @dataclass(frozen=True)
 class BlockKDConfig:
-    level: str = "bk_small"  # bk_base | bk_small | bk_tiny
+    level: str = "bk_small"  # bk_base | bk_small | bk_tiny (SD 1.x); ssd_1b | vega | koala_1b | koala_700m (SDXL)
     w_task: float = 1.0
     w_out: float = 1.0
     w_feat: float = 1.0

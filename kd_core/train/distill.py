@@ -12,7 +12,8 @@ several processes. The teacher is frozen, in half precision on GPU, and kept out
 ``accelerator.prepare``. Every term goes to ``loss.parquet`` raw (``task``, ``out_kd``,
 ``feat_kd``) and weighted (``*_weighted``). The trained student U-Net, with the teacher's VAE, text
 encoder, tokenizer and scheduler, is saved as a pipeline folder that
-``DiffusionPipeline.from_pretrained`` loads. A pixel-space teacher (``DDPMPipeline``: no VAE, no
+``DiffusionPipeline.from_pretrained`` loads (an SDXL teacher's: a ``StableDiffusionXLPipeline``, trained
+with SDXL's micro-conditioning, pooled text embedding and size ids, as its pipeline passes them). A pixel-space teacher (``DDPMPipeline``: no VAE, no
 text) is distilled on the images themselves, an unconditional latent one (``LDMPipeline``) on its
 autoencoder's latents, both without text.
 """
@@ -34,7 +35,7 @@ from kd_core.models.loading import image_size, load_pipeline, reset_tokenizers
 from kd_core.models.params import count_parameters
 from kd_core.seeding import resolve_device
 from kd_core.sources import fingerprint
-from kd_core.train.data import encode_pairs
+from kd_core.train.data import encode_pairs, sdxl_added_cond
 from kd_core.train.diffusion import Diffusion, Noised, sample_posterior
 from kd_core.train.loop import (
     VAL_SEED,
@@ -110,8 +111,9 @@ class UNetKD:
 
     def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, fmap: dict[str, str],
                  cache: dict[str, torch.Tensor], diffusion: Diffusion, cfg: KDWeights, device: torch.device,
-                 split: tuple[torch.Tensor, torch.Tensor], val_seed: int):
+                 split: tuple[torch.Tensor, torch.Tensor], val_seed: int, size: int):
         self.teacher, self.fmap, self.cache, self.diffusion, self.cfg, self.device = teacher, fmap, cache, diffusion, cfg, device
+        self.size = size  # SDXL: the image size its micro-conditioning states
         self.val_ids, self.train_ids = split
         self.val_seed = val_seed
         self.t_hooks, self.s_hooks = FeatureHooks(teacher, list(fmap)), FeatureHooks(student, list(fmap.values()))
@@ -126,8 +128,13 @@ class UNetKD:
         emb = self.cache.get("prompt_embeds")  # unconditional DDPMs: none
         cond = {} if emb is None else {"encoder_hidden_states": emb[self.cache["prompt_index"][ids]].to(self.device)}
         dtype = self.teacher.dtype
+        t_cond = {k: v.to(dtype) for k, v in cond.items()}
+        if "pooled_embeds" in self.cache:  # SDXL: pooled text embedding and size ids, as its pipeline passes them
+            pooled = self.cache["pooled_embeds"][self.cache["prompt_index"][ids]]
+            cond["added_cond_kwargs"] = sdxl_added_cond(pooled, self.size, torch.float32, self.device)
+            t_cond["added_cond_kwargs"] = sdxl_added_cond(pooled, self.size, dtype, self.device)
         with torch.no_grad():
-            t_out = self.teacher(noisy.to(dtype), t, **{k: v.to(dtype) for k, v in cond.items()}).sample
+            t_out = self.teacher(noisy.to(dtype), t, **t_cond).sample
         t_feats = self.t_hooks.pop()
         s_out = model(noisy, t, **cond).sample
         return kd_terms(s_out, t_out, noised.target.to(self.device), self.s_hooks.pop(), t_feats, self.fmap, self.cfg)
@@ -172,20 +179,18 @@ def distill_unet(teacher: str, data: DataConfig, out_dir: str | Path, run_dir: s
     device = resolve_device(train.device)
     pipe = load_pipeline(teacher, device, torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise KDError(f"{name}: U-Net distillation is defined for SD 1.x-style U-Nets; the teacher has SDXL's two text encoders")
     size = image_size(pipe, cfg.resolution, "the training resolution")
     pairs = load_pairs(data)
     cache = encode_pairs(pipe, pairs, size, run_dir / "cache.safetensors")
     t_unet = pipe.unet.eval().requires_grad_(False)
-    student = make_student(t_unet).to(device).train()
+    student = make_student(t_unet).to(device).train()  # refuses a teacher whose layout it does not know
     half = cfg.teacher_dtype == "fp16" or (cfg.teacher_dtype == "auto" and device.type == "cuda")
     if half:
         t_unet.to(torch.float16)
     fmap = make_feature_map(t_unet, student) if make_feature_map is not None else {}
     split = holdout_split(len(pairs), cfg.val_fraction, train.seed)
     loss = UNetKD(t_unet, student, fmap, cache, Diffusion(pipe.scheduler.config), cfg, device, split,
-                  train.seed + VAL_SEED)
+                  train.seed + VAL_SEED, size)
     key = run_key(teacher=teacher, data=asdict(data), kd=asdict(cfg), size=size, files=list(pairs["image"]),
                   # contents, not only names: retrained models or remade images restart the run
                   weights=fingerprint(teacher), data_key=bytes(cache["key"].tolist()).decode())

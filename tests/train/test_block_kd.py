@@ -13,10 +13,12 @@ from diffusers import DiffusionPipeline
 from safetensors.torch import load_file, save_file
 
 from kd_core.captions import DataConfig
+from kd_core.errors import KDError
 from kd_core.models.bk_sdm import LEVELS
 from kd_core.train.block_kd import BlockKDConfig, train_block_kd
 from kd_core.train.distill import kd_terms
 from kd_core.train.loop import TrainConfig, complete_checkpoints
+from kd_core.train.size_study import SizeStudyConfig, train_width_student
 
 from ..conftest import assert_drawn, random_image_manifest
 
@@ -37,6 +39,53 @@ def test_kd_terms_raw_and_weighted():
     assert t["out_kd"] == 1 and t["out_kd_weighted"] == 0.5 and t["feat_kd"] == 1 and t["loss"] == 1 + 0.5 + 0.5
     ablation = kd_terms(out, target, target, {"x": feats["b"]}, feats, {"a": "x"}, BlockKDConfig(feature_kd=False))
     assert ablation["feat_kd"] == 1 and ablation["feat_kd_weighted"] == 0 and ablation["loss"] == 2
+
+
+@pytest.mark.parametrize("level", ["ssd_1b", "koala_700m"])
+def test_sdxl_students_learn_with_micro_conditioning_and_load_in_a_fresh_process(tiny_sdxl_layout, teacher_images,
+                                                                                tmp_path, level):
+    """An SDXL-layout teacher (depths 2 and 4) into its SSD-1B / KOALA-700M-style student: every KD term
+    on SDXL's pooled embedding and size ids (its U-Net refuses a call without them); the student folder
+    is a StableDiffusionXLPipeline that plain diffusers loads and samples in a fresh process."""
+    cfg = TrainConfig(max_steps=2, batch_size=2, device="cpu", checkpoint_every=1, lr=1e-3)
+    result = train_block_kd(str(tiny_sdxl_layout), DataConfig(source=str(teacher_images)), tmp_path / "model",
+                            tmp_path / "run", BlockKDConfig(level=level, val_fraction=0.25), cfg)
+    assert result.steps == 2
+    loss = pd.read_parquet(tmp_path / "run" / "loss.parquet")
+    train = loss[loss["split"] == "train"].pivot_table(index="step", columns="term", values="value")
+    assert (train["feat_kd"] > 0).all() and (train["out_kd"] > 0).all() and train.notna().all().all()
+    assert (train["loss"] - train[["task_weighted", "out_kd_weighted", "feat_kd_weighted"]].sum(axis=1)).abs().max() < 1e-5
+    code = textwrap.dedent("""
+        import json, sys
+        import numpy as np, torch
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained(sys.argv[1])
+        image = pipe("a small red circle", num_inference_steps=2, height=64, width=64,
+                     generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+        print(json.dumps({"type": type(pipe).__name__, "finite": bool(np.isfinite(image).all()),
+                          "std": float(image.std()), "depths": list(pipe.unet.config.transformer_layers_per_block),
+                          "mid": pipe.unet.config.mid_block_type}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["type"] == "StableDiffusionXLPipeline" and info["finite"] and info["std"] > 0
+    assert info["depths"] == [1, 2, 2]  # the innermost 4 -> 0.4 x 4 (ssd_1b), 0.5 x 4 (koala_700m), rounded
+    assert info["mid"] == ("UNetMidBlock2D" if level == "ssd_1b" else None)
+    meta = json.loads((tmp_path / "model" / "block_kd.json").read_text())
+    assert meta["params_student"] < meta["params_teacher"] and len(meta["feature_map"]) == 6
+
+
+def test_an_sdxl_teacher_is_refused_by_the_sd_students(tiny_sdxl_layout, teacher_images, tmp_path):
+    cfg = TrainConfig(max_steps=1, batch_size=2, device="cpu")
+    with pytest.raises(KDError, match="bk_small is defined for SD 1.x-style U-Nets.*choose one of ssd_1b"):
+        train_block_kd(str(tiny_sdxl_layout), DataConfig(source=str(teacher_images)), tmp_path / "m", tmp_path / "r",
+                       BlockKDConfig(level="bk_small"), cfg)
+    with pytest.raises(KDError, match="width students are defined for SD 1.x-style U-Nets"):
+        train_width_student(str(tiny_sdxl_layout), DataConfig(source=str(teacher_images)), tmp_path / "w", tmp_path / "wr",
+                            SizeStudyConfig(factor=0.5), cfg)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("level", LEVELS)
