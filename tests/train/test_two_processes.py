@@ -1,4 +1,4 @@
-"""LoRA, block KD, width distillation and step distillation in two CPU processes (gloo, through kd_core.launch):
+"""LoRA, block KD (an SD 1.x and an SDXL teacher), width distillation and step distillation in two CPU processes (gloo, through kd_core.launch):
 both ranks end with the same weights, and those of one process trained on the same global batch."""
 
 import os
@@ -50,9 +50,10 @@ SCRIPT = textwrap.dedent("""
                 # dropout 0: LoRA dropout masks are drawn per process, so only without them can one process match two
                 cfg = LoRAConfig(rank=4, alpha=8, dropout=0.0, text_encoder=True, resolution=64, val_fraction=0.25)
                 train_lora(source, data, out + "/adapter", out + "/run", cfg, train)
-            elif kind == "block_kd":
+            elif kind in ("block_kd", "block_kd_xl"):  # an SD 1.x-layout teacher's bk_small; an SDXL-layout one's SSD-1B
                 from kd_core.train.block_kd import BlockKDConfig, train_block_kd
-                train_block_kd(source, data, out + "/model", out + "/run", BlockKDConfig(level="bk_small", val_fraction=0.25), train)
+                level = "ssd_1b" if kind == "block_kd_xl" else "bk_small"
+                train_block_kd(source, data, out + "/model", out + "/run", BlockKDConfig(level=level, val_fraction=0.25), train)
             elif kind == "classifier":  # DM-KD: a ResNet student taught by a random teacher on random images
                 import torch
                 from kd_core.image_folder import LabelledImages
@@ -107,7 +108,8 @@ def _train(script, jobs, images, n):
     return _finish(_start(script, jobs, images, n))
 
 
-TRAINERS = {"lora": "tiny_sd", "block_kd": "tiny_sd15", "width": "tiny_sd15", "lcm_lora": "tiny_sd", "lcm": "tiny_sd"}
+TRAINERS = {"lora": "tiny_sd", "block_kd": "tiny_sd15", "block_kd_xl": "tiny_sdxl_layout", "width": "tiny_sd15",
+            "lcm_lora": "tiny_sd", "lcm": "tiny_sd"}
 
 
 @pytest.fixture(scope="module")
