@@ -22,6 +22,11 @@ EXPECTED = {
                                                  "lora.data": "huggan/wikiart", "metrics.clip_model": CLIP_L},
     "config/experiments/bk_sdm_sd15.yaml": {"models.teacher.source": SD15, "models.base_student.source":
                                             "nota-ai/bk-sdm-small", "metrics.clip_model": CLIP_L},
+    "config/experiments/ssd_1b.yaml": {"models.teacher.source": "stabilityai/stable-diffusion-xl-base-1.0",
+                                       "models.base_student.source": "segmind/SSD-1B",
+                                       "models.teacher.generation.vae": "madebyollin/sdxl-vae-fp16-fix",
+                                       "models.base_student.generation.vae": "madebyollin/sdxl-vae-fp16-fix",
+                                       "metrics.clip_model": CLIP_L},
     "config/experiments/dmkd_cifar10.yaml": {"models.teacher.source": SD15, "dmkd.teacher.source": "microsoft/resnet-18"},
     "config/experiments/size_study_cifar10.yaml": {"metrics.features.model": "openai/clip-vit-base-patch32"},
     "config/experiments/lcm_lora_sd15.yaml": {"models.teacher.source": SD15, "models.base_student.source": SD15,

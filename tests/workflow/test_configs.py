@@ -42,6 +42,13 @@ def test_bk_sdm_config_dry_run_trains_every_level_and_its_ablation():
     assert "results/bk_sdm_sd15/models/bk_tiny_nofeat" in text and "gpu=1" in text
 
 
+def test_ssd_1b_config_dry_run_trains_both_sdxl_students_and_their_ablations():
+    jobs, text = plan(ROOT, "--configfile", "config/experiments/ssd_1b.yaml")
+    # teacher (train and eval splits), the published SSD-1B, and 2 levels x (with, without feature KD)
+    assert jobs == {"prompts": 3, "generate": 7, "train_block_kd": 4, **EVALUATION, "pairwise": 5, "alignment": 6}
+    assert "results/ssd_1b/models/koala_700m_nofeat" in text and "gpu=1" in text
+
+
 def test_dmkd_cifar10_config_dry_run(tmp_path):
     """The CIFAR-10 DM-KD study: teacher, 3 guidance scales x (KD, hard labels), 2 set sizes x 2, the real-data student."""
     for split in ("train", "test"):
