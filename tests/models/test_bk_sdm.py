@@ -20,17 +20,23 @@ SD15 = SD15_UNET_CONFIG
 PUBLISHED = {"teacher": 859.5e6, "bk_base": 579.4e6, "bk_small": 482.3e6, "bk_tiny": 323.4e6}
 
 
-def test_parameter_counts_match_the_published_ones():
+def _counts(teacher_config, levels) -> dict[str, int]:
+    """Parameters of the teacher and of each level's student, built on the meta device; every student
+    weight has a teacher weight of its shape."""
     with torch.device("meta"):
-        teacher = UNet2DConditionModel(**SD15)
+        teacher = UNet2DConditionModel(**teacher_config)
         counts = {"teacher": count_parameters(teacher)}
-        for level in LEVELS:
+        for level in levels:
             student = UNet2DConditionModel.from_config(student_config(teacher.config, level))
             counts[level] = count_parameters(student)
-            # every student weight has a teacher weight of its shape
             t_state, s_state = teacher.state_dict(), student.state_dict()
             for s_key, t_key in weight_map(student, level).items():
                 assert t_state[t_key].shape == s_state[s_key].shape, (level, s_key, t_key)
+    return counts
+
+
+def test_parameter_counts_match_the_published_ones():
+    counts = _counts(SD15, LEVELS)
     for name, published in PUBLISHED.items():
         assert abs(counts[name] - published) / published < 0.01, (name, counts[name])
     assert counts["teacher"] == 859_520_964 and counts["bk_tiny"] == 323_384_964
@@ -99,15 +105,7 @@ SDXL_EXACT = {"teacher": 2_567_463_684, "ssd_1b": 1_331_334_404, "vega": 745_225
 
 
 def test_sdxl_parameter_counts_match_the_published_ones():
-    with torch.device("meta"):
-        teacher = UNet2DConditionModel(**SDXL_UNET_CONFIG)
-        counts = {"teacher": count_parameters(teacher)}
-        for level in SDXL_LEVELS:
-            student = UNet2DConditionModel.from_config(student_config(teacher.config, level))
-            counts[level] = count_parameters(student)
-            t_state, s_state = teacher.state_dict(), student.state_dict()
-            for s_key, t_key in weight_map(student, level).items():
-                assert t_state[t_key].shape == s_state[s_key].shape, (level, s_key, t_key)
+    counts = _counts(SDXL_UNET_CONFIG, SDXL_LEVELS)
     assert counts == SDXL_EXACT
     for level, published in SDXL_PUBLISHED.items():  # published to two digits
         assert abs(counts[level] - published) / published < 0.03, (level, counts[level])
