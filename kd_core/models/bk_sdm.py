@@ -213,15 +213,32 @@ def _last_attention_or_resnet(unet: UNet2DConditionModel, block: int) -> str:
     return f"down_blocks.{block}.resnets.{len(down.resnets) - 1}"
 
 
-def feature_map(teacher: UNet2DConditionModel, student: UNet2DConditionModel, level: str) -> dict[str, str]:
-    """Teacher module -> student module whose outputs feature KD matches (BK-SDM's choice).
+FEATURES = ("blocks", "self_attention")
 
-    base / small: every down and up stage with its namesake. tiny: the outer down stages by name,
-    the student's innermost (now last) down stage against the teacher's same stage at its last
-    attention output (before the teacher's downsampler, which the student lacks), and student up
-    stage k against teacher up stage k + 1.
+
+def _self_attention_map(student: UNet2DConditionModel, level: str) -> dict[str, str]:
+    """Every self-attention (``attn1``) of the student's transformer blocks against the teacher's that
+    initialised it (the same weight map: its first k blocks, BK-SDM's up-layer shift)."""
+    names = [n for n, _ in student.named_modules() if n.endswith(".attn1") and ".transformer_blocks." in n]
+    return {_teacher_key(f"{n}.weight", level).removesuffix(".weight"): n for n in names}
+
+
+def feature_map(teacher: UNet2DConditionModel, student: UNet2DConditionModel, level: str,
+                features: str = "blocks") -> dict[str, str]:
+    """Teacher module -> student module whose outputs feature KD matches.
+
+    ``blocks`` (BK-SDM's choice) -- base / small and the SDXL levels: every down and up stage with its
+    namesake; tiny: the outer down stages by name, the student's innermost (now last) down stage
+    against the teacher's same stage at its last attention output (before the teacher's
+    downsampler, which the student lacks), and student up stage k against teacher up stage k + 1.
+    ``self_attention`` (KOALA's finding: the self-attention features teach most): the output of every
+    kept transformer block's self-attention against the teacher block it was copied from.
     """
     _check_level(level)
+    if features not in FEATURES:
+        raise KDError(f"block_kd.features is {features!r}; choose one of {', '.join(FEATURES)}")
+    if features == "self_attention":
+        return _self_attention_map(student, level)
     n_t, n_s = len(teacher.down_blocks), len(student.down_blocks)
     if level != "bk_tiny":
         pairs = {f"down_blocks.{i}": f"down_blocks.{i}" for i in range(n_t)}

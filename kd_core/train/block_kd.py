@@ -36,6 +36,7 @@ class BlockKDConfig:
     w_out: float = 1.0
     w_feat: float = 1.0
     feature_kd: bool = True  # False: the ablation without the feature term
+    features: str = "blocks"  # blocks (every stage's output) | self_attention (every kept transformer's, KOALA)
     resolution: int | None = None  # training size in px; None: the teacher's native size
     val_fraction: float = 0.1
     teacher_dtype: str = "auto"  # auto: fp16 on GPU, fp32 on CPU
@@ -45,5 +46,5 @@ def train_block_kd(teacher: str, data: DataConfig, out_dir: str | Path, run_dir:
                    train: TrainConfig) -> TrainResult:
     """Distil the U-Net of ``teacher`` (hub id or folder) into its ``cfg.level`` student on ``data``."""
     return distill_unet(teacher, data, out_dir, run_dir, cfg, train, lambda t_unet: build_student(t_unet, cfg.level),
-                        lambda t_unet, student: feature_map(t_unet, student, cfg.level), name=cfg.level,
+                        lambda t_unet, student: feature_map(t_unet, student, cfg.level, cfg.features), name=cfg.level,
                         info_file="block_kd.json", info={"block_kd": asdict(cfg)})

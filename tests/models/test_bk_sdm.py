@@ -168,3 +168,18 @@ def test_sdxl_students_copy_the_teacher_and_feature_maps_pair_equal_shapes(level
     for t_name, s_name in fmap.items():
         assert tf[t_name].shape == sf[s_name].shape, (t_name, s_name)
     assert count_parameters(student) < count_parameters(teacher)
+    # KOALA's choice: every kept transformer block's self-attention against the block it was copied from
+    attn = feature_map(teacher, student, level, "self_attention")
+    blocks = [n for n, _ in student.named_modules() if n.endswith(".attn1")]
+    assert sorted(attn.values()) == sorted(blocks) and len(blocks) > 6
+    if level.startswith("koala"):  # the up stages' second layer is the teacher's third
+        assert attn["up_blocks.0.attentions.2.transformer_blocks.0.attn1"] == "up_blocks.0.attentions.1.transformer_blocks.0.attn1"
+    th, sh = FeatureHooks(teacher, list(attn)), FeatureHooks(student, list(attn.values()))
+    with torch.no_grad():
+        teacher(x, t, encoder_hidden_states=cond, added_cond_kwargs=added)
+        student(x, t, encoder_hidden_states=cond, added_cond_kwargs=added)
+    tf, sf = th.pop(), sh.pop()
+    for t_name, s_name in attn.items():
+        assert tf[t_name].shape == sf[s_name].shape, (t_name, s_name)
+    with pytest.raises(KDError, match="block_kd.features is 'mlp'"):
+        feature_map(teacher, student, level, "mlp")

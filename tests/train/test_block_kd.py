@@ -48,8 +48,9 @@ def test_sdxl_students_learn_with_micro_conditioning_and_load_in_a_fresh_process
     on SDXL's pooled embedding and size ids (its U-Net refuses a call without them); the student folder
     is a StableDiffusionXLPipeline that plain diffusers loads and samples in a fresh process."""
     cfg = TrainConfig(max_steps=2, batch_size=2, device="cpu", checkpoint_every=1, lr=1e-3)
+    features = "self_attention" if level == "koala_700m" else "blocks"  # KOALA's feature choice on its student
     result = train_block_kd(str(tiny_sdxl_layout), DataConfig(source=str(teacher_images)), tmp_path / "model",
-                            tmp_path / "run", BlockKDConfig(level=level, val_fraction=0.25), cfg)
+                            tmp_path / "run", BlockKDConfig(level=level, val_fraction=0.25, features=features), cfg)
     assert result.steps == 2
     loss = pd.read_parquet(tmp_path / "run" / "loss.parquet")
     train = loss[loss["split"] == "train"].pivot_table(index="step", columns="term", values="value")
@@ -74,7 +75,11 @@ def test_sdxl_students_learn_with_micro_conditioning_and_load_in_a_fresh_process
     assert info["depths"] == [1, 2, 2]  # the innermost 4 -> 0.4 x 4 (ssd_1b), 0.5 x 4 (koala_700m), rounded
     assert info["mid"] == ("UNetMidBlock2D" if level == "ssd_1b" else None)
     meta = json.loads((tmp_path / "model" / "block_kd.json").read_text())
-    assert meta["params_student"] < meta["params_teacher"] and len(meta["feature_map"]) == 6
+    assert meta["params_student"] < meta["params_teacher"] and meta["block_kd"]["features"] == features
+    if features == "blocks":
+        assert len(meta["feature_map"]) == 6
+    else:  # every kept transformer block's self-attention (depths 2 and 2: 2 x 2 down, 2 x 2 + 2 x 2 up)
+        assert all(k.endswith(".attn1") for k in meta["feature_map"]) and len(meta["feature_map"]) == 12
 
 
 def test_an_sdxl_teacher_is_refused_by_the_sd_students(tiny_sdxl_layout, teacher_images, tmp_path):
