@@ -5,10 +5,13 @@ kd_core.train.block_kd; students: kd_core.models.bk_sdm; rules: rules/block_kd.s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from kd_core import config_checks
+from kd_core.errors import ConfigError, KDError
+from kd_core.models.bk_configs import student_config
 from kd_core.studies.base import Study
 
 ABLATION = "_nofeat"
@@ -45,6 +48,16 @@ class BlockKD(Study):
 
     def check(self, folders: dict[str, Path | None], grammar: Any) -> None:
         config_checks.training_data(self.config, self.key)
+        teacher = folders.get("teacher")  # a local folder or a cached snapshot: its U-Net's config is here
+        unet = teacher / "unet" / "config.json" if teacher is not None else None
+        if unet is not None and unet.is_file():
+            config = json.loads(unet.read_text())
+            for level in self.cfg["levels"]:
+                try:
+                    student_config(config, level)
+                except KDError as e:
+                    raise ConfigError(f"config key 'block_kd.levels' has {level!r}, which the teacher "
+                                      f"{self.config['models']['teacher']['source']} cannot give: {e}") from None
 
     def image_sizes(self) -> list[tuple[str, str, int | None]]:
         return self.teacher_resolution()

@@ -41,6 +41,7 @@ BANNER = ("Using workflow specific profile", "Creating specified working directo
 DDPM = "models:\n  teacher: {source: 'ddpm:teacher'}\n  base_student: {source: 'toy:student'}\n"
 STUDENT_PIPE = "models:\n  teacher: {source: 'toy:teacher', splits: [train, eval]}\n  base_student: {source: '@case/pipe'}\n"
 LOCAL_TEACHER = "models:\n  teacher: {source: '@case/pipe'}\n  base_student: {source: 'toy:student'}\n"
+TRAIN_TEACHER = "models:\n  teacher: {source: '@case/pipe', splits: [train, eval]}\n  base_student: {source: 'toy:student'}\n"
 
 
 @dataclass
@@ -226,6 +227,12 @@ CASES = [
          "config key 'lora.unet_targets' has ['nosuch_proj'], which name no module of the student's unet", copy_pipe),
     Case("config", "text encoder targets absent", "lora: {enabled: true, text_encoder: true, text_targets: [c_attn]}\n" + STUDENT_PIPE,
          "config key 'lora.text_targets' has ['c_attn'], which name no module of the student's text_encoder", copy_pipe),
+    Case("config", "an SDXL block-KD level of an SD teacher", "block_kd: {enabled: true, levels: [ssd_1b]}\n" + TRAIN_TEACHER,
+         "config key 'block_kd.levels' has 'ssd_1b', which the teacher @case/pipe cannot give: the ssd_1b student is "
+         "defined for an SDXL-layout teacher U-Net", copy_pipe),
+    Case("config", "a block-KD level of a teacher with one layer per block", "block_kd: {enabled: true}\n" + TRAIN_TEACHER,
+         "config key 'block_kd.levels' has 'bk_small', which the teacher @case/pipe cannot give: BK-SDM students remove "
+         "one layer per stage: the teacher needs layers_per_block >= 2", copy_pipe),
     Case("config", "resolution a local pipeline cannot take", "models:\n  teacher: {source: '@case/pipe', generation: {resolution: 36}}\n"
          "  base_student: {source: 'toy:student'}\n", "config key 'models.teacher.generation.resolution' is 36 px", copy_pipe),
     # grammar files
