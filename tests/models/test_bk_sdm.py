@@ -73,23 +73,32 @@ def test_weight_map_is_explicit():
     assert t["up_blocks.1.upsamplers.0.conv.weight"] == "up_blocks.2.upsamplers.0.conv.weight"
 
 
+def _copied_and_paired(teacher, student, level: str, fmap: dict[str, str], **inputs):
+    """Every student weight equals its mapped teacher weight, and each pair of ``fmap`` has equal
+    shapes in a forward on ``inputs``; the two outputs."""
+    t_state = teacher.state_dict()
+    for s_key, value in student.state_dict().items():
+        assert torch.equal(value, t_state[weight_map(student, level)[s_key]]), s_key
+    th, sh = FeatureHooks(teacher, list(fmap)), FeatureHooks(student, list(fmap.values()))
+    with torch.no_grad():
+        out_t, out_s = teacher(**inputs).sample, student(**inputs).sample
+    tf, sf = th.pop(), sh.pop()
+    th.remove()
+    sh.remove()
+    for t_name, s_name in fmap.items():
+        assert tf[t_name].shape == sf[s_name].shape, (t_name, s_name)
+    assert out_s.shape == out_t.shape and torch.isfinite(out_s).all()
+    return out_t, out_s
+
+
 @pytest.mark.parametrize("level", LEVELS)
 def test_students_copy_the_teacher_and_feature_maps_pair_equal_shapes(tiny_sd15, level):
     teacher = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet").eval()
     student = build_student(teacher, level).eval()
-    t_state = teacher.state_dict()
-    for s_key, value in student.state_dict().items():
-        assert torch.equal(value, t_state[weight_map(student, level)[s_key]]), s_key
     fmap = feature_map(teacher, student, level)
-    th, sh = FeatureHooks(teacher, list(fmap)), FeatureHooks(student, list(fmap.values()))
-    x, t, cond = torch.randn(2, 4, 32, 32), torch.tensor([10, 500]), torch.randn(2, 5, 32)
-    with torch.no_grad():
-        out_t = teacher(x, t, encoder_hidden_states=cond).sample
-        out_s = student(x, t, encoder_hidden_states=cond).sample
-    tf, sf = th.pop(), sh.pop()
-    assert out_s.shape == out_t.shape and len(fmap) >= 3
-    for t_name, s_name in fmap.items():
-        assert tf[t_name].shape == sf[s_name].shape, (t_name, s_name)
+    _copied_and_paired(teacher, student, level, fmap, sample=torch.randn(2, 4, 32, 32), timestep=torch.tensor([10, 500]),
+                       encoder_hidden_states=torch.randn(2, 5, 32))
+    assert len(fmap) >= 3
     # fewer parameters, strictly, at every level
     assert count_parameters(student) < count_parameters(teacher)
 
@@ -153,33 +162,18 @@ def test_sdxl_students_copy_the_teacher_and_feature_maps_pair_equal_shapes(level
     depth = {"ssd_1b": 2, "vega": 1, "koala_1b": 2, "koala_700m": 2}[level]  # the innermost 4 scaled (0.4, 0.2, 0.6, 0.5)
     assert student.config.transformer_layers_per_block[-1] == depth
     assert len(student.down_blocks[2].attentions[0].transformer_blocks) == depth
-    t_state = teacher.state_dict()
-    for s_key, value in student.state_dict().items():
-        assert torch.equal(value, t_state[weight_map(student, level)[s_key]]), s_key
+    inputs = {"sample": torch.randn(2, 4, 16, 16), "timestep": torch.tensor([10, 500]),
+              "encoder_hidden_states": torch.randn(2, 5, 32),
+              "added_cond_kwargs": {"text_embeds": torch.randn(2, 32), "time_ids": torch.randn(2, 6)}}  # SDXL's
     fmap = feature_map(teacher, student, level)
-    th, sh = FeatureHooks(teacher, list(fmap)), FeatureHooks(student, list(fmap.values()))
-    x, t, cond = torch.randn(2, 4, 16, 16), torch.tensor([10, 500]), torch.randn(2, 5, 32)
-    added = {"text_embeds": torch.randn(2, 32), "time_ids": torch.randn(2, 6)}  # SDXL's micro-conditioning
-    with torch.no_grad():
-        out_t = teacher(x, t, encoder_hidden_states=cond, added_cond_kwargs=added).sample
-        out_s = student(x, t, encoder_hidden_states=cond, added_cond_kwargs=added).sample
-    tf, sf = th.pop(), sh.pop()
-    assert out_s.shape == out_t.shape and torch.isfinite(out_s).all() and len(fmap) == 6
-    for t_name, s_name in fmap.items():
-        assert tf[t_name].shape == sf[s_name].shape, (t_name, s_name)
-    assert count_parameters(student) < count_parameters(teacher)
+    _copied_and_paired(teacher, student, level, fmap, **inputs)
+    assert len(fmap) == 6 and count_parameters(student) < count_parameters(teacher)
     # KOALA's choice: every kept transformer block's self-attention against the block it was copied from
     attn = feature_map(teacher, student, level, "self_attention")
     blocks = [n for n, _ in student.named_modules() if n.endswith(".attn1")]
     assert sorted(attn.values()) == sorted(blocks) and len(blocks) > 6
     if level.startswith("koala"):  # the up stages' second layer is the teacher's third
         assert attn["up_blocks.0.attentions.2.transformer_blocks.0.attn1"] == "up_blocks.0.attentions.1.transformer_blocks.0.attn1"
-    th, sh = FeatureHooks(teacher, list(attn)), FeatureHooks(student, list(attn.values()))
-    with torch.no_grad():
-        teacher(x, t, encoder_hidden_states=cond, added_cond_kwargs=added)
-        student(x, t, encoder_hidden_states=cond, added_cond_kwargs=added)
-    tf, sf = th.pop(), sh.pop()
-    for t_name, s_name in attn.items():
-        assert tf[t_name].shape == sf[s_name].shape, (t_name, s_name)
+    _copied_and_paired(teacher, student, level, attn, **inputs)
     with pytest.raises(KDError, match="block_kd.features is 'mlp'"):
         feature_map(teacher, student, level, "mlp")
