@@ -52,7 +52,8 @@ PER_STAGE = ("attention_head_dim", "num_attention_heads", "transformer_layers_pe
              "cross_attention_dim", "reverse_transformer_layers_per_block")
 
 
-def _check_level(level: str) -> None:
+def check_level(level: str) -> None:
+    """A KDError naming the levels when ``level`` is none of them."""
     if level not in ALL_LEVELS:
         raise KDError(f"unknown BK-SDM student {level!r}; choose one of {', '.join(ALL_LEVELS)}")
 
@@ -89,7 +90,7 @@ def _sdxl_student_config(cfg: dict[str, Any], level: str) -> dict[str, Any]:
 
 def student_config(teacher: Mapping[str, Any], level: str) -> dict[str, Any]:
     """The diffusers config of the ``level`` student of a teacher U-Net config."""
-    _check_level(level)
+    check_level(level)
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in teacher.items() if not k.startswith("_")}
     if level in SDXL_LEVELS:
         return _sdxl_student_config(cfg, level)
@@ -117,5 +118,6 @@ def student_config(teacher: Mapping[str, Any], level: str) -> dict[str, Any]:
     return cfg
 
 
-def _removes_layer(level: str) -> bool:
+def removes_layer(level: str) -> bool:
+    """Whether the level drops one layer per stage (BK-SDM's map: its up layers shift by one)."""
     return level in LEVELS or _SDXL_RULES[level]["remove_layer"]

@@ -49,8 +49,8 @@ from kd_core.models.bk_configs import (  # noqa: F401 - the students' configs, r
     SD15_UNET_CONFIG,
     SDXL_LEVELS,
     SDXL_UNET_CONFIG,
-    _check_level,
-    _removes_layer,
+    check_level,
+    removes_layer,
     student_config,
 )
 
@@ -77,14 +77,14 @@ def _teacher_key(key: str, level: str) -> str:
     block, kind, idx, rest = int(m[1]), m[2], int(m[3]), m[4]
     if level == "bk_tiny":
         block += 1  # the teacher's innermost up stage is gone
-    if kind != "upsamplers" and idx >= 1 and _removes_layer(level):
+    if kind != "upsamplers" and idx >= 1 and removes_layer(level):
         idx += 1  # the teacher's second up layer (the removed down layer's skip) is dropped
     return f"up_blocks.{block}.{kind}.{idx}.{rest}"
 
 
 def weight_map(student: torch.nn.Module, level: str) -> dict[str, str]:
     """student parameter / buffer name -> teacher name, for every entry of the student's state dict."""
-    _check_level(level)
+    check_level(level)
     return {k: _teacher_key(k, level) for k in student.state_dict()}
 
 
@@ -131,7 +131,7 @@ def feature_map(teacher: UNet2DConditionModel, student: UNet2DConditionModel, le
     ``self_attention`` (KOALA's finding: the self-attention features teach most): the output of every
     kept transformer block's self-attention against the teacher block it was copied from.
     """
-    _check_level(level)
+    check_level(level)
     if features not in FEATURES:
         raise KDError(f"block_kd.features is {features!r}; choose one of {', '.join(FEATURES)}")
     if features == "self_attention":

@@ -39,6 +39,9 @@ def width_config(teacher: Mapping[str, Any], factor: float) -> dict[str, Any]:
     """The diffusers config of the ``factor``-wide student of a teacher U-Net config."""
     if not 0 < factor <= 1:
         raise KDError(f"width factor {factor} is out of range; use 0 < factor <= 1")
+    if teacher.get("addition_embed_type") == "text_time":
+        raise KDError(f"width {factor:g}: width students are defined for SD 1.x-style U-Nets; the teacher has "
+                      "SDXL's micro-conditioning (text_time)")
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in teacher.items() if not k.startswith("_")}
     channels = list(cfg["block_out_channels"])
     groups = int(cfg.get("norm_num_groups") or 32)

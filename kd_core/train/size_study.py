@@ -46,9 +46,6 @@ def train_width_student(teacher: str, data: DataConfig, out_dir: str | Path, run
         raise KDError(f"size_study.init is {cfg.init!r}; use teacher or random")
 
     def student(t_unet):
-        if t_unet.config.get("addition_embed_type") == "text_time":
-            raise KDError(f"width {cfg.factor:g}: width students are defined for SD 1.x-style U-Nets; the teacher has "
-                          "SDXL's micro-conditioning (text_time)")
         if cfg.init == "teacher":
             return build_inherited_student(t_unet, cfg.factor)
         return build_width_student(t_unet, cfg.factor, train.seed)
