@@ -343,7 +343,7 @@ def _kd_core_step(pipe, task: str, batch: int, cache: dict, run_dir: Path, args,
         teacher = pipe.unet.eval().requires_grad_(False)
         model, fmap = _student(teacher, task, device)
         teacher.to(torch.float16 if device.type == "cuda" else torch.float32)  # distill_unet's teacher_dtype auto
-        loss = UNetKD(teacher, model, fmap, cache, diffusion, BlockKDConfig(), device, split, 0)
+        loss = UNetKD(teacher, model, fmap, cache, diffusion, BlockKDConfig(), device, split, 0, size)
     train = TrainConfig(batch_size=batch, max_steps=10**6, checkpoint_every=10**6, mixed_precision=mixed,
                         device=str(device), lr_scheduler="constant")
     trainer = Trainer(model, loss, len(split[1]), run_dir, train, name=task, run_key="bench")
