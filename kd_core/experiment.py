@@ -197,7 +197,7 @@ def _check_metrics(cfg: dict[str, Any]) -> None:
 
 def _size_multiple(cfg: dict[str, Any], source: str, folder: Path | None) -> int | None:
     """The multiple a model's image sizes must be: from the toy world's config, or its folder's configs."""
-    if source in ("toy:teacher", "toy:student"):
+    if source in ("toy:teacher", "toy:student", "toy:teacher_xl"):
         toy = cfg["world"]["toy"]
         return size_multiple({"block_out_channels": toy[source.split(":")[1]]["channels"]},
                              {"block_out_channels": toy["vae"]["channels"]}, text=True)

@@ -10,7 +10,8 @@ from kd_core.errors import KDError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: Sources built by the workflow: name -> (rule family, output folder under results/<experiment>/models/)
-BUILT = {"toy:teacher": "toy_teacher", "toy:student": "toy_student", "tiny:sd": "tiny_sd", "tiny:sdxl": "tiny_sdxl",
+BUILT = {"toy:teacher": "toy_teacher", "toy:student": "toy_student", "toy:teacher_xl": "toy_teacher_xl",
+         "tiny:sd": "tiny_sd", "tiny:sdxl": "tiny_sdxl",
          "tiny:clip": "tiny_clip", "ddpm:teacher": "ddpm_teacher"}
 
 

@@ -109,7 +109,7 @@ rule size_latency:
         guidance=config["models"]["teacher"]["generation"]["guidance_scale"],
         bootstrap=PLAN.metrics["bootstrap"],
         seed=config["seed"],
-        code=adapter_code("size_latency"),
+        code=adapter_code("denoiser_latency"),
     log:
         f"{OUT}/logs/size_latency.log",
     benchmark:
@@ -121,7 +121,7 @@ rule size_latency:
     conda:
         "../envs/kd_core.yaml"
     script:
-        "../workflow_scripts/size_latency.py"
+        "../workflow_scripts/denoiser_latency.py"
 
 
 rule trajectory:

@@ -107,6 +107,34 @@ rule toy_unet:
         "../workflow_scripts/toy_unet.py"
 
 
+# The SDXL-style teacher (toy:teacher_xl): on the toy base's VAE, tokenizer and latents, with a
+# second text encoder of its own; it reads the train table for the prompts that encoder encodes.
+rule toy_teacher_xl:
+    input:
+        base=rules.toy_base.output.model,
+        table=PLAN.world_table("train"),
+    output:
+        model=directory(f"{OUT}/models/toy_teacher_xl"),
+        loss=f"{OUT}/train/toy/teacher_xl/loss.parquet",
+    params:
+        unet=config["world"]["toy"]["teacher_xl"],
+        text_2=config["world"]["toy"]["text_2"],
+        seed=config["seed"],
+        code=adapter_code("toy_teacher_xl"),
+    log:
+        f"{OUT}/logs/toy_teacher_xl.log",
+    benchmark:
+        f"{OUT}/benchmarks/toy_teacher_xl.tsv"
+    priority: 1
+    threads: MODEL_THREADS
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/kd_core.yaml"
+    script:
+        "../workflow_scripts/toy_teacher_xl.py"
+
+
 rule tiny_model:
     output:
         directory(f"{OUT}/models/tiny_{{kind}}"),

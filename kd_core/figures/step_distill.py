@@ -12,7 +12,7 @@ import pandas as pd
 from kd_core.errors import KDError
 from kd_core.figures.plots import _table
 from kd_core.figures.style import Figure, plt, save_figure, style
-from kd_core.studies.step_distill import QUALITY, quality
+from kd_core.studies.base import QUALITY, quality
 
 LABELS = {"accuracy_all": "attribute accuracy", "clip_score": "CLIP score", "ssim": "SSIM to the full-step teacher",
           "psnr": "PSNR to the full-step teacher (dB)", "fid": "FID to real images", "latency_ms": "latency per image (ms)"}

@@ -1,5 +1,5 @@
-"""The model-size study's time analysis: the denoiser's latency per sampling step, every model timed
-interleaved, and its FLOPs per step.
+"""The denoiser's latency per sampling step, every model timed interleaved, and its FLOPs per step
+(the model-size study's and block distillation's time analysis).
 
 Models timed one after the other share nothing but the clock, and the clock drifts with the
 machine's state (a shared host, frequency scaling, caches): in the efficiency table of a default
@@ -42,6 +42,7 @@ from kd_core.models.loading import (
 )
 from kd_core.models.params import count_parameters
 from kd_core.seeding import resolve_device, resolve_dtype
+from kd_core.train.data import sdxl_added_cond
 
 LATENCY_SCHEMA = pa.schema([
     ("model", pa.string()), ("factor", pa.float64()), ("batch_size", pa.int64()), ("step_ms", pa.float64()),
@@ -75,9 +76,11 @@ def step_inputs(pipe, batch: int, guidance_scale: float, device: torch.device, d
               "timestep": torch.full((n,), pipe.scheduler.config.num_train_timesteps // 2, device=device)}
     if is_conditional(pipe):
         with torch.inference_mode():
-            emb = pipe.encode_prompt(["a photo"] * n, device=device, num_images_per_prompt=1,
-                                     do_classifier_free_guidance=False)[0]
-        inputs["encoder_hidden_states"] = emb.to(dtype)
+            enc = pipe.encode_prompt(["a photo"] * n, device=device, num_images_per_prompt=1,
+                                     do_classifier_free_guidance=False)
+        inputs["encoder_hidden_states"] = enc[0].to(dtype)
+        if len(enc) == 4:  # SDXL: the pooled embedding and the size ids, as its pipeline passes them
+            inputs["added_cond_kwargs"] = sdxl_added_cond(enc[2], model_default_size(pipe), dtype, device)
     return inputs
 
 

@@ -158,6 +158,15 @@ class Study:
         return [("teacher", f"{self.key}.resolution", self.cfg["resolution"])]
 
 
+#: a study's quality measure (paper table, headline, figures): the first of these its table has
+QUALITY = ("accuracy_all", "clip_score", "ssim", "psnr")
+
+
+def quality(df) -> str | None:
+    """Attribute accuracy in the shapes world, else the CLIP score, else SSIM or PSNR to the teacher."""
+    return next((m for m in QUALITY if m in set(df["metric"])), None)
+
+
 def format_ci(mean: float, lo: float, hi: float, digits: int = 3) -> str:
     """``mean [low, high]`` for a paper table; ``n/a`` where the mean is not a finite number."""
     if not math.isfinite(mean):

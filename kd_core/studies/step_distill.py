@@ -17,15 +17,7 @@ from typing import Any
 
 from kd_core import config_checks
 from kd_core.errors import ConfigError
-from kd_core.studies.base import PaperTable, Study, format_ci
-
-#: the study's quality measure (paper table, headline, figures): the first of these the table has
-QUALITY = ("accuracy_all", "clip_score", "ssim", "psnr")
-
-
-def quality(df) -> str | None:
-    """Attribute accuracy in the shapes world, else the CLIP score, else SSIM or PSNR to the full-step teacher."""
-    return next((m for m in QUALITY if m in set(df["metric"])), None)
+from kd_core.studies.base import PaperTable, Study, format_ci, quality
 
 
 def format_step_distill(df):

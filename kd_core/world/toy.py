@@ -37,7 +37,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from kd_core.errors import KDError
 from kd_core.io import atomic_dir
@@ -46,6 +46,7 @@ from kd_core.models.tokenizer import build_clip_tokenizer
 from kd_core.prompts import iter_words
 from kd_core.seeding import seed_everything
 from kd_core.sources import fingerprint
+from kd_core.train.data import sdxl_added_cond
 from kd_core.train.diffusion import Diffusion, sample_posterior
 from kd_core.train.loop import Batch, TrainConfig, Trainer, run_key
 from kd_core.world.dataset import load_split
@@ -123,13 +124,16 @@ def build_unet(cfg: UNetConfig, sample_size: int, in_channels: int, cross_attent
     )
 
 
-def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, seed: int) -> CLIPTextModel:
+def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, seed: int,
+                       with_projection: bool = False) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """A frozen, randomly initialised CLIP text encoder (``with_projection``: SDXL's second one, whose
+    projected end-of-text state is the pooled embedding)."""
     torch.manual_seed(seed)
     conf = CLIPTextConfig(vocab_size=vocab_size, hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size,
                           num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
                           max_position_embeddings=cfg.max_length, bos_token_id=0, eos_token_id=1, pad_token_id=1,
                           projection_dim=cfg.hidden_size)
-    return CLIPTextModel(conf).eval().requires_grad_(False)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(conf).eval().requires_grad_(False)
 
 
 def foreground_mask(x: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
@@ -162,12 +166,17 @@ def train_vae(x: torch.Tensor, cfg: VAEConfig, run_dir: str | Path, seed: int) -
 
 
 def train_unet(name: str, enc: dict[str, torch.Tensor], cfg: UNetConfig, run_dir: str | Path, seed: int,
-               key: str) -> UNet2DConditionModel:
+               key: str, unet: UNet2DConditionModel | None = None, image_size: int | None = None) -> UNet2DConditionModel:
     """Epsilon prediction with Min-SNR-gamma weights and prompt dropout on the shared Trainer
-    (one-cycle lr, EMA with diffusers' warm-up); returns the EMA weights."""
+    (one-cycle lr, EMA with diffusers' warm-up); returns the EMA weights.
+
+    ``enc``'s last prompt embedding is the unconditional one that dropped prompts take. An SDXL-style
+    ``unet`` (built by the caller) also takes ``enc["pooled_embeds"]`` (its last row: the unconditional
+    one) and the size ids of ``image_size`` px images, as its pipeline passes them."""
     mean, std, cond, prompt_index = enc["latent_mean"], enc["latent_std"], enc["prompt_embeds"], enc["prompt_index"]
+    pooled = enc.get("pooled_embeds")
     torch.manual_seed(seed)
-    unet = build_unet(cfg, mean.shape[-1], mean.shape[1], cond.shape[-1]).train()
+    unet = (unet if unet is not None else build_unet(cfg, mean.shape[-1], mean.shape[1], cond.shape[-1])).train()
     diffusion = Diffusion({k: v for k, v in SCHEDULE.items() if k != "set_alpha_to_one"}, cfg.snr_gamma)
     empty = cond[-1]
 
@@ -179,7 +188,12 @@ def train_unet(name: str, enc: dict[str, torch.Tensor], cfg: UNetConfig, run_dir
         c = batch.shard(torch.where(drop[:, None, None], empty.expand_as(c), c))
         noised = batch.shard(noised)
         device = next(model.parameters()).device
-        pred = model(noised.noisy.to(device), noised.t.to(device), encoder_hidden_states=c.to(device)).sample
+        kw = {}
+        if pooled is not None:  # SDXL: the pooled embedding and the size ids
+            p = pooled[prompt_index[idx]]
+            p = batch.shard(torch.where(drop[:, None], pooled[-1].expand_as(p), p))
+            kw["added_cond_kwargs"] = sdxl_added_cond(p, image_size, torch.float32, device)
+        pred = model(noised.noisy.to(device), noised.t.to(device), encoder_hidden_states=c.to(device), **kw).sample
         weighted, per = diffusion.loss(pred, noised)
         return {"loss": weighted, "task_mse": per.mean()}
 

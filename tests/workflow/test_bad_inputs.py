@@ -233,6 +233,15 @@ CASES = [
     Case("config", "a block-KD level of a teacher with one layer per block", "block_kd: {enabled: true}\n" + TRAIN_TEACHER,
          "config key 'block_kd.levels' has 'bk_small', which the teacher @case/pipe cannot give: BK-SDM students remove "
          "one layer per stage: the teacher needs layers_per_block >= 2", copy_pipe),
+    Case("config", "an SDXL block-KD level of the toy teacher", "block_kd: {enabled: true, levels: [koala_1b]}\n",
+         "config key 'block_kd.levels' has 'koala_1b', which the teacher toy:teacher cannot give: the koala_1b student is "
+         "defined for an SDXL-layout teacher U-Net"),
+    Case("config", "a BK-SDM level of the SDXL-style toy teacher", "block_kd: {enabled: true, levels: [bk_small]}\n"
+         "models:\n  teacher: {source: 'toy:teacher_xl'}\n  base_student: {source: 'toy:student'}\n",
+         "config key 'block_kd.levels' has 'bk_small', which the teacher toy:teacher_xl cannot give: bk_small is defined "
+         "for SD 1.x-style U-Nets; this teacher has SDXL's micro-conditioning"),
+    Case("config", "the SDXL-style toy teacher with two stages", "world: {toy: {teacher_xl: {channels: [32, 64]}}}\n",
+         "config key 'world.toy.teacher_xl.channels' is [32, 64]"),
     Case("config", "resolution a local pipeline cannot take", "models:\n  teacher: {source: '@case/pipe', generation: {resolution: 36}}\n"
          "  base_student: {source: 'toy:student'}\n", "config key 'models.teacher.generation.resolution' is 36 px", copy_pipe),
     # grammar files

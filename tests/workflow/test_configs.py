@@ -12,6 +12,9 @@ EVALUATION = {"pairwise": 2, "pairwise_gather": 1, "alignment": 3, "alignment_ga
               "efficiency": 1, "summary": 1, "improvement": 1, "figure_metrics": 1, "figure_distribution": 1,
               "figure_efficiency": 1, "figure_loss": 1, "comparison_models": 1, "paper": 1, "all": 1}
 
+#: Block distillation's table: the step latency of the teacher and one student per level, then the table.
+BLOCK_KD_TABLE = {"block_kd_latency": 1, "block_kd_summary": 1}
+
 
 @pytest.mark.parametrize("name,generate,grids", [("sdxl_to_sd15_dogs", 4, 0), ("sd_turbo_wikiart", 6, 3)])
 def test_real_config_dry_run_builds_its_dag(name, generate, grids):
@@ -38,15 +41,26 @@ def test_lcm_lora_configs_dry_run_sample_student_and_teacher_at_every_step_count
 def test_bk_sdm_config_dry_run_trains_every_level_and_its_ablation():
     jobs, text = plan(ROOT, "--configfile", "config/experiments/bk_sdm_sd15.yaml")
     # teacher (train and eval splits), the published BK-SDM-Small, and 3 levels x (with, without feature KD)
-    assert jobs == {"prompts": 3, "generate": 9, "train_block_kd": 6, **EVALUATION, "pairwise": 7, "alignment": 8}
+    assert jobs == {"prompts": 3, "generate": 9, "train_block_kd": 6, **EVALUATION, "pairwise": 7, "alignment": 8, **BLOCK_KD_TABLE}
     assert "results/bk_sdm_sd15/models/bk_tiny_nofeat" in text and "gpu=1" in text
 
 
 def test_ssd_1b_config_dry_run_trains_both_sdxl_students_and_their_ablations():
     jobs, text = plan(ROOT, "--configfile", "config/experiments/ssd_1b.yaml")
     # teacher (train and eval splits), the published SSD-1B, and 2 levels x (with, without feature KD)
-    assert jobs == {"prompts": 3, "generate": 7, "train_block_kd": 4, **EVALUATION, "pairwise": 5, "alignment": 6}
+    assert jobs == {"prompts": 3, "generate": 7, "train_block_kd": 4, **EVALUATION, "pairwise": 5, "alignment": 6, **BLOCK_KD_TABLE}
     assert "results/ssd_1b/models/koala_700m_nofeat" in text and "gpu=1" in text
+
+
+def test_shapes_sdxl_config_dry_run_trains_the_sdxl_style_teacher_and_its_students(tmp_path):
+    jobs, text = plan(ROOT, "--directory", str(tmp_path), "--configfile", str(ROOT / "config/experiments/shapes_sdxl.yaml"))
+    # the toy base, the SDXL-style teacher beside the base student (not the SD-layout toy teacher),
+    # LoRA on the base student, 2 SDXL levels x (with, without feature KD)
+    assert jobs["toy_teacher_xl"] == 1 and jobs["toy_unet"] == 1 and jobs["toy_base"] == 1
+    assert jobs["train_lora"] == 1 and jobs["train_block_kd"] == 4 and "train_width_student" not in jobs
+    assert jobs["block_kd_latency"] == jobs["block_kd_summary"] == 1 and "dmkd_student" not in jobs
+    assert "results/shapes_sdxl/models/toy_teacher_xl" in text and "role=student" in text and "role=teacher" not in text
+    assert "results/shapes_sdxl/models/koala_700m_nofeat" in text
 
 
 def test_dmkd_cifar10_config_dry_run(tmp_path):
@@ -131,6 +145,7 @@ def test_shipped_shapes_configs_plan_every_study_through_snakemake(tmp_path, nam
         "train_width_student": len(size["factors"]) * inits, "dmkd_prompts": 1, "dmkd_teacher": 1,
         "dmkd_generate": len(dmkd["synthetic"]["guidance"]), "dmkd_student": len(dmkd["seeds"]) * (1 + 2 * synthetic),
         **{rule: 1 for rule in ("dmkd_summary", "figure_dmkd", "efficiency", "figure_loss", "size_latency", "timestep_mse",
+                                *BLOCK_KD_TABLE,
                                 "trajectory", "attribute_accuracy", "comparison_models", "distribution", "attribute_summary",
                                 "figure_distribution", "pairwise_gather", "size_study_summary", "figure_attributes",
                                 "figure_size_study", "improvement", "summary", "figure_efficiency", "figure_metrics",

@@ -1,4 +1,4 @@
-"""Adapter: rule size_latency -> kd_core.metrics.latency.denoiser_latency (interleaved U-Net step timing)."""
+"""Adapter: rules size_latency, block_kd_latency -> kd_core.metrics.latency.denoiser_latency (interleaved U-Net step timing)."""
 
 from kd_core.config import build
 from kd_core.metrics.latency import LatencyConfig, denoiser_latency
