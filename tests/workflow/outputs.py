@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 #: Tables of measured times only (their other columns follow from the config: model, batch size...).
-TIMED_TABLES = {"metrics/efficiency.parquet", "metrics/size_latency.parquet"}
+TIMED_TABLES = {"metrics/efficiency.parquet", "metrics/size_latency.parquet", "metrics/block_kd_latency.parquet"}
 #: Columns of measured times and memory, and the fingerprints of model folders (file mtimes) that manifests keep.
 #: ``on_frontier``: the size study's Pareto front over quality and measured latency.
 TIMED_COLUMNS = re.compile(r"wall_time|settings_hash|step_ms|latency|seconds|memory|on_frontier")
@@ -45,7 +45,7 @@ def differences(reference: Path, rerun: Path) -> list[str]:
     for rel in sorted(a & b):
         x, y = reference / rel, rerun / rel
         if rel.endswith(".parquet") and rel not in TIMED_TABLES:
-            left, right = pd.read_parquet(x), pd.read_parquet(y)
+            left, right = _untimed_rows(pd.read_parquet(x)), _untimed_rows(pd.read_parquet(y))
             drop = [c for c in left.columns if TIMED_COLUMNS.search(c)]
             try:
                 pd.testing.assert_frame_equal(left.drop(columns=drop), right.drop(columns=drop, errors="ignore"), check_exact=True)
@@ -64,6 +64,13 @@ def differences(reference: Path, rerun: Path) -> list[str]:
         elif rel.endswith((".csv", ".md", ".tex")) and rel.rsplit(".", 1)[0] not in TIMED_PAPER:
             found += _text_differences(rel, x, y)
     return found
+
+
+def _untimed_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """A long table without its rows of measured times (``metric`` such as ``step_ms``)."""
+    if "metric" not in table.columns:
+        return table
+    return table[~table["metric"].astype(str).str.contains(TIMED_COLUMNS)].reset_index(drop=True)
 
 
 def _text_differences(rel: str, x: Path, y: Path) -> list[str]:

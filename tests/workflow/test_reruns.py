@@ -36,7 +36,7 @@ def grids(*models: str) -> set[str]:
 
 END = {"paper", "all"}  # the paper records the whole config: every edit remakes it (seconds)
 SIZE_SUMMARY = {"size_study_summary", "figure_size_study"}
-STATS = {"summary", "improvement", "figure_metrics", "figure_efficiency", *SIZE_SUMMARY, *END}
+STATS = {"summary", "improvement", "figure_metrics", "figure_efficiency", "block_kd_summary", *SIZE_SUMMARY, *END}
 # what one model's new eval images rerun besides its own generation and pairwise job: every
 # evaluation over all models (one job each), the statistics and their figures
 ALL_MODELS_EVAL = {"attribute_accuracy", "attribute_summary", "figure_attributes", "distribution",
@@ -58,7 +58,7 @@ MATRIX: dict[str, tuple[dict, set[str]]] = {
         "figure_distribution", *STATS}),
     "a block-KD level added": ({"block_kd.levels": ["bk_small", "bk_base"]}, {
         "train_block_kd[bk=bk_base]", "train_block_kd[bk=bk_base_nofeat]", gen("bk_base"), gen("bk_base_nofeat"),
-        *pairwise("bk_base", "bk_base_nofeat"), *ALL_MODELS_EVAL, *NEW_WEIGHTS}),
+        *pairwise("bk_base", "bk_base_nofeat"), *ALL_MODELS_EVAL, *NEW_WEIGHTS, "block_kd_latency"}),
     "latency rounds": ({"size_study.latency.rounds": 4}, {"size_latency", *SIZE_SUMMARY, *END}),
     # routine edits of a researcher
     "teacher sampler steps": ({"models.teacher.generation.steps": 4}, {
@@ -66,7 +66,7 @@ MATRIX: dict[str, tuple[dict, set[str]]] = {
         gen("lora_student", "filler"), *(f"train_block_kd[bk={b}]" for b in ("bk_small", "bk_small_nofeat")),
         *(f"train_width_student[width_student={w}]" for w in ("w0p5", "w1")), *(gen(m) for m in STUDENTS[2:]),
         *pairwise(*STUDENTS), *grids("teacher", "lora_student"), *ALL_MODELS_EVAL, *NEW_WEIGHTS,
-        "size_latency", "timestep_mse", "trajectory"}),
+        "size_latency", "timestep_mse", "trajectory", "block_kd_latency"}),
     "student sampler steps": ({"models.base_student.generation.steps": 4}, {
         *(gen(m, s) for m in ("base_student", "lora_student") for s in ("eval", "filler")),
         *pairwise("base_student", "lora_student"), *grids("base_student", "lora_student"), *ALL_MODELS_EVAL,
@@ -81,7 +81,7 @@ MATRIX: dict[str, tuple[dict, set[str]]] = {
         *grids("lora_student"), *ALL_MODELS_EVAL, *NEW_WEIGHTS}),
     "feature-KD weight": ({"block_kd.w_feat": 0.5}, {
         *(f"train_block_kd[bk={b}]" for b in ("bk_small", "bk_small_nofeat")), gen("bk_small"), gen("bk_small_nofeat"),
-        *pairwise("bk_small", "bk_small_nofeat"), *ALL_MODELS_EVAL, *NEW_WEIGHTS}),
+        *pairwise("bk_small", "bk_small_nofeat"), *ALL_MODELS_EVAL, *NEW_WEIGHTS, "block_kd_latency"}),
     "width students from random weights": ({"size_study.init": "random"}, {
         *(f"train_width_student[width_student={w}]" for w in ("w0p5", "w1")), gen("w0p5"), gen("w1"),
         *pairwise("w0p5", "w1"), *ALL_MODELS_EVAL, *NEW_WEIGHTS, "size_latency", "timestep_mse", "trajectory"}),
@@ -104,7 +104,7 @@ MATRIX: dict[str, tuple[dict, set[str]]] = {
     "FID bootstrap count": ({"metrics.features.bootstrap": 6}, {"distribution", "figure_distribution", *SIZE_SUMMARY, *END}),
     "CI bootstrap count": ({"metrics.bootstrap": 100}, {
         *STATS, "attribute_summary", "figure_attributes", "dmkd_summary", "figure_dmkd", "size_latency", "timestep_mse",
-        "trajectory"}),
+        "trajectory", "block_kd_latency"}),
     "efficiency repeats": ({"metrics.efficiency.repeats": 3}, {"efficiency", "figure_efficiency", *SIZE_SUMMARY, *END}),
     "images compared side by side": ({"metrics.figures.n_compare": 3}, {"comparison_models", *END}),
     "trajectory steps": ({"size_study.trajectory.steps": 4}, {"trajectory", *SIZE_SUMMARY, *END}),
@@ -172,7 +172,7 @@ CODE_EDITS: dict[str, set[str]] = {
         *(gen(m, s) for m in ("teacher", "base_student", "lora_student") for s in ("eval", "filler")),
         gen("teacher", "train"), *(gen(m) for m in STUDENTS[2:]), *TRAINED_ON_TEACHER, *pairwise(*STUDENTS),
         *grids("teacher", "base_student", "lora_student"), *ALL_MODELS_EVAL, *NEW_WEIGHTS, *SIZE_ANALYSES,
-        "dmkd_generate[dmkd_set=g2]", *(f"dmkd_student[dmkd_run={r}_s{s}]" for r in DMKD_RUNS[1:] for s in (0, 1)),
+        "block_kd_latency", "dmkd_generate[dmkd_set=g2]", *(f"dmkd_student[dmkd_run={r}_s{s}]" for r in DMKD_RUNS[1:] for s in (0, 1)),
         "dmkd_summary", "figure_dmkd"},
     "metrics/pairwise.py": {*pairwise(*STUDENTS), "pairwise_gather", *(STATS - SIZE_SUMMARY)},
     "train/classifier.py": {"dmkd_teacher", *(f"dmkd_student[dmkd_run={r}_s{s}]" for r in DMKD_RUNS for s in (0, 1)),

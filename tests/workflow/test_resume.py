@@ -77,6 +77,7 @@ JOB_KINDS = {
     # too short for a kill to land in, measured: never caught in four tries each)
     "statistics": ("summary", "summary"), "paired differences": ("improvement", "improvement"),
     "size latency": ("size_latency", "size_latency"), "size summary": ("size_study_summary", "size_study_summary"),
+    "block-KD latency": ("block_kd_latency", "block_kd_latency"),
     "comparison grids": ("comparison_grid", "comparison_grid_"),
     "model comparison": ("comparison_models", "comparison_models"),
     "figures": ("figure_loss", "figure_"), "paper": ("paper", "paper"),

@@ -84,6 +84,11 @@ def test_smoke_outputs_exist_and_match_schemas(smoke_repo):
         man = pd.read_parquet(images / bk / "eval.parquet")
         assert list(man["file"]) == list(student["file"]) and not (images / bk / "filler.parquet").exists()
         assert (out / "models" / bk / "unet" / "config.json").is_file()
+    table = pd.read_parquet(out / "metrics" / "block_kd.parquet")  # the study's table: each baseline, size and latency
+    acc = table[table["metric"] == "accuracy_all"]
+    assert set(acc.loc[acc["model"] == "bk_small", "baseline"]) == {"", "teacher", "base_student", "bk_small_nofeat"}
+    cost = table[table["metric"] == "step_ms_ratio_teacher"].set_index("model")
+    assert set(cost.index) == set(BK) and (cost["ci_low"] <= cost["mean"]).all() and (cost["mean"] <= cost["ci_high"]).all()
     imp = pd.read_parquet(out / "metrics" / "improvement.parquet")
     assert set(imp["model"]) == {"lora_student", *BK, *WIDTH} and {"mse", "ssim", "accuracy_shape", "accuracy_colour"} <= set(imp["metric"])
     assert (imp["ci_low"] <= imp["difference"]).all() and (imp["difference"] <= imp["ci_high"]).all()
@@ -92,7 +97,7 @@ def test_smoke_outputs_exist_and_match_schemas(smoke_repo):
                  "toy_unet_teacher", "toy_unet_student", "generate_teacher_train", "generate_teacher_filler",
                  "attribute_summary", "train_lora", "pairwise_lora_student", "improvement", "distribution", "efficiency",
                  "summary", "paper", "figure_metrics", "comparison_grid_teacher", "train_block_kd_bk_small",
-                 "generate_bk_small_eval",
+                 "generate_bk_small_eval", "block_kd_latency", "block_kd_summary",
                  "train_width_student_w0p5", "timestep_mse", "trajectory", "size_latency", "size_study_summary", "figure_size_study",
                  "dmkd_prompts", "dmkd_generate_g2", "dmkd_teacher", "dmkd_student_g2_kd_s0", "dmkd_student_g2_kd_s1", "dmkd_summary", "figure_dmkd"):
         assert (out / "benchmarks" / f"{rule}.tsv").is_file() and (out / "logs" / f"{rule}.log").is_file()
