@@ -29,6 +29,7 @@ EXPECTED = {
                                        "metrics.clip_model": CLIP_L},
     "config/experiments/dmkd_cifar10.yaml": {"models.teacher.source": SD15, "dmkd.teacher.source": "microsoft/resnet-18"},
     "config/experiments/size_study_cifar10.yaml": {"metrics.features.model": "openai/clip-vit-base-patch32"},
+    "config/experiments/shapes_sdxl.yaml": {},  # the shapes world's own models only
     "config/experiments/lcm_lora_sd15.yaml": {"models.teacher.source": SD15, "models.base_student.source": SD15,
                                               "metrics.clip_model": CLIP_L},
     "config/experiments/lcm_lora_sdxl.yaml": {"models.teacher.source": "stabilityai/stable-diffusion-xl-base-1.0",

@@ -201,7 +201,8 @@ CASES = [
     Case("config", "resolution the toy teacher cannot take", "models:\n  teacher: {source: 'toy:teacher', generation: {resolution: 30}}\n  base_student: {source: 'toy:student'}\n",
          "config key 'models.teacher.generation.resolution' is 30 px, which this model cannot take: its autoencoder and U-Net "
          "need a multiple of 8 (e.g. 24 or 32)"),
-    Case("config", "training resolution the teacher cannot take", "block_kd: {enabled: true, resolution: 20}\n",
+    Case("config", "training resolution the teacher cannot take",
+         "block_kd: {enabled: true, resolution: 20}\nworld: {toy: {teacher: {layers_per_block: 2}}}\n",
          "config key 'block_kd.resolution' is 20 px"),
     Case("config", "ddpm widths", "ddpm_teacher: {data: '@images', model: {channels: [30, 60], attention: [false, true]}}\n" + DDPM,
          "config key 'ddpm_teacher.model.channels' has [30, 60], not multiples of norm_num_groups 32", images("images")),
@@ -237,11 +238,11 @@ CASES = [
          "config key 'block_kd.levels' has 'koala_1b', which the teacher toy:teacher cannot give: the koala_1b student is "
          "defined for an SDXL-layout teacher U-Net"),
     Case("config", "a BK-SDM level of the SDXL-style toy teacher", "block_kd: {enabled: true, levels: [bk_small]}\n"
-         "models:\n  teacher: {source: 'toy:teacher_xl'}\n  base_student: {source: 'toy:student'}\n",
+         "models:\n  teacher: {source: 'toy:teacher_xl', splits: [train, eval]}\n  base_student: {source: 'toy:student'}\n",
          "config key 'block_kd.levels' has 'bk_small', which the teacher toy:teacher_xl cannot give: bk_small is defined "
          "for SD 1.x-style U-Nets; this teacher has SDXL's micro-conditioning"),
     Case("config", "the SDXL-style toy teacher with two stages", "world: {toy: {teacher_xl: {channels: [32, 64]}}}\n",
-         "config key 'world.toy.teacher_xl.channels' is [32, 64]"),
+         "config key 'world.toy.teacher_xl.channels': [32, 64] is too short"),
     Case("config", "resolution a local pipeline cannot take", "models:\n  teacher: {source: '@case/pipe', generation: {resolution: 36}}\n"
          "  base_student: {source: 'toy:student'}\n", "config key 'models.teacher.generation.resolution' is 36 px", copy_pipe),
     # grammar files
