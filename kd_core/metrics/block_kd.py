@@ -21,9 +21,8 @@ import pandas as pd
 import pyarrow as pa
 
 from kd_core.io import write_parquet
-from kd_core.metrics.bootstrap import bootstrap_ci
 from kd_core.metrics.directions import HIGHER_IS_BETTER
-from kd_core.metrics.stats import paired_improvement, per_image_table
+from kd_core.metrics.stats import model_means, paired_improvement, per_image_table
 
 TABLE_SCHEMA = pa.schema([
     ("model", pa.string()), ("level", pa.string()), ("feature_kd", pa.bool_()), ("metric", pa.string()),
@@ -51,16 +50,8 @@ def block_kd_summary(students: dict[str, dict], teacher: str, base: str | None, 
     long = per_image_table(pairwise, attributes, alignment)
     long = long[(long["split"] == split) & long["model"].isin(list(kinds))]
     rng = np.random.default_rng(seed)
-    rows = []
-    for (model, metric), g in long.groupby(["model", "metric"], sort=True):
-        v = g["value"].to_numpy(dtype=float)
-        v = v[np.isfinite(v)]
-        if not len(v) or HIGHER_IS_BETTER.get(metric, True) is None:
-            continue
-        lo, hi = bootstrap_ci(v, rng, n_boot)
-        rows.append({"model": model, "metric": metric, "higher_is_better": bool(HIGHER_IS_BETTER.get(metric, True)),
-                     "mean": float(v.mean()), "ci_low": lo, "ci_high": hi, "n": len(v), "baseline": ""})
-    own = pd.DataFrame(rows, columns=["model", "metric", "higher_is_better", "mean", "ci_low", "ci_high", "n", "baseline"])
+    directed = long[long["metric"].map(lambda m: HIGHER_IS_BETTER.get(m, True) is not None)]  # not the sharpness ratio
+    own = model_means(directed, rng, n_boot).assign(baseline="")
     diffs = []
     for model, (level, feature_kd) in kinds.items():
         if model in (teacher, base):

@@ -84,6 +84,21 @@ def per_image_table(pairwise: list[str | Path] = (), attributes: list[str | Path
     return pd.concat(frames, ignore_index=True)
 
 
+def model_means(long: pd.DataFrame, rng: np.random.Generator, n_boot: int) -> pd.DataFrame:
+    """Per (model, metric) of a long per-image table: the mean over its finite values with a percentile
+    bootstrap 95% CI, ``n`` and ``higher_is_better`` (False for a metric without a direction)."""
+    rows = []
+    for (model, metric), g in long.groupby(["model", "metric"], sort=True):
+        v = g["value"].to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            continue
+        lo, hi = bootstrap_ci(v, rng, n_boot)
+        rows.append({"model": model, "metric": metric, "higher_is_better": bool(HIGHER_IS_BETTER.get(metric, True)),
+                     "mean": float(v.mean()), "ci_low": lo, "ci_high": hi, "n": len(v)})
+    return pd.DataFrame(rows, columns=["model", "metric", "higher_is_better", "mean", "ci_low", "ci_high", "n"])
+
+
 SUMMARY_SCHEMA = pa.schema([
     ("model", pa.string()), ("split", pa.string()), ("metric", pa.string()), ("higher_is_better", pa.bool_()),
     ("mean", pa.float64()), ("median", pa.float64()), ("std", pa.float64()), ("ci_low", pa.float64()),

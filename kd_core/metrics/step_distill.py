@@ -19,9 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from kd_core.io import write_parquet
-from kd_core.metrics.bootstrap import bootstrap_ci
-from kd_core.metrics.directions import HIGHER_IS_BETTER
-from kd_core.metrics.stats import paired_improvement, per_image_table
+from kd_core.metrics.stats import model_means, paired_improvement, per_image_table
 
 TABLE_SCHEMA = pa.schema([
     ("model", pa.string()), ("role", pa.string()), ("steps", pa.int64()), ("metric", pa.string()),
@@ -43,18 +41,9 @@ def step_distill_summary(students: dict[str, int], teachers: dict[str, int], tea
     long = per_image_table(pairwise, attributes, alignment)
     long = long[(long["split"] == split) & long["model"].isin(list(roles))]
     rng = np.random.default_rng(seed)
-    rows = []
-    for (model, metric), g in long.groupby(["model", "metric"], sort=True):
-        v = g["value"].to_numpy(dtype=float)
-        v = v[np.isfinite(v)]
-        if not len(v):
-            continue
-        lo, hi = bootstrap_ci(v, rng, n_boot)
-        role, steps = roles[model]
-        rows.append({"model": model, "role": role, "steps": steps, "metric": metric,
-                     "higher_is_better": bool(HIGHER_IS_BETTER.get(metric, True)), "mean": float(v.mean()),
-                     "ci_low": lo, "ci_high": hi, "n": len(v)})
-    table = pd.DataFrame(rows)
+    table = model_means(long, rng, n_boot)
+    table.insert(1, "role", table["model"].map(lambda m: roles[m][0]))
+    table.insert(2, "steps", table["model"].map(lambda m: roles[m][1]))
     diffs = []
     for model, n in students.items():  # the paired difference to the teacher at the same step count
         base = at_steps.get(n)

@@ -43,6 +43,7 @@ from kd_core.world.toy import (
     ENCODINGS,
     SCHEDULE,
     TextEncoderConfig,
+    UNetConfig,
     _groups,
     build_text_encoder,
     train_unet,
@@ -50,19 +51,15 @@ from kd_core.world.toy import (
 
 
 @dataclass(frozen=True)
-class UNetXLConfig:
+class UNetXLConfig(UNetConfig):
+    """The toy teacher's recipe (:class:`~kd_core.world.toy.UNetConfig`) on SDXL's three stages."""
+
     channels: tuple[int, ...] = (32, 64, 64)
     transformer_depths: tuple[int, ...] = (1, 2, 4)  # SDXL: 1, 2, 10 (the outer stage has no transformers)
     layers_per_block: int = 2
-    attention_heads: int = 4
     time_embed_dim: int = 8  # addition_time_embed_dim (SDXL: 256)
     steps: int = 1000
-    batch_size: int = 32
     lr: float = 3e-3
-    ema_decay: float = 0.995
-    cond_dropout: float = 0.1
-    snr_gamma: float = 5.0
-    checkpoint_every: int = 500
 
 
 @dataclass(frozen=True)
