@@ -184,7 +184,8 @@ def _check_jobs(name: str, text: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_dry_run_asks_slurm_for_gpus(plugin, name, tmp_path):
-    proc = dry_run(_config(name, tmp_path), {**SITE, "KD_SLURM_SITE": os.devnull}, _path_without_slurm(tmp_path))
+    # --forceall: every job of the experiment, whatever a local run of it has already made
+    proc = dry_run(_config(name, tmp_path), {**SITE, "KD_SLURM_SITE": os.devnull}, _path_without_slurm(tmp_path), "--forceall")
     _check_jobs(name, proc.stdout)
 
 
