@@ -15,6 +15,7 @@ from kd_core.errors import ConfigError, KDError
 from kd_core.models.folders import check_size, pipeline_size_multiple, size_multiple
 from kd_core.plan import Plan
 from kd_core.prompts import load_grammar
+from kd_core.sources import is_built
 from kd_core.studies import STUDIES
 from kd_core.world.render import DEFAULTS
 
@@ -197,7 +198,7 @@ def _check_metrics(cfg: dict[str, Any]) -> None:
 
 def _size_multiple(cfg: dict[str, Any], source: str, folder: Path | None) -> int | None:
     """The multiple a model's image sizes must be: from the toy world's config, or its folder's configs."""
-    if source in ("toy:teacher", "toy:student", "toy:teacher_xl"):
+    if source.startswith("toy:") and is_built(source):
         toy = cfg["world"]["toy"]
         return size_multiple({"block_out_channels": toy[source.split(":")[1]]["channels"]},
                              {"block_out_channels": toy["vae"]["channels"]}, text=True)

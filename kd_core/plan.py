@@ -251,7 +251,7 @@ class Plan:
         """Title -> loss.parquet of every diffusion training run (the toy models', then each study's)."""
         tables = {}
         sources = {m["source"] for m in self.config["models"].values()}
-        toy = [role for role in ("teacher", "student", "teacher_xl") if f"toy:{role}" in sources]  # the toy U-Nets in use
+        toy = [s.removeprefix("toy:") for s in BUILT if s.startswith("toy:") and s in sources]  # the toy U-Nets in use
         if self.world and toy:
             tables.update({f"toy {part}": f"{self.out}/train/toy/{part}/loss.parquet" for part in ("vae", *toy)})
         for study in self.enabled:

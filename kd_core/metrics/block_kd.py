@@ -65,7 +65,8 @@ def block_kd_summary(students: dict[str, dict], teacher: str, base: str | None, 
                 columns={"ci_low": "diff_ci_low", "ci_high": "diff_ci_high"})
             diffs.append(d.merge(own.drop(columns="baseline"), on=["model", "metric"], how="left"))
     table = pd.concat([own, *diffs], ignore_index=True)
-    table = pd.concat([table, _cost_rows(kinds, teacher, latency)], ignore_index=True)
+    lat = pd.read_parquet(latency)
+    table = pd.concat([table, _cost_rows(kinds, teacher, lat)], ignore_index=True)
     table["level"] = table["model"].map(lambda m: kinds[m][0])
     table["feature_kd"] = table["model"].map(lambda m: kinds[m][1])
     for col in TABLE_SCHEMA.names:
@@ -79,15 +80,14 @@ def block_kd_summary(students: dict[str, dict], teacher: str, base: str | None, 
         write_parquet(table, out_path, TABLE_SCHEMA, "metrics/block_kd",
                       {"protocol": __doc__.split("\n\n")[1].replace("\n", " "), "teacher": teacher, "base": base,
                        "students": students, "bootstrap": n_boot, "ci": "percentile 95%, images (pairs) resampled",
-                       "test": "Wilcoxon signed-rank", "latency": pd.read_parquet(latency)[["model", "batch_size", "rounds", "device", "dtype"]]
-                       .drop_duplicates().to_dict("records")})
+                       "test": "Wilcoxon signed-rank",
+                       "latency": lat[["model", "batch_size", "rounds", "device", "dtype"]].drop_duplicates().to_dict("records")})
     return table
 
 
-def _cost_rows(kinds: dict[str, tuple[str, bool]], teacher: str, latency: str | Path) -> pd.DataFrame:
+def _cost_rows(kinds: dict[str, tuple[str, bool]], teacher: str, lat: pd.DataFrame) -> pd.DataFrame:
     """Parameters, GFLOPs and step latency (the smallest batch timed) of the teacher and every student
     (a student without feature KD: its level's, the same architecture)."""
-    lat = pd.read_parquet(latency)
     lat = lat[lat["batch_size"] == lat["batch_size"].min()].set_index("model")
     rows = []
     for model, (level, _) in kinds.items():

@@ -13,7 +13,7 @@ from typing import Any
 
 from kd_core import config_checks
 from kd_core.errors import ConfigError, KDError
-from kd_core.models.bk_configs import student_config
+from kd_core.models.bk_configs import SDXL_UNET_CONFIG, student_config
 from kd_core.studies.base import PaperTable, Study, format_ci, quality
 
 ABLATION = "_nofeat"
@@ -101,10 +101,9 @@ TOY_LAYOUTS = {
     "toy:teacher": lambda c: {"down_block_types": ["CrossAttnDownBlock2D"] * len(c["channels"]),
                               "block_out_channels": c["channels"], "layers_per_block": c["layers_per_block"],
                               "mid_block_type": "UNetMidBlock2DCrossAttn"},
-    "toy:teacher_xl": lambda c: {"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-                                 "block_out_channels": c["channels"], "layers_per_block": c["layers_per_block"],
-                                 "mid_block_type": "UNetMidBlock2DCrossAttn", "addition_embed_type": "text_time",
-                                 "transformer_layers_per_block": c["transformer_depths"]},
+    "toy:teacher_xl": lambda c: {k: SDXL_UNET_CONFIG[k] for k in ("down_block_types", "mid_block_type", "addition_embed_type")}
+                                | {"block_out_channels": c["channels"], "layers_per_block": c["layers_per_block"],
+                                   "transformer_layers_per_block": c["transformer_depths"]},
 }
 
 

@@ -34,6 +34,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from kd_core.errors import KDError
 from kd_core.io import atomic_dir
+from kd_core.models.bk_configs import SDXL_UNET_CONFIG
 from kd_core.models.loading import reset_tokenizers
 from kd_core.seeding import seed_everything
 from kd_core.sources import fingerprint
@@ -78,8 +79,7 @@ def build_unet_xl(cfg: UNetXLConfig, sample_size: int, in_channels: int, cross_a
                       f"three entries each, they have {list(cfg.channels)} and {list(cfg.transformer_depths)}")
     return UNet2DConditionModel(
         sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=tuple(SDXL_UNET_CONFIG["down_block_types"]), up_block_types=tuple(SDXL_UNET_CONFIG["up_block_types"]),
         block_out_channels=tuple(cfg.channels), layers_per_block=cfg.layers_per_block,
         transformer_layers_per_block=tuple(cfg.transformer_depths), attention_head_dim=cfg.attention_heads,
         use_linear_projection=True, cross_attention_dim=cross_attention_dim, addition_embed_type="text_time",
